@@ -1,0 +1,242 @@
+"""The ``fluxstream`` command: dev stack, worker, query service, topic admin, publishing, search."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+
+import orjson
+
+from fluxstream.logging import configure_logging, get_logger
+from fluxstream.settings import Settings, describe
+
+log = get_logger("fluxstream.cli")
+
+DEMO_COLLECTION = "demo"
+DEMO_QUERY = "how do vector databases find similar embeddings"
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if getattr(args, "state_dir", None):
+        settings = replace(settings, state_dir=args.state_dir)
+    return settings
+
+
+# ---------------------------------------------------------------- dev
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Start the embedded stack (or use configured URLs), run worker + query service until signalled."""
+    from fluxstream.stack import Stack
+
+    base = _settings(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        print(f"\nfluxstream: received {signal.Signals(signum).name}, shutting down...", flush=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stack = Stack(base, workers=args.workers)
+    print(f"fluxstream: starting the stack under {Path(base.state_dir).resolve()} ...", flush=True)
+    try:
+        settings = stack.start()
+        origin = {True: "embedded", False: "external"}
+        started = stack.services.started if stack.services else []
+        print("fluxstream: services", flush=True)
+        print(f"  kafka     {settings.kafka_url}  ({origin['kafka' in started]})", flush=True)
+        print(f"  redis     {settings.redis_url}  ({origin['redis' in started]})", flush=True)
+        print(f"  postgres  {settings.database_url}  ({origin['postgres' in started]})", flush=True)
+        print(f"  query     http://127.0.0.1:{settings.http_port}  (OpenAPI: /docs)", flush=True)
+        if settings.worker_web_port:
+            print(f"  worker    http://127.0.0.1:{settings.worker_web_port}/readyz  (metrics: /metrics)",
+                  flush=True)
+        print(f"  logs      {settings.state_dir}/*.log", flush=True)
+        if args.demo:
+            run_demo(settings)
+        print("fluxstream: running; press Ctrl-C to stop.", flush=True)
+        while not stop.wait(0.5):
+            for name, proc in (stack.apps.procs.items() if stack.apps else []):
+                if proc.poll() is not None:
+                    print(f"fluxstream: {name} exited with {proc.returncode}; stopping", flush=True)
+                    stop.set()
+    finally:
+        stack.stop()
+        print("fluxstream: stopped.", flush=True)
+    return 0
+
+
+def sample_documents() -> list[dict[str, object]]:
+    raw = resources.files("fluxstream").joinpath("sample/corpus.ndjson").read_bytes()
+    return [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def run_demo(settings: Settings) -> None:
+    """Index the bundled sample corpus through Kafka and answer one query over HTTP."""
+    import httpx
+
+    from fluxstream.client import publish_documents
+
+    docs = sample_documents()
+    for doc in docs:
+        doc.setdefault("collection", DEMO_COLLECTION)
+    asyncio.run(publish_documents(settings, docs))
+    print(f"fluxstream: published {len(docs)} sample documents to {settings.documents_topic}", flush=True)
+    url = f"http://127.0.0.1:{settings.http_port}/v1/search"
+    body = {"query": DEMO_QUERY, "collection": DEMO_COLLECTION, "k": 3, "mode": "hybrid"}
+    deadline = time.monotonic() + 120
+    while True:
+        hits = httpx.post(url, json=body, timeout=10).json()["hits"]
+        if (hits and all(h["vector"] is not None for h in hits[:1])) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    print(f"fluxstream: query {DEMO_QUERY!r} -> {len(hits)} hits", flush=True)
+    for rank, hit in enumerate(hits, start=1):
+        print(f"  {rank}. [{hit['doc_id']}] {hit['title']}  score={hit['score']:.4f}", flush=True)
+    print(f"fluxstream: try it:  curl -s -X POST {url} -H 'content-type: application/json' "
+          f"-d '{orjson.dumps(body).decode()}'", flush=True)
+
+
+# ---------------------------------------------------------------- processes
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from fluxstream.logging import logging_config
+    from streams.app import build_app
+
+    settings = _settings(args)
+    _require(settings, "kafka_url", "redis_url", "database_url")
+    app = build_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(),
+                          logging_config=logging_config(settings.log_format, settings.log_level))
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fluxstream.logging import logging_config
+    from query.service import create_app
+
+    settings = _settings(args)
+    _require(settings, "redis_url", "database_url")
+    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
+                log_config=logging_config(settings.log_format, settings.log_level), access_log=False)
+    return 0
+
+
+def _require(settings: Settings, *names: str) -> None:
+    missing = [f"FLUXSTREAM_{n.upper()}" for n in names if not getattr(settings, n)]
+    if missing:
+        sys.exit(f"fluxstream: set {', '.join(missing)} (or use `fluxstream dev` for an embedded stack)")
+
+
+# ---------------------------------------------------------------- admin
+def cmd_create_topics(args: argparse.Namespace) -> int:
+    from streams.topics import create_topics
+
+    settings = _settings(args)
+    _require(settings, "kafka_url")
+    created = asyncio.run(create_topics(settings, settings.kafka_url))
+    print(f"created: {', '.join(created) or 'nothing (all exist)'}")
+    return 0
+
+
+def _read_ndjson(path: str) -> Iterator[dict[str, object]]:
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
+    with stream:
+        for line in stream:
+            if line.strip():
+                yield orjson.loads(line)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from fluxstream.client import publish_documents
+
+    settings = _settings(args)
+    _require(settings, "kafka_url")
+    docs = list(_read_ndjson(args.file))
+    if args.collection:
+        for doc in docs:
+            doc["collection"] = args.collection
+    positions = asyncio.run(publish_documents(settings, docs))
+    print(f"published {len(positions)} change events to {settings.documents_topic}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = _settings(args)
+    body = {"query": args.query, "collection": args.collection, "k": args.k, "mode": args.mode}
+    resp = httpx.post(f"http://127.0.0.1:{settings.http_port}/v1/search", json=body, timeout=30)
+    sys.stdout.write(orjson.dumps(resp.json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if resp.status_code == 200 else 1
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.registry import ALL_MODELS, render, schema_path, write_all
+
+    if args.write:
+        for path in write_all():
+            print(f"wrote {path}")
+        return 0
+    stale = [name for name in ALL_MODELS if schema_path(name).read_bytes() != render(name)]
+    print("stale: " + ", ".join(stale) if stale else "schemas up to date")
+    return 1 if stale else 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    for name, default, doc in describe():
+        print(f"{name:38} {default:28} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fluxstream", description=__doc__)
+    parser.add_argument("--state-dir", help="state directory (default $FLUXSTREAM_STATE_DIR or .fluxstream)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run the embedded stack with worker and query service")
+    dev.add_argument("--demo", action="store_true", help="index the bundled sample corpus and run a query")
+    dev.add_argument("--workers", type=int, default=1, help="number of worker processes")
+    dev.set_defaults(func=cmd_dev)
+    sub.add_parser("worker", help="run a Faust indexing worker").set_defaults(func=cmd_worker)
+    sub.add_parser("serve", help="run the HTTP query service").set_defaults(func=cmd_serve)
+    sub.add_parser("create-topics", help="create fluxstream's topics").set_defaults(func=cmd_create_topics)
+    pub = sub.add_parser("publish", help="publish DocumentChange events from NDJSON (- for stdin)")
+    pub.add_argument("--file", default="-")
+    pub.add_argument("--collection", help="override the collection of every event")
+    pub.set_defaults(func=cmd_publish)
+    search = sub.add_parser("search", help="query the running query service")
+    search.add_argument("query")
+    search.add_argument("--collection", default="default")
+    search.add_argument("--k", type=int, default=5)
+    search.add_argument("--mode", default="hybrid", choices=["bm25", "vector", "hybrid"])
+    search.set_defaults(func=cmd_search)
+    schemas = sub.add_parser("schemas", help="check (default) or --write the JSON Schemas")
+    schemas.add_argument("--write", action="store_true")
+    schemas.set_defaults(func=cmd_schemas)
+    sub.add_parser("config", help="list environment variables and defaults").set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging("console" if args.command == "dev" else settings.log_format, settings.log_level)
+    if args.command == "worker":
+        sys.argv = [sys.argv[0], "worker"]  # faust.Worker parses argv itself
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""structlog set-up: JSON lines in production, readable console output in development.
+
+Standard-library loggers (Faust, aiokafka, uvicorn) are routed through the same
+renderer so every line of a process has one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+from typing import Any
+
+import structlog
+
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def logging_config(fmt: str = "json", level: str = "info") -> dict[str, Any]:
+    """A ``logging.dictConfig`` mapping; also handed to Faust's worker."""
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "structlog": {
+                "()": structlog.stdlib.ProcessorFormatter,
+                "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+                "foreign_pre_chain": _SHARED,
+            }
+        },
+        "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structlog"}},
+        "root": {"handlers": ["default"], "level": level.upper()},
+        "loggers": {"aiokafka": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"}},
+    }
+
+
+def configure_logging(fmt: str = "json", level: str = "info") -> None:
+    logging.config.dictConfig(logging_config(fmt, level))
+    structlog.configure(
+        processors=[*_SHARED, structlog.processors.format_exc_info,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)

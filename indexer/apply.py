@@ -1,0 +1,164 @@
+"""The BM25 stage: fold a batch of change events into document states and write them.
+
+Versioned and idempotent: a change whose version is at or below the applied
+version of its document is skipped, deletes leave a tombstone version, so
+duplicates, replays and late events never regress a document. Within a batch,
+several changes to one document are folded in order and only the final state is
+written (one atomic script per collection) and embedded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from indexer.chunking import Chunker, make_chunk_id
+from indexer.postings import MAX_CHUNK_TERMS, ChunkState, DocumentState, PostingsStore, VersionConflict
+from indexer.tokenizer import Tokenizer
+from schemas.events import DocumentChange, EmbedChunk, EmbedJob, IndexUpdate, SourcePosition, Stages
+
+
+@dataclass(frozen=True)
+class SourcedChange:
+    change: DocumentChange
+    source: SourcePosition
+
+
+@dataclass
+class BatchOutcome:
+    """What a batch did: events to publish and counters for metrics."""
+
+    index_updates: list[IndexUpdate] = field(default_factory=list)
+    embed_jobs: list[EmbedJob] = field(default_factory=list)
+    applied: int = 0
+    skipped: int = 0
+    conflicts: int = 0
+
+
+@dataclass(frozen=True)
+class DocumentBuilder:
+    """Turns a change into the chunk states the index will hold."""
+
+    chunker: Chunker
+    tokenizer: Tokenizer
+
+    def chunks(self, change: DocumentChange, previous: DocumentState) -> list[ChunkState]:
+        reusable = {c.content_hash: c for c in previous.chunks}
+        states = []
+        for chunk in self.chunker.split(change.title, change.text):
+            old = reusable.get(chunk.content_hash)
+            if old is not None:
+                tf = old.tf
+            else:
+                tf = dict(Counter(self.tokenizer.tokenize(chunk.text)))
+            dl = sum(tf.values())
+            if dl > MAX_CHUNK_TERMS:
+                raise ValueError(f"chunk has {dl} terms, more than {MAX_CHUNK_TERMS}; lower chunk_size")
+            states.append(
+                ChunkState(make_chunk_id(change.doc_id, chunk.chunk_no), chunk.chunk_no, chunk.content_hash,
+                           dl, tf, chunk.text)
+            )
+        return states
+
+
+class BM25Stage:
+    """Applies change batches to Redis; pure planning plus one write per collection."""
+
+    def __init__(self, store: PostingsStore, builder: DocumentBuilder, *, max_conflict_retries: int = 5):
+        self.store = store
+        self.builder = builder
+        self.max_conflict_retries = max_conflict_retries
+
+    async def apply(self, batch: list[SourcedChange]) -> BatchOutcome:
+        """Apply ``batch`` (in partition order). Re-reads and re-plans on a version conflict."""
+        conflicts = 0
+        while True:
+            outcome = await self._try_apply(batch)
+            if outcome is not None:
+                outcome.conflicts = conflicts
+                return outcome
+            conflicts += 1
+            if conflicts > self.max_conflict_retries:
+                raise VersionConflict(f"batch kept conflicting after {conflicts} attempts")
+
+    async def _try_apply(self, batch: list[SourcedChange]) -> BatchOutcome | None:
+        refs = list(dict.fromkeys((s.change.collection, s.change.doc_id) for s in batch))
+        before = await self.store.read_documents(refs)
+        current = dict(before)
+        outcome = BatchOutcome()
+        latest_source: dict[tuple[str, str], SourcePosition] = {}
+        touched: set[tuple[str, str]] = set()
+        redelivered: dict[tuple[str, str], SourcePosition] = {}
+        for item in batch:
+            change = item.change
+            ref = (change.collection, change.doc_id)
+            state = current[ref]
+            if state.version is not None and change.version <= state.version:
+                outcome.skipped += 1
+                if change.version == state.version and ref not in touched:
+                    # A redelivery of the applied version: re-emit its embed job, because a crash
+                    # may have hit between the Redis write and the job's delivery.
+                    redelivered[ref] = item.source
+                continue
+            current[ref] = self._next_state(change, state, item.source)
+            touched.add(ref)
+            latest_source[ref] = item.source
+            outcome.applied += 1
+            outcome.index_updates.append(_index_update(current[ref], item.source, vectors=False))
+        writes = [(before[ref], current[ref]) for ref in refs if ref in touched]
+        try:
+            await self.store.write_documents(writes, updated_at=datetime.now(UTC).isoformat())
+        except VersionConflict:
+            return None
+        outcome.embed_jobs.extend(_embed_job(current[ref], latest_source[ref]) for ref in refs if ref in touched)
+        for ref, source in redelivered.items():
+            if ref not in touched:
+                await self._load_chunk_texts(current[ref])
+                outcome.embed_jobs.append(_embed_job(current[ref], source))
+        return outcome
+
+    async def _load_chunk_texts(self, state: DocumentState) -> None:
+        """Document records keep chunk term counts, not texts; texts live in the chunk records."""
+        records = await self.store.fetch_chunks(state.collection, [c.chunk_id for c in state.chunks])
+        for chunk, record in zip(state.chunks, records, strict=True):
+            chunk.text = record.text if record is not None else ""
+
+    def _next_state(self, change: DocumentChange, state: DocumentState, source: SourcePosition) -> DocumentState:
+        src = source.model_dump()
+        if change.op == "delete":
+            return DocumentState(change.collection, change.doc_id, change.version, deleted=True, source=src)
+        return DocumentState(
+            collection=change.collection,
+            doc_id=change.doc_id,
+            version=change.version,
+            title=change.title,
+            metadata=dict(change.metadata),
+            chunks=self.builder.chunks(change, state),
+            source=src,
+        )
+
+
+def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool) -> IndexUpdate:
+    return IndexUpdate(
+        doc_id=state.doc_id,
+        collection=state.collection,
+        version=state.version or 0,
+        op="delete" if state.deleted else "upsert",
+        chunk_ids=[c.chunk_id for c in state.chunks],
+        stages=Stages(bm25=True, vectors=vectors),
+        source=source,
+    )
+
+
+def _embed_job(state: DocumentState, source: SourcePosition) -> EmbedJob:
+    return EmbedJob(
+        op="delete" if state.deleted else "upsert",
+        doc_id=state.doc_id,
+        collection=state.collection,
+        version=state.version or 0,
+        metadata=state.metadata,
+        chunks=[EmbedChunk(chunk_id=c.chunk_id, chunk_no=c.chunk_no, text=c.text, content_hash=c.content_hash)
+                for c in state.chunks],
+        source=source,
+    )

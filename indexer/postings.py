@@ -1,0 +1,320 @@
+"""BM25 postings and statistics in plain Redis/Valkey data structures.
+
+Key layout (``{c}`` is the collection, a Redis-Cluster hash tag, so one
+collection's keys share a slot and one script may touch them all):
+
+``fx:{c}:meta``            hash  chunks (N), total_len (sum of chunk lengths), docs
+``fx:{c}:p:<term>``        hash  chunk_id -> dl * 2**16 + tf   (df = HLEN)
+``fx:{c}:doc:<doc_id>``    hash  version, deleted, title, metadata, chunks (JSON), source, updated_at
+``fx:{c}:chunk:<chunk_id>`` hash doc_id, chunk_no, title, text, hash, metadata, version
+``fx:collections``         set   known collections
+
+The retrieval unit is the chunk: N counts chunks and "document length" is a
+chunk's length in terms. A query reads only ``meta`` and its own terms' posting
+hashes. Writes go through one Lua script per collection per batch that first
+checks every touched document still has the version the writer read
+(compare-and-set) and then applies all changes: atomic, so no reader sees half
+a document, and a stale writer (e.g. during a rebalance) is refused, not merged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+TF_BITS = 16
+TF_MASK = (1 << TF_BITS) - 1
+MAX_CHUNK_TERMS = TF_MASK
+COLLECTIONS_KEY = "fx:collections"
+
+# ARGV[1]: {"checks": [[key_no, expected_version or false]...], "ops": [[cmd, key_no, args...]...]}
+# KEYS are every key touched (declared, as Redis Cluster requires).
+_APPLY_SCRIPT = """
+local plan = cjson.decode(ARGV[1])
+for _, check in ipairs(plan.checks) do
+  local current = redis.call('HGET', KEYS[check[1]], 'version')
+  local expected = check[2]
+  if expected == false then expected = nil end
+  if current == false then current = nil end
+  if current ~= expected then
+    return {0, KEYS[check[1]]}
+  end
+end
+for _, op in ipairs(plan.ops) do
+  local cmd, key = op[1], KEYS[op[2]]
+  if cmd == 'HSET' or cmd == 'HDEL' or cmd == 'DEL' or cmd == 'HINCRBY' then
+    redis.call(cmd, key, unpack(op, 3))
+  else
+    return redis.error_reply('unsupported op ' .. tostring(cmd))
+  end
+end
+return {1, ''}
+"""
+
+
+def pack_posting(tf: int, dl: int) -> int:
+    return (dl << TF_BITS) | min(tf, TF_MASK)
+
+
+def unpack_posting(value: int) -> tuple[int, int]:
+    """(tf, dl) from a stored posting value."""
+    return value & TF_MASK, value >> TF_BITS
+
+
+class VersionConflict(Exception):
+    """Another writer changed a document between our read and our write."""
+
+
+@dataclass
+class ChunkState:
+    """A chunk as the index holds it; ``tf`` is kept so removal knows which postings to drop."""
+
+    chunk_id: str
+    chunk_no: int
+    content_hash: str
+    dl: int
+    tf: dict[str, int]
+    text: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.chunk_id, "no": self.chunk_no, "hash": self.content_hash, "dl": self.dl, "tf": self.tf}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ChunkState:
+        return cls(raw["id"], raw["no"], raw["hash"], raw["dl"], raw["tf"])
+
+
+@dataclass
+class DocumentState:
+    """What the index holds for one document (absent documents have version None)."""
+
+    collection: str
+    doc_id: str
+    version: int | None = None
+    deleted: bool = False
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    chunks: list[ChunkState] = field(default_factory=list)
+    source: dict[str, Any] | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.version is not None and not self.deleted
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk record as the query service reads it."""
+
+    chunk_id: str
+    doc_id: str
+    chunk_no: int
+    title: str
+    text: str
+    content_hash: str
+    metadata: dict[str, Any]
+    version: int
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    chunks: int
+    total_len: int
+    docs: int
+
+    @property
+    def avgdl(self) -> float:
+        return self.total_len / self.chunks if self.chunks else 0.0
+
+
+class _Plan:
+    """Accumulates declared keys, version checks and write ops for one script call."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._key_no: dict[str, int] = {}
+        self.checks: list[list[Any]] = []
+        self.ops: list[list[Any]] = []
+
+    def key(self, key: str) -> int:
+        number = self._key_no.get(key)
+        if number is None:
+            self.keys.append(key)
+            number = self._key_no[key] = len(self.keys)
+        return number
+
+    def op(self, cmd: str, key: str, *args: Any) -> None:
+        # Strings only: Lua would print large numbers (versions, LSNs) in exponent form.
+        self.ops.append([cmd, self.key(key), *(str(a) for a in args)])
+
+    def encoded(self) -> bytes:
+        return orjson.dumps({"checks": self.checks, "ops": self.ops})
+
+
+class PostingsStore:
+    """Reads and atomically rewrites document states; serves BM25 inputs to queries."""
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "fx", wait_aof: bool = False) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.wait_aof = wait_aof
+        self._apply = redis.register_script(_APPLY_SCRIPT)
+
+    # ---- keys ----
+    def _base(self, collection: str) -> str:
+        return f"{self.prefix}:{{{collection}}}"
+
+    def meta_key(self, collection: str) -> str:
+        return f"{self._base(collection)}:meta"
+
+    def posting_key(self, collection: str, term: str) -> str:
+        return f"{self._base(collection)}:p:{term}"
+
+    def doc_key(self, collection: str, doc_id: str) -> str:
+        return f"{self._base(collection)}:doc:{doc_id}"
+
+    def chunk_key(self, collection: str, chunk_id: str) -> str:
+        return f"{self._base(collection)}:chunk:{chunk_id}"
+
+    # ---- writer side ----
+    async def read_documents(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DocumentState]:
+        """Current states of (collection, doc_id) pairs, one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for collection, doc_id in refs:
+                pipe.hgetall(self.doc_key(collection, doc_id))
+            rows = await pipe.execute()
+        return {ref: _decode_document(ref, row) for ref, row in zip(refs, rows, strict=True)}
+
+    async def write_documents(
+        self, changes: Iterable[tuple[DocumentState, DocumentState]], *, updated_at: str
+    ) -> None:
+        """Replace each ``before`` state with its ``after`` state, atomically per collection.
+
+        Raises VersionConflict when any ``before`` no longer matches Redis; the
+        caller re-reads and re-plans. Nothing is written in that case.
+        """
+        plans: dict[str, _Plan] = {}
+        for before, after in changes:
+            plan = plans.setdefault(after.collection, _Plan())
+            self._plan_document(plan, before, after, updated_at)
+        if not plans:
+            return
+        await self.redis.sadd(COLLECTIONS_KEY, *plans)
+        for plan in plans.values():
+            ok, key = await self._apply(keys=plan.keys, args=[plan.encoded()])
+            if not int(ok):
+                raise VersionConflict(key.decode() if isinstance(key, bytes) else str(key))
+        if self.wait_aof:
+            await self.redis.execute_command("WAITAOF", 1, 0, 5000)
+
+    def _plan_document(self, plan: _Plan, before: DocumentState, after: DocumentState, updated_at: str) -> None:
+        coll = after.collection
+        doc_key = self.doc_key(coll, after.doc_id)
+        plan.checks.append([plan.key(doc_key), None if before.version is None else str(before.version)])
+        old = {c.chunk_id: c for c in before.chunks}
+        new = {c.chunk_id: c for c in after.chunks}
+        for chunk_id, chunk in old.items():
+            replacement = new.get(chunk_id)
+            if replacement is None or replacement.content_hash != chunk.content_hash:
+                for term in chunk.tf:
+                    plan.op("HDEL", self.posting_key(coll, term), chunk_id)
+            if replacement is None:
+                plan.op("DEL", self.chunk_key(coll, chunk_id))
+        for chunk_id, chunk in new.items():
+            previous = old.get(chunk_id)
+            if previous is None or previous.content_hash != chunk.content_hash:
+                for term, tf in chunk.tf.items():
+                    plan.op("HSET", self.posting_key(coll, term), chunk_id, pack_posting(tf, chunk.dl))
+            plan.op(
+                "HSET", self.chunk_key(coll, chunk_id),
+                "doc_id", after.doc_id, "chunk_no", chunk.chunk_no, "title", after.title,
+                "text", chunk.text, "hash", chunk.content_hash,
+                "metadata", json.dumps(after.metadata), "version", after.version,
+            )
+        meta_key = self.meta_key(coll)
+        delta_chunks = len(new) - len(old)
+        delta_len = sum(c.dl for c in new.values()) - sum(c.dl for c in old.values())
+        delta_docs = int(after.live) - int(before.live)
+        for name, delta in (("chunks", delta_chunks), ("total_len", delta_len), ("docs", delta_docs)):
+            if delta:
+                plan.op("HINCRBY", meta_key, name, delta)
+        plan.op(
+            "HSET", doc_key,
+            "version", after.version, "deleted", int(after.deleted), "title", after.title,
+            "metadata", json.dumps(after.metadata),
+            "chunks", json.dumps([c.to_json() for c in after.chunks]),
+            "source", json.dumps(after.source), "updated_at", updated_at,
+        )
+
+    # ---- reader side ----
+    async def collection_exists(self, collection: str) -> bool:
+        return bool(await self.redis.sismember(COLLECTIONS_KEY, collection))
+
+    async def collections(self) -> list[str]:
+        return sorted(m.decode() for m in await self.redis.smembers(COLLECTIONS_KEY))
+
+    async def stats(self, collection: str) -> CollectionStats:
+        return _decode_stats(await self.redis.hmget(self.meta_key(collection), "chunks", "total_len", "docs"))
+
+    async def postings(
+        self, collection: str, terms: Sequence[str]
+    ) -> tuple[CollectionStats, dict[str, dict[str, int]]]:
+        """Statistics and the posting lists of ``terms``, read in one MULTI snapshot."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(self.meta_key(collection), "chunks", "total_len", "docs")
+            for term in terms:
+                pipe.hgetall(self.posting_key(collection, term))
+            meta, *lists = await pipe.execute()
+        postings = {
+            term: {chunk.decode(): int(value) for chunk, value in raw.items()}
+            for term, raw in zip(terms, lists, strict=True)
+        }
+        return _decode_stats(meta), postings
+
+    async def fetch_chunks(self, collection: str, chunk_ids: Sequence[str]) -> list[StoredChunk | None]:
+        """Chunk records in the order asked; None for chunks that no longer exist."""
+        fields = ("doc_id", "chunk_no", "title", "text", "hash", "metadata", "version")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk_id in chunk_ids:
+                pipe.hmget(self.chunk_key(collection, chunk_id), *fields)
+            rows = await pipe.execute()
+        out: list[StoredChunk | None] = []
+        for chunk_id, row in zip(chunk_ids, rows, strict=True):
+            if row[0] is None:
+                out.append(None)
+                continue
+            doc_id, chunk_no, title, text, hsh, metadata, version = (v.decode() for v in row)
+            out.append(
+                StoredChunk(chunk_id, doc_id, int(chunk_no), title, text, hsh, json.loads(metadata), int(version))
+            )
+        return out
+
+    async def get_document(self, collection: str, doc_id: str) -> DocumentState:
+        return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
+
+
+def _decode_stats(meta: list[bytes | None]) -> CollectionStats:
+    chunks, total_len, docs = (int(v) if v is not None else 0 for v in meta)
+    return CollectionStats(chunks, total_len, docs)
+
+
+def _decode_document(ref: tuple[str, str], row: dict[bytes, bytes]) -> DocumentState:
+    collection, doc_id = ref
+    if not row:
+        return DocumentState(collection, doc_id)
+    fields = {k.decode(): v.decode() for k, v in row.items()}
+    return DocumentState(
+        collection=collection,
+        doc_id=doc_id,
+        version=int(fields["version"]),
+        deleted=fields.get("deleted") == "1",
+        title=fields.get("title", ""),
+        metadata=json.loads(fields.get("metadata", "{}")),
+        chunks=[ChunkState.from_json(c) for c in json.loads(fields.get("chunks", "[]"))],
+        source=json.loads(fields.get("source", "null")),
+    )

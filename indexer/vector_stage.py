@@ -1,0 +1,116 @@
+"""The vector stage: embed chunks of embed jobs and write them to pgvector.
+
+Runs off the BM25 fast path (its own topic and agent), embeds in batches, and
+embeds only text whose content hash has no stored embedding for this model.
+A job at or below the document's applied vector version is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from indexer.embedders.base import Embedder, EmbeddingError
+from indexer.vector_store import VectorRow, VectorStore
+from schemas.events import EmbedJob, IndexUpdate, Stages
+
+
+@dataclass
+class VectorOutcome:
+    index_updates: list[IndexUpdate] = field(default_factory=list)
+    failed: list[tuple[EmbedJob, str]] = field(default_factory=list)
+    applied: int = 0
+    skipped: int = 0
+    embedded: int = 0
+    reused: int = 0
+
+
+class VectorStage:
+    def __init__(self, store: VectorStore, embedder: Embedder) -> None:
+        self.store = store
+        self.embedder = embedder
+
+    async def apply(self, jobs: list[EmbedJob]) -> VectorOutcome:
+        outcome = VectorOutcome()
+        latest: dict[tuple[str, str], EmbedJob] = {}
+        for job in jobs:  # in partition order: the last job per document wins
+            latest[(job.collection, job.doc_id)] = job
+        outcome.skipped += len(jobs) - len(latest)
+        applied_versions = await self.store.applied_versions(list(latest))
+        pending = []
+        for ref, job in latest.items():
+            if job.version <= applied_versions.get(ref, -1):
+                outcome.skipped += 1
+                if job.version == applied_versions.get(ref):
+                    outcome.index_updates.append(_vectors_applied(job))  # redelivery: re-announce
+                continue
+            pending.append(job)
+        vectors = await self._embeddings_for(pending, outcome)
+        ready = [job for job in pending if all(c.content_hash in vectors for c in job.chunks)]
+        documents = [
+            (job.collection, job.doc_id, job.version, job.op == "delete",
+             [VectorRow(job.collection, c.chunk_id, job.doc_id, c.chunk_no, c.text, job.metadata,
+                        c.content_hash, vectors[c.content_hash], job.version) for c in job.chunks])
+            for job in ready
+        ]
+        for job, applied in zip(ready, await self.store.replace_documents(documents), strict=True):
+            if applied:
+                outcome.applied += 1
+                outcome.index_updates.append(_vectors_applied(job))
+            else:
+                outcome.skipped += 1
+        return outcome
+
+    async def _embeddings_for(self, jobs: list[EmbedJob], outcome: VectorOutcome) -> dict[str, np.ndarray]:
+        """Stored embeddings for known hashes, fresh ones for the rest (one batched call).
+
+        A permanent provider error on the batch is narrowed down to the jobs that cause
+        it; those land in ``outcome.failed`` (dead letters) and the rest go on.
+        """
+        texts = {c.content_hash: c.text for job in jobs for c in job.chunks}
+        vectors = await self.store.known_embeddings(list(texts))
+        outcome.reused += sum(1 for job in jobs for c in job.chunks if c.content_hash in vectors)
+        missing = [h for h in texts if h not in vectors]
+        if not missing:
+            return vectors
+        try:
+            fresh = await self.embedder.embed([texts[h] for h in missing])
+        except EmbeddingError as exc:
+            if not exc.permanent:
+                raise
+            return await self._embed_per_job(jobs, vectors, outcome)
+        vectors.update(zip(missing, fresh, strict=True))
+        outcome.embedded += len(missing)
+        return vectors
+
+    async def _embed_per_job(
+        self, jobs: list[EmbedJob], vectors: dict[str, np.ndarray], outcome: VectorOutcome
+    ) -> dict[str, np.ndarray]:
+        for job in jobs:
+            missing = list(dict.fromkeys(c.content_hash for c in job.chunks if c.content_hash not in vectors))
+            if not missing:
+                continue
+            by_hash = {c.content_hash: c.text for c in job.chunks}
+            try:
+                fresh = await self.embedder.embed([by_hash[h] for h in missing])
+            except EmbeddingError as exc:
+                if not exc.permanent:
+                    raise
+                outcome.failed.append((job, f"embedding failed permanently: {exc}"))
+                continue
+            vectors.update(zip(missing, fresh, strict=True))
+            outcome.embedded += len(missing)
+        return vectors
+
+
+def _vectors_applied(job: EmbedJob) -> IndexUpdate:
+    return IndexUpdate(
+        doc_id=job.doc_id,
+        collection=job.collection,
+        version=job.version,
+        op=job.op,
+        chunk_ids=[c.chunk_id for c in job.chunks],
+        stages=Stages(bm25=True, vectors=True),
+        source=job.source,
+    )

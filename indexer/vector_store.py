@@ -1,0 +1,229 @@
+"""Chunk embeddings in PostgreSQL + pgvector: one row per chunk, HNSW cosine index.
+
+``fluxstream_vector_versions`` records the version the vector stage applied per
+document (tombstones included), so replays never regress a document's vectors.
+Embeddings are looked up by content hash and model before anything is embedded:
+unchanged text (in this document or any other) is never embedded twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pgvector.psycopg import register_vector_async
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+CHUNKS_TABLE = "fluxstream_chunks"
+VERSIONS_TABLE = "fluxstream_vector_versions"
+_SCHEMA_LOCK = 0x666C7578  # advisory lock id: concurrent workers create the schema once
+
+
+@dataclass(frozen=True)
+class HNSWParams:
+    m: int = 16
+    ef_construction: int = 64
+
+
+@dataclass(frozen=True)
+class VectorRow:
+    collection: str
+    chunk_id: str
+    doc_id: str
+    chunk_no: int
+    text: str
+    metadata: dict[str, Any]
+    content_hash: str
+    embedding: np.ndarray
+    version: int
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    chunk_id: str
+    doc_id: str
+    content_hash: str
+    score: float
+
+
+class SchemaMismatch(RuntimeError):
+    """The table was created for another embedding size: rebuild, or point at another database."""
+
+
+async def _configure(conn: AsyncConnection) -> None:
+    await register_vector_async(conn)
+
+
+class VectorStore:
+    """Owns the pgvector schema, chunk-row writes and k-NN search."""
+
+    def __init__(self, pool: AsyncConnectionPool, *, dimensions: int, model_id: str,
+                 hnsw: HNSWParams = HNSWParams()) -> None:
+        self.pool = pool
+        self.dimensions = dimensions
+        self.model_id = model_id
+        self.hnsw = hnsw
+
+    @classmethod
+    async def connect(cls, url: str, *, dimensions: int, model_id: str, hnsw: HNSWParams = HNSWParams(),
+                      min_size: int = 1, max_size: int = 8) -> VectorStore:
+        """Open a pool (the extension must exist before vector types can be registered)."""
+        async with await AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, configure=_configure, open=False)
+        await pool.open(wait=True, timeout=30)
+        store = cls(pool, dimensions=dimensions, model_id=model_id, hnsw=hnsw)
+        await store.ensure_schema()
+        return store
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def ensure_schema(self) -> None:
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            await conn.execute(
+                f"""CREATE TABLE IF NOT EXISTS {CHUNKS_TABLE} (
+                    collection text NOT NULL, chunk_id text NOT NULL, doc_id text NOT NULL,
+                    chunk_no integer NOT NULL, text text NOT NULL,
+                    metadata jsonb NOT NULL DEFAULT '{{}}'::jsonb, content_hash text NOT NULL,
+                    model text NOT NULL, embedding vector({self.dimensions}) NOT NULL,
+                    version bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (collection, chunk_id))"""
+            )
+            await conn.execute(f"CREATE INDEX IF NOT EXISTS {CHUNKS_TABLE}_doc ON {CHUNKS_TABLE} (collection, doc_id)")
+            await conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {CHUNKS_TABLE}_hash ON {CHUNKS_TABLE} (content_hash, model)"
+            )
+            await conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {CHUNKS_TABLE}_hnsw ON {CHUNKS_TABLE} USING hnsw "
+                f"(embedding vector_cosine_ops) WITH (m = {int(self.hnsw.m)}, "
+                f"ef_construction = {int(self.hnsw.ef_construction)})"
+            )
+            await conn.execute(
+                f"""CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} (
+                    collection text NOT NULL, doc_id text NOT NULL, version bigint NOT NULL,
+                    deleted boolean NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (collection, doc_id))"""
+            )
+            cur = await conn.execute(
+                "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'embedding'",
+                (CHUNKS_TABLE,),
+            )
+            (typmod,) = await cur.fetchone()
+        if typmod != self.dimensions:
+            raise SchemaMismatch(
+                f"{CHUNKS_TABLE}.embedding has {typmod} dimensions but the embedder gives {self.dimensions}"
+            )
+
+    async def applied_versions(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        if not refs:
+            return {}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT v.collection, v.doc_id, v.version FROM {VERSIONS_TABLE} v "
+                "JOIN unnest(%s::text[], %s::text[]) AS r(collection, doc_id) USING (collection, doc_id)",
+                ([c for c, _ in refs], [d for _, d in refs]),
+            )
+            return {(c, d): v for c, d, v in await cur.fetchall()}
+
+    async def known_embeddings(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Embeddings already stored for these content hashes with the current model."""
+        if not hashes:
+            return {}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT DISTINCT ON (content_hash) content_hash, embedding FROM {CHUNKS_TABLE} "
+                "WHERE content_hash = ANY(%s) AND model = %s",
+                (list(hashes), self.model_id),
+            )
+            return {h: np.asarray(e, dtype=np.float32) for h, e in await cur.fetchall()}
+
+    async def replace_documents(
+        self, documents: Sequence[tuple[str, str, int, bool, Sequence[VectorRow]]]
+    ) -> list[bool]:
+        """Replace each (collection, doc_id, version, deleted, rows) in one transaction.
+
+        Returns, per document, whether it was applied; a document whose stored
+        version is already at or above ``version`` is left alone.
+        """
+        applied: list[bool] = []
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            for collection, doc_id, version, deleted, rows in documents:
+                await cur.execute(
+                    f"""INSERT INTO {VERSIONS_TABLE} AS v (collection, doc_id, version, deleted)
+                        VALUES (%s, %s, %s, %s)
+                        ON CONFLICT (collection, doc_id) DO UPDATE
+                        SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, updated_at = now()
+                        WHERE v.version < EXCLUDED.version
+                        RETURNING 1""",
+                    (collection, doc_id, version, deleted),
+                )
+                if await cur.fetchone() is None:
+                    applied.append(False)
+                    continue
+                await cur.execute(
+                    f"DELETE FROM {CHUNKS_TABLE} WHERE collection = %s AND doc_id = %s "
+                    "AND NOT (chunk_id = ANY(%s))",
+                    (collection, doc_id, [r.chunk_id for r in rows]),
+                )
+                if rows:
+                    await cur.executemany(
+                        f"""INSERT INTO {CHUNKS_TABLE} (collection, chunk_id, doc_id, chunk_no, text, metadata,
+                                content_hash, model, embedding, version)
+                            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                            ON CONFLICT (collection, chunk_id) DO UPDATE SET
+                                doc_id = EXCLUDED.doc_id, chunk_no = EXCLUDED.chunk_no, text = EXCLUDED.text,
+                                metadata = EXCLUDED.metadata, content_hash = EXCLUDED.content_hash,
+                                model = EXCLUDED.model, embedding = EXCLUDED.embedding,
+                                version = EXCLUDED.version, updated_at = now()""",
+                        [
+                            (r.collection, r.chunk_id, r.doc_id, r.chunk_no, r.text, Jsonb(r.metadata),
+                             r.content_hash, self.model_id, r.embedding, r.version)
+                            for r in rows
+                        ],
+                    )
+                applied.append(True)
+        return applied
+
+    async def search(
+        self, collection: str, query: np.ndarray, *, limit: int, filters: dict[str, Any] | None = None,
+        ef_search: int = 100,
+    ) -> list[VectorHit]:
+        """Approximate k-NN by cosine; filtered searches keep scanning the HNSW graph until ``limit``."""
+        where = "collection = %s"
+        params: list[Any] = [collection]
+        for key, value in (filters or {}).items():
+            # Same rule as query.filters.matches: equal, or a list that contains the value.
+            where += " AND (metadata @> %s OR metadata @> %s)"
+            params += [Jsonb({key: value}), Jsonb({key: [value]})]
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
+            if filters:
+                await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            cur = await conn.execute(
+                f"SELECT chunk_id, doc_id, content_hash, 1 - (embedding <=> %s) AS score FROM {CHUNKS_TABLE} "
+                f"WHERE {where} ORDER BY embedding <=> %s LIMIT %s",
+                (query, *params, query, limit),
+            )
+            rows = await cur.fetchall()
+        hits = [VectorHit(c, d, h, float(s)) for c, d, h, s in rows]
+        hits.sort(key=lambda h: -h.score)  # relaxed_order may return slightly out of order
+        return hits
+
+    async def document_hashes(self, collection: str, doc_id: str) -> dict[str, str]:
+        """chunk_id -> content hash of the vectors stored for a document."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT chunk_id, content_hash FROM {CHUNKS_TABLE} WHERE collection = %s AND doc_id = %s",
+                (collection, doc_id),
+            )
+            return dict(await cur.fetchall())
+
+    async def ping(self) -> None:
+        async with self.pool.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1")

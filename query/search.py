@@ -1,0 +1,151 @@
+"""Search over the live index: BM25 from Redis, k-NN from pgvector, and their fusion.
+
+Vector hits are checked against the chunk records in Redis (the source of truth
+for what a document currently is): a vector whose chunk was deleted or whose text
+changed since it was embedded is dropped, so hybrid results never show stale text
+while the vector stage catches up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from indexer.bm25 import BM25Params, score_postings
+from indexer.embedders.base import Embedder
+from indexer.postings import PostingsStore, StoredChunk
+from indexer.tokenizer import Tokenizer
+from indexer.vector_store import VectorStore
+from query.filters import matches
+from query.fusion import rrf, weighted
+from schemas.api import RetrieverScore, SearchHit, SearchRequest, SearchResponse
+
+
+@dataclass(frozen=True)
+class SearchDefaults:
+    rrf_k: int = 60
+    weight_bm25: float = 0.5
+    weight_vector: float = 0.5
+    candidate_pool: int = 100
+    ef_search: int = 100
+
+
+class Timer:
+    """Collects named stage durations in milliseconds."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def mark(self, name: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[name] = round((now - since) * 1000, 3)
+        return now
+
+    def total(self) -> dict[str, float]:
+        self.timings["total"] = round((time.perf_counter() - self._start) * 1000, 3)
+        return self.timings
+
+
+class Searcher:
+    def __init__(self, postings: PostingsStore, vectors: VectorStore, embedder: Embedder, tokenizer: Tokenizer,
+                 bm25: BM25Params = BM25Params(), defaults: SearchDefaults = SearchDefaults()) -> None:
+        self.postings = postings
+        self.vectors = vectors
+        self.embedder = embedder
+        self.tokenizer = tokenizer
+        self.bm25 = bm25
+        self.defaults = defaults
+
+    async def search(self, req: SearchRequest) -> SearchResponse:
+        timer = Timer()
+        pool = max(self.defaults.candidate_pool, req.k)
+        if not await self.postings.collection_exists(req.collection):
+            return self._response(req, [], timer)
+        rankings: dict[str, list[tuple[str, float]]] = {}
+        records: dict[str, StoredChunk] = {}
+        if req.mode in ("bm25", "hybrid"):
+            rankings["bm25"] = await self._bm25(req, pool, records, timer)
+        if req.mode in ("vector", "hybrid"):
+            rankings["vector"] = await self._vector(req, pool, records, timer)
+        started = time.perf_counter()
+        if req.mode == "hybrid":
+            if req.fusion == "rrf":
+                fused = rrf(rankings, k=req.rrf_k or self.defaults.rrf_k)
+            else:
+                w = req.weights
+                fused = weighted(rankings, {
+                    "bm25": w.bm25 if w else self.defaults.weight_bm25,
+                    "vector": w.vector if w else self.defaults.weight_vector,
+                })
+        else:
+            fused = rankings[req.mode]
+        hits = [self._hit(chunk_id, score, rankings, records[chunk_id]) for chunk_id, score in fused[: req.k]]
+        timer.mark("fusion", started)
+        return self._response(req, hits, timer)
+
+    async def _bm25(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk],
+                    timer: Timer) -> list[tuple[str, float]]:
+        started = time.perf_counter()
+        terms = self.tokenizer.tokenize(req.query)
+        if not terms:
+            return []
+        stats, postings = await self.postings.postings(req.collection, list(dict.fromkeys(terms)))
+        scores = score_postings(terms, stats, postings, self.bm25)
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        started = timer.mark("bm25", started)
+        # Walk the exact ranking in pages until `pool` chunks pass the filters (usually one page).
+        kept: list[tuple[str, float]] = []
+        for offset in range(0, len(ranked), pool):
+            page = ranked[offset : offset + pool]
+            fetched = await self.postings.fetch_chunks(req.collection, [c for c, _ in page])
+            for (chunk_id, score), record in zip(page, fetched, strict=True):
+                if record is not None and matches(record.metadata, req.filters):
+                    records[chunk_id] = record
+                    kept.append((chunk_id, score))
+            if len(kept) >= pool or not req.filters:
+                break
+        timer.mark("bm25_fetch", started)
+        return kept[:pool]
+
+    async def _vector(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk],
+                      timer: Timer) -> list[tuple[str, float]]:
+        started = time.perf_counter()
+        query_vector = (await self.embedder.embed([req.query]))[0]
+        started = timer.mark("embed_query", started)
+        hits = await self.vectors.search(req.collection, query_vector, limit=pool, filters=req.filters or None,
+                                         ef_search=self.defaults.ef_search)
+        started = timer.mark("vector", started)
+        missing = [h.chunk_id for h in hits if h.chunk_id not in records]
+        for chunk_id, record in zip(missing, await self.postings.fetch_chunks(req.collection, missing), strict=True):
+            if record is not None:
+                records[chunk_id] = record
+        timer.mark("vector_fetch", started)
+        return [
+            (h.chunk_id, h.score) for h in hits
+            if (r := records.get(h.chunk_id)) is not None and r.content_hash == h.content_hash
+            and matches(r.metadata, req.filters)
+        ]
+
+    def _hit(self, chunk_id: str, score: float, rankings: dict[str, list[tuple[str, float]]],
+             record: StoredChunk) -> SearchHit:
+        per_retriever = {name: _rank_of(chunk_id, ranking) for name, ranking in rankings.items()}
+        return SearchHit(
+            doc_id=record.doc_id, chunk_id=chunk_id, chunk_no=record.chunk_no, title=record.title,
+            text=record.text, metadata=record.metadata, score=score,
+            bm25=per_retriever.get("bm25"), vector=per_retriever.get("vector"),
+        )
+
+    def _response(self, req: SearchRequest, hits: list[SearchHit], timer: Timer) -> SearchResponse:
+        return SearchResponse(
+            query=req.query, collection=req.collection, mode=req.mode,
+            fusion=req.fusion if req.mode == "hybrid" else None, hits=hits, timings_ms=timer.total(),
+        )
+
+
+def _rank_of(chunk_id: str, ranking: Sequence[tuple[str, float]]) -> RetrieverScore | None:
+    for rank, (item, score) in enumerate(ranking, start=1):
+        if item == chunk_id:
+            return RetrieverScore(rank=rank, score=score)
+    return None

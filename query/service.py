@@ -1,0 +1,139 @@
+"""The HTTP query service (FastAPI): search, document lookup, health, readiness and metrics.
+
+Every error body has the shape of ``schemas.api.ErrorResponse`` so clients can
+branch on ``error`` without parsing messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fluxstream import metrics
+from fluxstream.logging import get_logger
+from fluxstream.settings import Settings
+from fluxstream.wiring import build_embedder, build_tokenizer, check_dependencies, open_redis
+from indexer.bm25 import BM25Params
+from indexer.postings import PostingsStore
+from indexer.vector_store import VectorStore
+from query.search import SearchDefaults, Searcher
+from schemas.api import ChunkView, DocumentResponse, ErrorResponse, SearchRequest, SearchResponse
+
+log = get_logger("fluxstream.query")
+
+
+def error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    body = ErrorResponse(error=code, message=message, details=details)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+
+
+class QueryState:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis: aioredis.Redis | None = None
+        self.vectors: VectorStore | None = None
+        self.searcher: Searcher | None = None
+
+    async def open(self) -> None:
+        s = self.settings
+        embedder = build_embedder(s)
+        await embedder.embed(["warm up"])  # load the model now, not on the first request
+        self.redis = open_redis(s.redis_url)
+        self.vectors = await VectorStore.connect(s.database_url, dimensions=embedder.dimensions,
+                                                 model_id=embedder.model_id)
+        self.searcher = Searcher(
+            PostingsStore(self.redis), self.vectors, embedder, build_tokenizer(s),
+            BM25Params(s.bm25_k1, s.bm25_b),
+            SearchDefaults(s.rrf_k, s.weight_bm25, s.weight_vector, s.candidate_pool, s.hnsw_ef_search),
+        )
+
+    async def close(self) -> None:
+        if self.vectors is not None:
+            await self.vectors.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    state = QueryState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await state.open()
+        log.info("query_service_ready", port=settings.http_port)
+        yield
+        await state.close()
+
+    app = FastAPI(title="fluxstream query service", version="1", lifespan=lifespan,
+                  responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return error(422, "invalid_request", "the request body or parameters are invalid", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RedisError)
+    @app.exception_handler(OSError)
+    async def dependency_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("dependency_unavailable", error=repr(exc))
+        return error(503, "unavailable", "a backing store is unavailable; retry later")
+
+    @app.post("/v1/search", response_model=SearchResponse)
+    async def search(req: SearchRequest) -> SearchResponse:
+        assert state.searcher is not None
+        started = time.perf_counter()
+        response = await state.searcher.search(req)
+        metrics.SEARCH_SECONDS.labels(req.mode).observe(time.perf_counter() - started)
+        metrics.SEARCHES.labels(req.mode, "ok").inc()
+        return response
+
+    @app.get("/v1/documents/{doc_id:path}", response_model=DocumentResponse)
+    async def get_document(doc_id: str, collection: str = Query("default", max_length=64)) -> Any:
+        assert state.searcher is not None and state.vectors is not None
+        postings = state.searcher.postings
+        doc = await postings.get_document(collection, doc_id)
+        if doc.version is None:
+            return error(404, "not_found", f"document {doc_id!r} is not in collection {collection!r}")
+        records = await postings.fetch_chunks(collection, [c.chunk_id for c in doc.chunks])
+        embedded = await state.vectors.document_hashes(collection, doc_id)
+        chunks = [
+            ChunkView(chunk_id=c.chunk_id, chunk_no=c.chunk_no, text=r.text if r else "",
+                      content_hash=c.content_hash, has_vector=embedded.get(c.chunk_id) == c.content_hash)
+            for c, r in zip(doc.chunks, records, strict=True)
+        ]
+        return DocumentResponse(doc_id=doc_id, collection=collection, version=doc.version, deleted=doc.deleted,
+                                title=doc.title, metadata=doc.metadata, chunks=chunks)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        checks = {"redis": False, "postgres": False}
+        if state.redis is not None and state.vectors is not None:
+            checks = await check_dependencies(state.redis, state.vectors)
+        ready = all(checks.values())
+        metrics.READY.set(int(ready))
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,85 @@
+"""Query-service request and response schemas (HTTP and, later, Kafka request/reply)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.events import CollectionName, MetadataValue
+
+FilterValue = str | int | float | bool | None
+
+
+class FusionWeights(BaseModel):
+    """Weights of the min-max-normalised retriever scores in weighted fusion."""
+
+    model_config = ConfigDict(extra="forbid")
+    bm25: Annotated[float, Field(ge=0)] = 0.5
+    vector: Annotated[float, Field(ge=0)] = 0.5
+
+
+class SearchRequest(BaseModel):
+    """``POST /v1/search`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: Annotated[str, Field(min_length=1, max_length=4096)]
+    collection: CollectionName = "default"
+    k: Annotated[int, Field(ge=1, le=100)] = 10
+    mode: Literal["bm25", "vector", "hybrid"] = "hybrid"
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    weights: FusionWeights | None = None
+    filters: dict[str, FilterValue] = Field(default_factory=dict)
+
+
+class RetrieverScore(BaseModel):
+    rank: int
+    score: float
+
+
+class SearchHit(BaseModel):
+    doc_id: str
+    chunk_id: str
+    chunk_no: int
+    title: str
+    text: str
+    metadata: dict[str, MetadataValue]
+    score: float
+    bm25: RetrieverScore | None = None
+    vector: RetrieverScore | None = None
+
+
+class SearchResponse(BaseModel):
+    query: str
+    collection: str
+    mode: str
+    fusion: str | None
+    hits: list[SearchHit]
+    timings_ms: dict[str, float]
+
+
+class ChunkView(BaseModel):
+    chunk_id: str
+    chunk_no: int
+    text: str
+    content_hash: str
+    has_vector: bool
+
+
+class DocumentResponse(BaseModel):
+    doc_id: str
+    collection: str
+    version: int
+    deleted: bool
+    title: str
+    metadata: dict[str, MetadataValue]
+    chunks: list[ChunkView]
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: a machine-readable code, a message, and optional details."""
+
+    error: str
+    message: str
+    details: list[dict] | None = None

@@ -1,0 +1,125 @@
+"""Event schemas carried on Kafka topics (version 1).
+
+Every event carries ``schema_version`` so consumers can reject or upgrade payloads
+they do not understand; the JSON Schemas in ``schemas/json/`` are generated from
+these models (``fluxstream schemas --write``) and a test keeps them in sync.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+
+CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+DocId = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+MetadataValue = str | int | float | bool | None | list[str | int | float | bool]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> bytes:
+        """orjson bytes of the event, the wire format on every topic."""
+        return orjson.dumps(self.model_dump(mode="json"))
+
+
+class DocumentChange(_Event):
+    """A change to one document, keyed by ``doc_id`` on the documents topic.
+
+    ``version`` orders changes of one document: a change at or below the version
+    already applied is skipped, so duplicates and replays are harmless.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    op: Literal["upsert", "delete"]
+    doc_id: DocId
+    collection: CollectionName = "default"
+    version: Annotated[int, Field(ge=0)]
+    title: str = ""
+    text: str = ""
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    occurred_at: datetime | None = None
+
+
+class SourcePosition(_Event):
+    """Where an event was read: the read-your-writes token and audit trail."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Stages(_Event):
+    """Which index stages reflect the change."""
+
+    bm25: bool
+    vectors: bool
+
+
+class IndexUpdate(_Event):
+    """Published on the index-updates topic after a stage applied a change."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    doc_id: DocId
+    collection: CollectionName
+    version: int
+    op: Literal["upsert", "delete"]
+    chunk_ids: list[str]
+    stages: Stages
+    source: SourcePosition
+    applied_at: datetime = Field(default_factory=utc_now)
+
+
+class EmbedChunk(_Event):
+    """One chunk waiting for its vector."""
+
+    chunk_id: str
+    chunk_no: int
+    text: str
+    content_hash: str
+
+
+class EmbedJob(_Event):
+    """Internal event from the BM25 stage to the vector stage (keyed by doc_id).
+
+    It carries the chunk texts so the vector stage never reads Redis, and keeps
+    per-document order because it uses the same key as the change event.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    op: Literal["upsert", "delete"]
+    doc_id: DocId
+    collection: CollectionName
+    version: int
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    chunks: list[EmbedChunk] = Field(default_factory=list)
+    source: SourcePosition
+
+
+class DeadLetter(_Event):
+    """A record that could not be applied, with the reason and its original bytes (base64)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    reason: str
+    detail: str
+    source: SourcePosition
+    key_b64: str | None
+    value_b64: str | None
+    failed_at: datetime = Field(default_factory=utc_now)
+
+
+EVENT_MODELS: dict[str, type[BaseModel]] = {
+    "document-change": DocumentChange,
+    "index-update": IndexUpdate,
+    "embed-job": EmbedJob,
+    "dead-letter": DeadLetter,
+}

@@ -1,0 +1,1 @@
+"""The Faust app, its topics and agents: the streaming side of fluxstream."""

@@ -1,0 +1,125 @@
+"""The Faust app: two agents (BM25 stage, vector stage) plus health, readiness and metrics pages.
+
+Both agents read raw bytes (decoding is ours, so malformed records can be
+dead-lettered with their original bytes) in batches with ``take_events``, which
+acks a batch only after the loop body returns; the pipeline's handlers return
+only when the batch's effects are durable, so Faust never commits an offset
+whose effects could be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fluxstream import metrics
+from fluxstream.logging import get_logger
+from fluxstream.settings import Settings
+from streams.pipeline import Pipeline, Resources
+
+log = get_logger("fluxstream.worker")
+
+
+def kafka_broker_url(bootstrap: str) -> str:
+    """Faust wants ``kafka://host:port`` URLs separated by ``;``."""
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+
+
+class WorkerState:
+    """Opens shared resources once, on first use by either agent."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self._pipeline: Pipeline | None = None
+        self._lock = asyncio.Lock()
+
+    async def pipeline(self) -> Pipeline:
+        async with self._lock:
+            while self._pipeline is None:
+                try:
+                    resources = await Resources.open(
+                        self.settings, self.settings.redis_url, self.settings.database_url
+                    )
+                except Exception as exc:  # dependencies still starting: keep trying, stay not-ready
+                    log.warning("resources_unavailable", error=repr(exc))
+                    await asyncio.sleep(1.0)
+                    continue
+                self._pipeline = Pipeline(self.settings, resources, self.publish)
+                metrics.READY.set(1)
+        return self._pipeline
+
+    async def publish(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+        # force=True: send now instead of attaching to the current event (sent at ack time).
+        return await self.app.topic(topic).send(key=key, value=value, force=True)
+
+    async def readiness(self) -> dict[str, Any]:
+        if self._pipeline is None:
+            return {"ready": False, "redis": False, "postgres": False, "stages": "starting"}
+        checks = await self._pipeline.resources.ping()
+        return {"ready": all(checks.values()) and self._pipeline.ready, **checks,
+                "stages": "ok" if self._pipeline.ready else "retrying"}
+
+    async def close(self) -> None:
+        if self._pipeline is not None:
+            await self._pipeline.resources.close()
+
+
+def build_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.app_id,
+        broker=kafka_broker_url(settings.kafka_url),
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        datadir=str(Path(settings.state_dir) / f"faust-{settings.app_id}"),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=max(settings.session_timeout / 10, 0.5),
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=settings.worker_web_port != 0,
+        web_port=settings.worker_web_port or 6066,
+        web_bind=settings.http_host,
+        web_in_thread=False,
+    )
+    state = WorkerState(app, settings)
+    documents = app.topic(settings.documents_topic, value_serializer="raw", key_serializer="raw")
+    embed_jobs = app.topic(settings.embed_jobs_topic, value_serializer="raw", key_serializer="raw")
+
+    @app.agent(documents, name="index-documents")
+    async def index_documents(stream: faust.StreamT) -> None:
+        pipeline = await state.pipeline()
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
+            await pipeline.handle_changes([e.message for e in events])
+
+    @app.agent(embed_jobs, name="embed-chunks")
+    async def embed_chunks(stream: faust.StreamT) -> None:
+        pipeline = await state.pipeline()
+        async for events in stream.take_events(settings.embed_batch_max, within=settings.embed_batch_within):
+            await pipeline.handle_embed_jobs([e.message for e in events])
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        body = await state.readiness()
+        return web.json(body, status=200 if body["ready"] else 503)
+
+    @app.page("/metrics")
+    async def prometheus(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.on_after_configured.connect
+    def _configured(app: faust.App, **kwargs: Any) -> None:  # pragma: no cover - faust hook
+        log.info("worker_configured", app_id=settings.app_id)
+
+    app.fluxstream_state = state  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,221 @@
+"""What the Faust agents do with a batch of records, independent of Faust itself.
+
+Contract with the agents: ``handle_*`` returns only once every effect of the batch
+is durable (Redis/Postgres written, follow-up events delivered to Kafka). It never
+raises for a dependency outage: it retries with capped backoff and reports
+not-ready meanwhile, because the agent acks (and Faust later commits) the batch as
+soon as the handler returns or raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import redis.asyncio as aioredis
+from psycopg import OperationalError as PgOperationalError
+from psycopg_pool import PoolTimeout
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from fluxstream import metrics
+from fluxstream.logging import get_logger
+from fluxstream.settings import Settings
+from fluxstream.wiring import build_embedder, build_tokenizer, check_dependencies, open_redis
+from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
+from indexer.chunking import Chunker
+from indexer.embedders.base import Embedder, EmbeddingError
+from indexer.postings import PostingsStore
+from indexer.vector_stage import VectorStage
+from indexer.vector_store import HNSWParams, VectorStore
+from schemas.events import EmbedJob, IndexUpdate, SourcePosition
+from streams.decoding import Rejected, dead_letter, decode, decode_change
+
+log = get_logger("fluxstream.pipeline")
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+Outcome = TypeVar("Outcome")
+TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, PgOperationalError, PoolTimeout, OSError,
+                    asyncio.TimeoutError)
+
+
+class Record(Protocol):
+    """The parts of a Kafka record the pipeline needs (Faust's ``Message`` has them)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+class Publisher(Protocol):
+    """Sends a record and returns an awaitable that resolves once the broker has it."""
+
+    async def __call__(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[object]: ...
+
+
+@dataclass
+class Resources:
+    redis: aioredis.Redis
+    postings: PostingsStore
+    vectors: VectorStore
+    embedder: Embedder
+
+    @classmethod
+    async def open(cls, settings: Settings, redis_url: str, database_url: str) -> Resources:
+        embedder = build_embedder(settings)
+        redis = open_redis(redis_url)
+        wait_aof = await _aof_enabled(redis)
+        vectors = await VectorStore.connect(
+            database_url, dimensions=embedder.dimensions, model_id=embedder.model_id,
+            hnsw=HNSWParams(settings.hnsw_m, settings.hnsw_ef_construction),
+        )
+        return cls(redis, PostingsStore(redis, wait_aof=wait_aof), vectors, embedder)
+
+    async def close(self) -> None:
+        await self.vectors.close()
+        await self.redis.aclose()
+
+    async def ping(self) -> dict[str, bool]:
+        return await check_dependencies(self.redis, self.vectors)
+
+
+async def _aof_enabled(redis: aioredis.Redis) -> bool:
+    """With AOF on, WAITAOF makes a write durable before its offset is committed."""
+    try:
+        config = await redis.config_get("appendonly")
+    except Exception:  # managed Redis may forbid CONFIG; durability is then the provider's
+        return False
+    return config.get("appendonly") == "yes"
+
+
+class Pipeline:
+    """Handles batches for the two agents: change events (BM25 stage) and embed jobs (vector stage)."""
+
+    def __init__(self, settings: Settings, resources: Resources, publish: Publisher) -> None:
+        self.settings = settings
+        self.resources = resources
+        self.publish = publish
+        tokenizer = build_tokenizer(settings)
+        builder = DocumentBuilder(Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer), tokenizer)
+        self.bm25 = BM25Stage(resources.postings, builder)
+        self.vector_stage = VectorStage(resources.vectors, resources.embedder)
+        self.ready = True
+
+    async def handle_changes(self, records: Sequence[Record]) -> None:
+        valid: list[SourcedChange] = []
+        sends: list[Awaitable[object]] = []
+        originals = {_position(r): r for r in records}
+        for record in records:
+            source = _position(record)
+            result = decode_change(record.value, self.settings.max_text_bytes)
+            if isinstance(result, Rejected):
+                sends.append(await self._dead_letter(result, source, record.key, record.value))
+            else:
+                valid.append(SourcedChange(result, source))
+        started = time.perf_counter()
+        outcomes, failures = await self._apply_isolating("bm25", valid, self.bm25.apply)
+        metrics.STAGE_SECONDS.labels("bm25").observe(time.perf_counter() - started)
+        for item, error in failures:
+            original = originals[item.source]
+            sends.append(await self._dead_letter(Rejected("apply_failed", error), item.source,
+                                                 original.key, original.value))
+        for outcome in outcomes:
+            metrics.EVENTS.labels("applied").inc(outcome.applied)
+            metrics.EVENTS.labels("skipped").inc(outcome.skipped)
+            for job in outcome.embed_jobs:
+                sends.append(await self.publish(self.settings.embed_jobs_topic, job.doc_id.encode(), job.to_json()))
+            sends += [await self._announce(update) for update in outcome.index_updates]
+        await asyncio.gather(*sends)
+
+    async def handle_embed_jobs(self, records: Sequence[Record]) -> None:
+        jobs: list[EmbedJob] = []
+        sends: list[Awaitable[object]] = []
+        for record in records:
+            result = decode(record.value, EmbedJob)
+            if isinstance(result, Rejected):
+                sends.append(await self._dead_letter(result, _position(record), record.key, record.value))
+            else:
+                jobs.append(result)
+        started = time.perf_counter()
+        outcomes, failures = await self._apply_isolating("vectors", jobs, self.vector_stage.apply)
+        metrics.STAGE_SECONDS.labels("vectors").observe(time.perf_counter() - started)
+        failed = [(job, f"apply_failed: {error}") for job, error in failures]
+        for outcome in outcomes:
+            metrics.EMBED_JOBS.labels("applied").inc(outcome.applied)
+            metrics.EMBED_JOBS.labels("skipped").inc(outcome.skipped)
+            metrics.CHUNKS_EMBEDDED.inc(outcome.embedded)
+            metrics.CHUNKS_REUSED.inc(outcome.reused)
+            failed += outcome.failed
+            sends += [await self._announce(update) for update in outcome.index_updates]
+        metrics.EMBED_JOBS.labels("failed").inc(len(failed))
+        for job, reason in failed:
+            sends.append(await self._dead_letter(Rejected("embedding_failed", reason), job.source,
+                                                 job.doc_id.encode(), job.to_json()))
+        await asyncio.gather(*sends)
+
+    async def _announce(self, update: IndexUpdate) -> Awaitable[object]:
+        return await self.publish(self.settings.index_updates_topic, update.doc_id.encode(), update.to_json())
+
+    async def _apply_isolating(
+        self, stage: str, items: list[Item], apply: Callable[[list[Item]], Awaitable[Outcome]]
+    ) -> tuple[list[Outcome], list[tuple[Item, str]]]:
+        """Apply the whole batch; if it fails for a non-transient reason, apply item by item.
+
+        An item that fails on its own is returned as a failure (to be dead-lettered) so
+        one poisonous event never blocks its partition nor kills the worker.
+        """
+        if not items:
+            return [], []
+        try:
+            return [await self._until_done(stage, lambda: apply(items))], []
+        except Exception:
+            log.exception("batch_failed_isolating", stage=stage, size=len(items))
+        outcomes: list[Outcome] = []
+        failures: list[tuple[Item, str]] = []
+        for item in items:
+            try:
+                outcomes.append(await self._until_done(stage, lambda item=item: apply([item])))
+            except Exception as exc:
+                failures.append((item, f"{type(exc).__name__}: {exc}"))
+        return outcomes, failures
+
+    async def _dead_letter(
+        self, rejected: Rejected, source: SourcePosition, key: bytes | None, value: bytes | None
+    ) -> Awaitable[object]:
+        log.warning("dead_letter", reason=rejected.reason, detail=rejected.detail[:500], **source.model_dump())
+        metrics.DEAD_LETTERS.labels(rejected.reason).inc()
+        letter = dead_letter(rejected, source, key, value)
+        return await self.publish(self.settings.dead_letters_topic, key, letter.to_json())
+
+    async def _until_done(self, stage: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Retry ``attempt`` through outages (Redis, Postgres, embedding provider) with capped backoff."""
+        delay = 0.1
+        while True:
+            try:
+                result = await attempt()
+            except (*TRANSIENT_ERRORS, EmbeddingError) as exc:
+                if isinstance(exc, EmbeddingError) and exc.permanent:
+                    raise
+                self.ready = False
+                metrics.READY.set(0)
+                metrics.STAGE_RETRIES.labels(stage).inc()
+                log.warning("stage_retry", stage=stage, error=repr(exc), retry_in=round(delay, 2))
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self.settings.retry_max_backoff)
+                continue
+            if not self.ready:
+                log.info("stage_recovered", stage=stage)
+            self.ready = True
+            metrics.READY.set(1)
+            return result
+
+
+def _position(record: Record) -> SourcePosition:
+    return SourcePosition(topic=record.topic, partition=record.partition, offset=record.offset)

@@ -1,0 +1,38 @@
+"""Topic names and creation: fluxstream's topics exist before any worker starts."""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from fluxstream.settings import Settings
+
+
+def topic_names(settings: Settings) -> list[str]:
+    return [
+        settings.documents_topic,
+        settings.embed_jobs_topic,
+        settings.index_updates_topic,
+        settings.dead_letters_topic,
+    ]
+
+
+async def create_topics(settings: Settings, bootstrap: str) -> list[str]:
+    """Create missing topics; returns the names that were created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=settings.topic_partitions,
+                     replication_factor=settings.topic_replication)
+            for name in topic_names(settings) if name not in existing
+        ]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race
+        return [t.name for t in wanted]
+    finally:
+        await admin.close()
