@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 
 from fluxstream.logging import configure_logging, get_logger
-from fluxstream.settings import Settings, describe
+from fluxstream.settings import Settings, describe, markdown_reference
 
 log = get_logger("fluxstream.cli")
 
@@ -196,6 +196,9 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(markdown_reference())
+        return 0
     for name, default, doc in describe():
         print(f"{name:38} {default:28} {doc}")
     return 0
@@ -225,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="check (default) or --write the JSON Schemas")
     schemas.add_argument("--write", action="store_true")
     schemas.set_defaults(func=cmd_schemas)
-    sub.add_parser("config", help="list environment variables and defaults").set_defaults(func=cmd_config)
+    config = sub.add_parser("config", help="list environment variables and defaults")
+    config.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
+    config.set_defaults(func=cmd_config)
     return parser
 
 

@@ -107,3 +107,19 @@ def describe() -> list[tuple[str, str, str]]:
         (ENV_PREFIX + f.name.upper(), repr(f.default), f.metadata.get("doc", ""))
         for f in fields(Settings)
     ]
+
+
+CONFIG_DOC_HEADER = """# Configuration
+
+Every setting is an environment variable (read once at process start). `fluxstream config` prints
+this table. Unset service URLs make `fluxstream dev` and the test fixtures start embedded servers.
+
+| variable | default | meaning |
+|---|---|---|
+"""
+
+
+def markdown_reference() -> str:
+    """docs/configuration.md, generated (`fluxstream config --markdown > docs/configuration.md`)."""
+    rows = "".join(f"| `{name}` | `{default}` | {doc} |\n" for name, default, doc in describe())
+    return CONFIG_DOC_HEADER + rows

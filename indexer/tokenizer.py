@@ -29,7 +29,7 @@ def parse_stopwords(spec: str) -> frozenset[str]:
         return ENGLISH_STOPWORDS
     if spec.lower() in {"", "none"}:
         return frozenset()
-    return frozenset(normalise(w) for w in spec.split(",") if w.strip())
+    return frozenset(normalise(w.strip()) for w in spec.split(",") if w.strip())
 
 
 def normalise(text: str) -> str:

@@ -1,0 +1,58 @@
+"""A batch mixing valid and malformed events: every valid one is indexed, every bad one dead-lettered."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from fluxstream.settings import Settings
+from tests.conftest import TopicReader, change, send
+
+
+async def test_mixed_batch(stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient,
+                           collection: str) -> None:
+    topic = stack.documents_topic
+    bad: dict[str, tuple[bytes, str]] = {
+        "bad-json": (b'{"op": "upsert", "doc_id": ', "invalid_json"),
+        "missing": (orjson.dumps({"op": "upsert", "collection": collection, "version": 1}), "schema_violation"),
+        "wrong-type": (orjson.dumps(change("w", collection, "x", version=1) | {"version": "seven"}),
+                       "schema_violation"),
+        "bad-op": (orjson.dumps(change("o", collection, "x", version=1) | {"op": "merge"}), "schema_violation"),
+        "not-object": (b"[1, 2, 3]", "invalid_event"),
+        "oversized": (orjson.dumps(change("big", collection, "word " * (stack.max_text_bytes // 5 + 10),
+                                          version=1)), "oversized"),
+    }
+    good = [change(f"g{i}", collection, f"valid document number {i} about herons", version=1) for i in range(6)]
+    async with TopicReader(stack, stack.dead_letters_topic) as letters, \
+            TopicReader(stack, stack.index_updates_topic) as updates:
+        # Interleave so the worker sees them in the same batches.
+        for i, (key, (payload, _reason)) in enumerate(bad.items()):
+            await producer.send(topic, key=key.encode(), value=payload)
+            await producer.send(topic, key=good[i]["doc_id"].encode(), value=orjson.dumps(good[i]))
+        await producer.flush()
+        dead = await letters.wait_for(lambda e: e[0] is not None and e[0].decode() in bad, count=len(bad))
+        await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["bm25"],
+                               count=len(good))
+    by_key = {k.decode(): v for k, v in dead}
+    for key, (payload, reason) in bad.items():
+        letter = by_key[key]
+        assert letter["reason"] == reason, (key, letter)
+        assert base64.b64decode(letter["value_b64"]) == payload  # the original bytes, untouched
+        assert base64.b64decode(letter["key_b64"]) == key.encode()
+        assert letter["source"]["topic"] == topic and letter["detail"]
+    resp = await http.post("/v1/search", json={"query": "herons", "collection": collection, "mode": "bm25",
+                                               "k": 20})
+    assert sorted(h["doc_id"] for h in resp.json()["hits"]) == sorted(g["doc_id"] for g in good)
+
+
+async def test_worker_survives_and_keeps_indexing(stack: Settings, producer: AIOKafkaProducer,
+                                                  http: httpx.AsyncClient, collection: str) -> None:
+    async with TopicReader(stack, stack.index_updates_topic) as updates:
+        await producer.send_and_wait(stack.documents_topic, key=b"junk", value=b"\xff\xfe not json")
+        await send(producer, stack.documents_topic, change("after", collection, "still alive", version=1))
+        await updates.wait_for(lambda e: e[1]["collection"] == collection)
+    ready = await httpx.AsyncClient().get(f"http://127.0.0.1:{stack.worker_web_port}/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True

@@ -1,0 +1,48 @@
+"""RRF and weighted fusion on known rankings, computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from query.fusion import min_max, rrf, weighted
+
+BM25 = [("a", 12.0), ("b", 8.0), ("c", 2.0)]
+VECTOR = [("c", 0.9), ("a", 0.7), ("d", 0.5)]
+
+
+def test_rrf_sums_reciprocal_ranks() -> None:
+    fused = dict(rrf({"bm25": BM25, "vector": VECTOR}, k=60))
+    assert fused["a"] == pytest.approx(1 / 61 + 1 / 62)
+    assert fused["c"] == pytest.approx(1 / 63 + 1 / 61)
+    assert fused["b"] == pytest.approx(1 / 62)
+    assert fused["d"] == pytest.approx(1 / 63)
+    assert [item for item, _ in rrf({"bm25": BM25, "vector": VECTOR}, k=60)] == ["a", "c", "b", "d"]
+
+
+def test_rrf_k_changes_the_balance() -> None:
+    # With a tiny k rank 1 dominates the sum; the formula is the same.
+    fused = dict(rrf({"bm25": BM25, "vector": VECTOR}, k=1))
+    assert fused["a"] == pytest.approx(1 / 2 + 1 / 3)
+    assert fused["c"] == pytest.approx(1 / 4 + 1 / 2)
+
+
+def test_min_max() -> None:
+    assert min_max(BM25) == {"a": 1.0, "b": 0.6, "c": 0.0}
+    assert min_max([("x", 3.0), ("y", 3.0)]) == {"x": 1.0, "y": 1.0}
+    assert min_max([]) == {}
+
+
+def test_weighted_fusion() -> None:
+    fused = dict(weighted({"bm25": BM25, "vector": VECTOR}, {"bm25": 0.3, "vector": 0.7}))
+    # vector min-max: c = 1.0, a = 0.5, d = 0.0
+    assert fused["a"] == pytest.approx(0.3 * 1.0 + 0.7 * 0.5)
+    assert fused["b"] == pytest.approx(0.3 * 0.6)
+    assert fused["c"] == pytest.approx(0.3 * 0.0 + 0.7 * 1.0)
+    assert fused["d"] == pytest.approx(0.0)
+    order = [item for item, _ in weighted({"bm25": BM25, "vector": VECTOR}, {"bm25": 0.3, "vector": 0.7})]
+    assert order == ["c", "a", "b", "d"]
+
+
+def test_ties_are_deterministic() -> None:
+    fused = rrf({"x": [("b", 1.0)], "y": [("a", 1.0)]}, k=60)
+    assert [item for item, _ in fused] == ["a", "b"]

@@ -1,0 +1,58 @@
+"""The query service's contract: clear JSON 4xx errors, OpenAPI, health and metrics."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"collection": "x"}, "query"),
+        ({"query": "a", "k": 0}, "k"),
+        ({"query": "a", "k": 101}, "k"),
+        ({"query": "a", "mode": "fuzzy"}, "mode"),
+        ({"query": "a", "fusion": "max"}, "fusion"),
+        ({"query": ""}, "query"),
+        ({"query": "a", "collection": "bad name!"}, "collection"),
+        ({"query": "a", "filters": {"x": {"nested": 1}}}, "filters"),
+        ({"query": "a", "surprise": 1}, "surprise"),
+    ],
+)
+async def test_invalid_search_requests(http: httpx.AsyncClient, body: dict, field: str) -> None:
+    resp = await http.post("/v1/search", json=body)
+    assert resp.status_code == 422
+    payload = resp.json()
+    assert payload["error"] == "invalid_request"
+    assert any(field in map(str, d["loc"]) for d in payload["details"]), payload
+
+
+async def test_malformed_json_body(http: httpx.AsyncClient) -> None:
+    resp = await http.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 422 and resp.json()["error"] == "invalid_request"
+
+
+async def test_unknown_collection_is_empty_not_error(http: httpx.AsyncClient) -> None:
+    resp = await http.post("/v1/search", json={"query": "anything", "collection": "never-created"})
+    assert resp.status_code == 200 and resp.json()["hits"] == []
+
+
+async def test_unknown_document_and_route(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/v1/documents/nope?collection=never-created")
+    assert resp.status_code == 404 and resp.json()["error"] == "not_found"
+    resp = await http.get("/v1/nothing-here")
+    assert resp.status_code == 404 and resp.json()["error"] == "not_found"
+    resp = await http.get("/v1/search")
+    assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
+
+
+async def test_health_ready_metrics_openapi(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"ready": True, "redis": True, "postgres": True}
+    await http.post("/v1/search", json={"query": "metrics please", "collection": "never-created"})
+    metrics = (await http.get("/metrics")).text
+    assert 'fluxstream_searches_total{mode="hybrid",status="ok"}' in metrics
+    spec = (await http.get("/openapi.json")).json()
+    assert "/v1/search" in spec["paths"] and "/v1/documents/{doc_id}" in spec["paths"]
