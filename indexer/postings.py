@@ -32,16 +32,14 @@ TF_MASK = (1 << TF_BITS) - 1
 MAX_CHUNK_TERMS = TF_MASK
 COLLECTIONS_KEY = "fx:collections"
 
-# ARGV[1]: {"checks": [[key_no, expected_version or false]...], "ops": [[cmd, key_no, args...]...]}
+# ARGV[1]: {"checks": [[key_no, expected_version or ""]...], "ops": [[cmd, key_no, args...]...]}
 # KEYS are every key touched (declared, as Redis Cluster requires).
 _APPLY_SCRIPT = """
 local plan = cjson.decode(ARGV[1])
 for _, check in ipairs(plan.checks) do
   local current = redis.call('HGET', KEYS[check[1]], 'version')
-  local expected = check[2]
-  if expected == false then expected = nil end
-  if current == false then current = nil end
-  if current ~= expected then
+  if current == false then current = '' end
+  if current ~= check[2] then
     return {0, KEYS[check[1]]}
   end
 end
@@ -215,7 +213,7 @@ class PostingsStore:
     def _plan_document(self, plan: _Plan, before: DocumentState, after: DocumentState, updated_at: str) -> None:
         coll = after.collection
         doc_key = self.doc_key(coll, after.doc_id)
-        plan.checks.append([plan.key(doc_key), None if before.version is None else str(before.version)])
+        plan.checks.append([plan.key(doc_key), "" if before.version is None else str(before.version)])
         old = {c.chunk_id: c for c in before.chunks}
         new = {c.chunk_id: c for c in after.chunks}
         for chunk_id, chunk in old.items():

@@ -50,6 +50,11 @@ class VectorHit:
     score: float
 
 
+def _as_array(value: Any) -> np.ndarray:
+    """pgvector's loader gives a ``Vector`` (newer) or an ndarray (older); callers want float32."""
+    return np.asarray(value.to_numpy() if hasattr(value, "to_numpy") else value, dtype=np.float32)
+
+
 class SchemaMismatch(RuntimeError):
     """The table was created for another embedding size: rebuild, or point at another database."""
 
@@ -141,7 +146,7 @@ class VectorStore:
                 "WHERE content_hash = ANY(%s) AND model = %s",
                 (list(hashes), self.model_id),
             )
-            return {h: np.asarray(e, dtype=np.float32) for h, e in await cur.fetchall()}
+            return {h: _as_array(e) for h, e in await cur.fetchall()}
 
     async def replace_documents(
         self, documents: Sequence[tuple[str, str, int, bool, Sequence[VectorRow]]]

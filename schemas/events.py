@@ -8,7 +8,7 @@ these models (``fluxstream schemas --write``) and a test keeps them in sync.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -106,15 +106,38 @@ class EmbedJob(_Event):
 
 
 class DeadLetter(_Event):
-    """A record that could not be applied, with the reason and its original bytes (base64)."""
+    """A record that could not be applied.
+
+    On the dead-letter topic the record keeps its original key and its original
+    bytes as value (so it fits wherever the original fitted and can be replayed
+    as is); these fields travel as headers named ``fluxstream.<field>``.
+    """
 
     schema_version: Literal[1] = SCHEMA_VERSION
     reason: str
     detail: str
     source: SourcePosition
-    key_b64: str | None
-    value_b64: str | None
     failed_at: datetime = Field(default_factory=utc_now)
+
+    HEADER_PREFIX: ClassVar[str] = "fluxstream."
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        p = self.HEADER_PREFIX
+        return [
+            (p + "schema_version", str(self.schema_version).encode()),
+            (p + "reason", self.reason.encode()),
+            (p + "detail", self.detail[:4000].encode()),
+            (p + "source", self.source.to_json()),
+            (p + "failed_at", self.failed_at.isoformat().encode()),
+        ]
+
+    @classmethod
+    def from_headers(cls, headers: list[tuple[str, bytes]]) -> DeadLetter:
+        p = cls.HEADER_PREFIX
+        fields = {k[len(p):]: v for k, v in headers if k.startswith(p)}
+        return cls(reason=fields["reason"].decode(), detail=fields["detail"].decode(),
+                   source=SourcePosition.model_validate_json(fields["source"]),
+                   failed_at=datetime.fromisoformat(fields["failed_at"].decode()))
 
 
 EVENT_MODELS: dict[str, type[BaseModel]] = {

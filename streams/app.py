@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -53,9 +54,10 @@ class WorkerState:
                 metrics.READY.set(1)
         return self._pipeline
 
-    async def publish(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[Any]:
+    async def publish(self, topic: str, key: bytes | None, value: bytes | None,
+                      headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[Any]:
         # force=True: send now instead of attaching to the current event (sent at ack time).
-        return await self.app.topic(topic).send(key=key, value=value, force=True)
+        return await self.app.topic(topic).send(key=key, value=value, headers=headers, force=True)
 
     async def readiness(self) -> dict[str, Any]:
         if self._pipeline is None:
@@ -67,6 +69,28 @@ class WorkerState:
     async def close(self) -> None:
         if self._pipeline is not None:
             await self._pipeline.resources.close()
+
+
+async def handle_then_ack(stream: faust.StreamT, events: list[Any],
+                          handler: Callable[[list[Any]], Awaitable[None]]) -> None:
+    """Run ``handler`` until it succeeds, then ack: offsets are committed only for applied batches.
+
+    ``noack_take`` never acks by itself, so a crash or cancellation mid-batch leaves the
+    batch uncommitted and it is redelivered (harmless: applies are versioned). Retrying
+    here covers failures the handler does not absorb itself, such as Kafka being down.
+    """
+    delay = 0.2
+    while True:
+        try:
+            await handler([e.message for e in events])
+            break
+        except Exception as exc:
+            metrics.STAGE_RETRIES.labels("publish").inc()
+            log.exception("batch_retry", error=repr(exc), size=len(events), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    for event in events:
+        await stream.ack(event)
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -82,6 +106,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=max(settings.session_timeout / 10, 0.5),
         broker_commit_interval=1.0,
+        producer_max_request_size=8 * 1024 * 1024,  # a dead letter carries the original record
         consumer_auto_offset_reset="earliest",
         web_enabled=settings.worker_web_port != 0,
         web_port=settings.worker_web_port or 6066,
@@ -95,14 +120,14 @@ def build_app(settings: Settings) -> faust.App:
     @app.agent(documents, name="index-documents")
     async def index_documents(stream: faust.StreamT) -> None:
         pipeline = await state.pipeline()
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within):
-            await pipeline.handle_changes([e.message for e in events])
+        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within):
+            await handle_then_ack(stream, events, pipeline.handle_changes)
 
     @app.agent(embed_jobs, name="embed-chunks")
     async def embed_chunks(stream: faust.StreamT) -> None:
         pipeline = await state.pipeline()
-        async for events in stream.take_events(settings.embed_batch_max, within=settings.embed_batch_within):
-            await pipeline.handle_embed_jobs([e.message for e in events])
+        async for events in stream.noack_take(settings.embed_batch_max, within=settings.embed_batch_within):
+            await handle_then_ack(stream, events, pipeline.handle_embed_jobs)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

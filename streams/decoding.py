@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -46,9 +45,5 @@ def decode_change(raw: bytes | None, max_text_bytes: int) -> DocumentChange | Re
     return result
 
 
-def dead_letter(rejected: Rejected, source: SourcePosition, key: bytes | None, value: bytes | None) -> DeadLetter:
-    def b64(data: bytes | None) -> str | None:
-        return None if data is None else base64.b64encode(data).decode()
-
-    return DeadLetter(reason=rejected.reason, detail=rejected.detail, source=source,
-                      key_b64=b64(key), value_b64=b64(value))
+def dead_letter(rejected: Rejected, source: SourcePosition) -> DeadLetter:
+    return DeadLetter(reason=rejected.reason, detail=rejected.detail, source=source)

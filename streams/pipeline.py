@@ -57,7 +57,8 @@ class Record(Protocol):
 class Publisher(Protocol):
     """Sends a record and returns an awaitable that resolves once the broker has it."""
 
-    async def __call__(self, topic: str, key: bytes | None, value: bytes) -> Awaitable[object]: ...
+    async def __call__(self, topic: str, key: bytes | None, value: bytes | None,
+                      headers: list[tuple[str, bytes]] | None = None) -> Awaitable[object]: ...
 
 
 @dataclass
@@ -189,10 +190,11 @@ class Pipeline:
     async def _dead_letter(
         self, rejected: Rejected, source: SourcePosition, key: bytes | None, value: bytes | None
     ) -> Awaitable[object]:
+        """Original key and bytes as the record, the reason in headers (see schemas.events.DeadLetter)."""
         log.warning("dead_letter", reason=rejected.reason, detail=rejected.detail[:500], **source.model_dump())
         metrics.DEAD_LETTERS.labels(rejected.reason).inc()
-        letter = dead_letter(rejected, source, key, value)
-        return await self.publish(self.settings.dead_letters_topic, key, letter.to_json())
+        headers = dead_letter(rejected, source).headers()
+        return await self.publish(self.settings.dead_letters_topic, key, value, headers)
 
     async def _until_done(self, stage: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Retry ``attempt`` through outages (Redis, Postgres, embedding provider) with capped backoff."""

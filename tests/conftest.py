@@ -98,7 +98,7 @@ class TopicReader:
     def __init__(self, settings: Settings, topic: str) -> None:
         self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_url, group_id=None,
                                          auto_offset_reset="earliest", enable_auto_commit=False)
-        self.seen: list[Any] = []
+        self.records: list[Any] = []
 
     async def __aenter__(self) -> TopicReader:
         await self.consumer.start()
@@ -107,10 +107,12 @@ class TopicReader:
     async def __aexit__(self, *exc: object) -> None:
         await self.consumer.stop()
 
-    async def wait_for(self, predicate: Callable[[Any], bool], count: int = 1, timeout: float = 60.0) -> list[Any]:
+    async def wait_for_records(self, predicate: Callable[[Any], bool], count: int = 1,
+                               timeout: float = 60.0) -> list[Any]:
+        """Raw ConsumerRecords matching ``predicate``, once ``count`` of them have arrived."""
         deadline = time.monotonic() + timeout
         while True:
-            matched = [e for e in self.seen if predicate(e)]
+            matched = [r for r in self.records if predicate(r)]
             if len(matched) >= count:
                 return matched
             remaining = deadline - time.monotonic()
@@ -118,8 +120,16 @@ class TopicReader:
                 raise TimeoutError(f"only {len(matched)}/{count} matching events after {timeout}s")
             batches = await self.consumer.getmany(timeout_ms=int(min(remaining, 0.5) * 1000))
             for records in batches.values():
-                for record in records:
-                    self.seen.append((record.key, orjson.loads(record.value) if record.value else None))
+                self.records.extend(records)
+
+    async def wait_for(self, predicate: Callable[[Any], bool], count: int = 1, timeout: float = 60.0) -> list[Any]:
+        """(key, decoded JSON value) pairs matching ``predicate``."""
+        records = await self.wait_for_records(lambda r: predicate(_decoded(r)), count, timeout)
+        return [_decoded(r) for r in records]
+
+
+def _decoded(record: Any) -> tuple[bytes | None, Any]:
+    return record.key, orjson.loads(record.value) if record.value else None
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:

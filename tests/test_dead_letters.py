@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
+from schemas.events import DeadLetter
 from tests.conftest import TopicReader, change, send
 
 
@@ -33,16 +32,17 @@ async def test_mixed_batch(stack: Settings, producer: AIOKafkaProducer, http: ht
             await producer.send(topic, key=key.encode(), value=payload)
             await producer.send(topic, key=good[i]["doc_id"].encode(), value=orjson.dumps(good[i]))
         await producer.flush()
-        dead = await letters.wait_for(lambda e: e[0] is not None and e[0].decode() in bad, count=len(bad))
+        dead = await letters.wait_for_records(lambda r: r.key is not None and r.key.decode() in bad,
+                                              count=len(bad))
         await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["bm25"],
                                count=len(good))
-    by_key = {k.decode(): v for k, v in dead}
+    by_key = {record.key.decode(): record for record in dead}
     for key, (payload, reason) in bad.items():
-        letter = by_key[key]
-        assert letter["reason"] == reason, (key, letter)
-        assert base64.b64decode(letter["value_b64"]) == payload  # the original bytes, untouched
-        assert base64.b64decode(letter["key_b64"]) == key.encode()
-        assert letter["source"]["topic"] == topic and letter["detail"]
+        record = by_key[key]
+        assert record.value == payload  # the original bytes, untouched
+        letter = DeadLetter.from_headers(list(record.headers))
+        assert letter.reason == reason, (key, letter)
+        assert letter.source.topic == topic and letter.detail
     resp = await http.post("/v1/search", json={"query": "herons", "collection": collection, "mode": "bm25",
                                                "k": 20})
     assert sorted(h["doc_id"] for h in resp.json()["hits"]) == sorted(g["doc_id"] for g in good)
