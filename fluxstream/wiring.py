@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
-from indexer.embedders.factory import create_embedder
 
 from fluxstream.settings import Settings
 from indexer.embedders.base import Embedder
+from indexer.embedders.factory import create_embedder
 from indexer.tokenizer import Tokenizer, parse_stopwords
 from indexer.vector_store import VectorStore
 

@@ -48,10 +48,7 @@ class DocumentBuilder:
         states = []
         for chunk in self.chunker.split(change.title, change.text):
             old = reusable.get(chunk.content_hash)
-            if old is not None:
-                tf = old.tf
-            else:
-                tf = dict(Counter(self.tokenizer.tokenize(chunk.text)))
+            tf = old.tf if old is not None else dict(Counter(self.tokenizer.tokenize(chunk.text)))
             dl = sum(tf.values())
             if dl > MAX_CHUNK_TERMS:
                 raise ValueError(f"chunk has {dl} terms, more than {MAX_CHUNK_TERMS}; lower chunk_size")

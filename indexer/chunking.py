@@ -9,7 +9,7 @@ straddles a boundary is still found whole in one of them.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from indexer.tokenizer import Tokenizer
 
@@ -37,7 +37,7 @@ def content_hash(text: str) -> str:
 class Chunker:
     size: int = 200
     overlap: int = 40
-    tokenizer: Tokenizer = Tokenizer()
+    tokenizer: Tokenizer = field(default_factory=Tokenizer)
 
     def __post_init__(self) -> None:
         if self.size < 1:

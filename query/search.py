@@ -50,13 +50,13 @@ class Timer:
 
 class Searcher:
     def __init__(self, postings: PostingsStore, vectors: VectorStore, embedder: Embedder, tokenizer: Tokenizer,
-                 bm25: BM25Params = BM25Params(), defaults: SearchDefaults = SearchDefaults()) -> None:
+                 bm25: BM25Params | None = None, defaults: SearchDefaults | None = None) -> None:
         self.postings = postings
         self.vectors = vectors
         self.embedder = embedder
         self.tokenizer = tokenizer
-        self.bm25 = bm25
-        self.defaults = defaults
+        self.bm25 = bm25 or BM25Params()
+        self.defaults = defaults or SearchDefaults()
 
     async def search(self, req: SearchRequest) -> SearchResponse:
         timer = Timer()
