@@ -22,7 +22,6 @@ ENGLISH_STOPWORDS = frozenset([
     "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there", "these",
     "they", "this", "to", "was", "will", "with",
 ])
-)
 
 
 def parse_stopwords(spec: str) -> frozenset[str]:
