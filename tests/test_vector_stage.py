@@ -1,0 +1,89 @@
+"""The vector stage against real PostgreSQL + pgvector with the real local embedder.
+
+The embedder is wrapped only to record which texts it was asked to embed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+import pytest
+
+from fluxstream.settings import Settings
+from fluxstream.wiring import build_embedder
+from indexer.chunking import content_hash
+from indexer.embedders.base import Embedder
+from indexer.vector_stage import VectorStage
+from indexer.vector_store import VectorStore
+from schemas.events import EmbedChunk, EmbedJob, SourcePosition
+
+
+class RecordingEmbedder:
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dimensions = inner.dimensions
+        self.calls: list[list[str]] = []
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return await self.inner.embed(texts)
+
+
+@pytest.fixture(scope="module")
+def embedder(stack: Settings) -> RecordingEmbedder:
+    return RecordingEmbedder(build_embedder(stack))
+
+
+@pytest.fixture
+async def vector_store(stack: Settings, embedder: RecordingEmbedder) -> AsyncIterator[VectorStore]:
+    store = await VectorStore.connect(stack.database_url, dimensions=embedder.dimensions,
+                                      model_id=embedder.model_id)
+    yield store
+    await store.close()
+
+
+def job(collection: str, doc_id: str, version: int, texts: list[str], op: str = "upsert",
+        metadata: dict | None = None) -> EmbedJob:
+    return EmbedJob(op=op, doc_id=doc_id, collection=collection, version=version, metadata=metadata or {},
+                    chunks=[EmbedChunk(chunk_id=f"{doc_id}#{i}", chunk_no=i, text=t, content_hash=content_hash(t))
+                            for i, t in enumerate(texts)],
+                    source=SourcePosition(topic="t", partition=0, offset=version))
+
+
+async def test_unchanged_text_is_not_re_embedded(vector_store: VectorStore, embedder: RecordingEmbedder,
+                                                 collection: str) -> None:
+    stage = VectorStage(vector_store, embedder)
+    embedder.calls.clear()
+    first = await stage.apply([job(collection, "d", 1, ["the first chunk", "the second chunk"])])
+    assert first.applied == 1 and first.embedded == 2
+    # Edit only the second chunk and the metadata: one text embedded, one reused.
+    second = await stage.apply([job(collection, "d", 2, ["the first chunk", "an edited chunk"], metadata={"x": 1})])
+    assert second.embedded == 1 and second.reused == 1
+    assert embedder.calls[-1] == ["an edited chunk"]
+    # Another document with already-known text embeds nothing at all.
+    calls_before = len(embedder.calls)
+    third = await stage.apply([job(collection, "e", 1, ["the first chunk"])])
+    assert third.embedded == 0 and len(embedder.calls) == calls_before
+    assert await vector_store.document_hashes(collection, "d") == {
+        "d#0": content_hash("the first chunk"), "d#1": content_hash("an edited chunk")}
+    hits = await vector_store.search(collection, (await embedder.inner.embed(["edited"]))[0], limit=5,
+                                     filters={"x": 1})
+    assert {h.chunk_id for h in hits} == {"d#0", "d#1"}
+
+
+async def test_versions_skip_stale_jobs_and_deletes_remove_rows(vector_store: VectorStore,
+                                                                embedder: RecordingEmbedder, collection: str) -> None:
+    stage = VectorStage(vector_store, embedder)
+    await stage.apply([job(collection, "d", 5, ["five"])])
+    stale = await stage.apply([job(collection, "d", 4, ["four"])])
+    assert stale.applied == 0 and stale.skipped == 1
+    assert await vector_store.document_hashes(collection, "d") == {"d#0": content_hash("five")}
+    # In one batch, only the last job per document is applied.
+    both = await stage.apply([job(collection, "d", 6, ["six"]), job(collection, "d", 7, [], op="delete")])
+    assert both.applied == 1 and both.skipped == 1
+    assert await vector_store.document_hashes(collection, "d") == {}
+    late = await stage.apply([job(collection, "d", 6, ["six"])])
+    assert late.applied == 0  # the tombstone version keeps a late upsert out
+    assert await vector_store.applied_versions([(collection, "d")]) == {(collection, "d"): 7}
