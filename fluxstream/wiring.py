@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from fluxstream.settings import Settings
 from indexer.embedders.base import Embedder
-from indexer.embedders.factory import create_embedder
+from indexer.embedders.factory import embedder_from_settings
 from indexer.tokenizer import Tokenizer, parse_stopwords
 from indexer.vector_store import VectorStore
 
@@ -21,12 +21,12 @@ def build_tokenizer(settings: Settings) -> Tokenizer:
     return Tokenizer(parse_stopwords(settings.stopwords))
 
 
-def build_embedder(settings: Settings) -> Embedder:
-    return create_embedder(
-        settings.embedder, batch_size=settings.embed_batch_size, openai_base_url=settings.openai_base_url,
-        openai_api_key=settings.openai_api_key, openai_model=settings.openai_model,
-        dimensions=settings.embedding_dimensions, max_retries=settings.embed_max_retries,
-    )
+async def open_embedder(settings: Settings) -> Embedder:
+    """The configured embedder with a known vector size (the pgvector column needs it up front)."""
+    embedder = embedder_from_settings(settings)
+    if not embedder.dimensions:
+        await embedder.probe_dimensions()  # type: ignore[attr-defined]  # OpenAI-compatible without a size set
+    return embedder
 
 
 def open_redis(url: str) -> aioredis.Redis:

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fluxstream import metrics
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
-from fluxstream.wiring import build_embedder, build_tokenizer, check_dependencies, open_redis
+from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 from indexer.bm25 import BM25Params
 from indexer.postings import PostingsStore
 from indexer.vector_store import VectorStore
@@ -46,7 +46,7 @@ class QueryState:
 
     async def open(self) -> None:
         s = self.settings
-        embedder = build_embedder(s)
+        embedder = await open_embedder(s)
         await embedder.embed(["warm up"])  # load the model now, not on the first request
         self.redis = open_redis(s.redis_url)
         self.vectors = await VectorStore.connect(s.database_url, dimensions=embedder.dimensions,

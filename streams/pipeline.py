@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fluxstream import metrics
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
-from fluxstream.wiring import build_embedder, build_tokenizer, check_dependencies, open_redis
+from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
 from indexer.chunking import Chunker
 from indexer.embedders.base import Embedder, EmbeddingError
@@ -70,7 +70,7 @@ class Resources:
 
     @classmethod
     async def open(cls, settings: Settings, redis_url: str, database_url: str) -> Resources:
-        embedder = build_embedder(settings)
+        embedder = await open_embedder(settings)
         redis = open_redis(redis_url)
         wait_aof = await _aof_enabled(redis)
         vectors = await VectorStore.connect(

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from fluxstream.settings import Settings
-from fluxstream.wiring import build_embedder
 from indexer.chunking import content_hash
 from indexer.embedders.base import Embedder
+from indexer.embedders.factory import embedder_from_settings
 from indexer.vector_stage import VectorStage
 from indexer.vector_store import VectorStore
 from schemas.events import EmbedChunk, EmbedJob, SourcePosition
@@ -33,7 +33,7 @@ class RecordingEmbedder:
 
 @pytest.fixture(scope="module")
 def embedder(stack: Settings) -> RecordingEmbedder:
-    return RecordingEmbedder(build_embedder(stack))
+    return RecordingEmbedder(embedder_from_settings(stack))
 
 
 @pytest.fixture
