@@ -36,7 +36,8 @@ def percentiles(samples_ms: list[float]) -> str:
 
 async def kafka_round_trip(settings: Settings, n: int, rate: float) -> list[float]:
     topic = settings.index_updates_topic  # any existing topic; we only read our own keys
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_url, auto_offset_reset="latest")
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_url, auto_offset_reset="latest",
+                                fetch_max_wait_ms=100)
     await consumer.start()
     await asyncio.sleep(1.0)
     producer = new_producer(settings.kafka_url)
@@ -66,7 +67,8 @@ async def kafka_round_trip(settings: Settings, n: int, rate: float) -> list[floa
 async def indexing_latency(settings: Settings, n: int, rate: float) -> tuple[list[float], list[float]]:
     collection = f"bench{uuid.uuid4().hex[:8]}"
     consumer = AIOKafkaConsumer(settings.index_updates_topic, bootstrap_servers=settings.kafka_url,
-                                auto_offset_reset="latest")
+                                auto_offset_reset="latest",
+                                fetch_max_wait_ms=100)
     await consumer.start()
     await asyncio.sleep(1.0)
     producer = new_producer(settings.kafka_url)

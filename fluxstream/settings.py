@@ -40,6 +40,7 @@ class Settings:
     # --- worker ---
     app_id: str = _env_field("fluxstream", "Faust app id, also the consumer group id.")
     session_timeout: float = _env_field(30.0, "Kafka consumer session timeout (s).")
+    fetch_max_wait_ms: int = _env_field(100, "Longest a consumer fetch waits for data (Faust hard-codes 1500).")
     batch_max: int = _env_field(256, "Max change events applied to Redis in one transaction.")
     batch_within: float = _env_field(0.02, "Max wait (s) to fill a change-event batch.")
     embed_batch_max: int = _env_field(64, "Max embed jobs handled together.")

@@ -93,7 +93,30 @@ async def handle_then_ack(stream: faust.StreamT, events: list[Any],
         await stream.ack(event)
 
 
+def limit_fetch_wait(max_wait_ms: int) -> None:
+    """Cap the worker consumer's fetch wait (Faust hard-codes 1500 ms).
+
+    A broker may hold a fetch until the wait expires when only some partitions have
+    data, which puts up to 1.5 s on every hop (documents -> embed-jobs -> vectors).
+    Process-wide on purpose: a worker process runs exactly one Faust app.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = getattr(AIOKafkaConsumerThread, "_fluxstream_original_create", None)
+    if original is None:
+        original = AIOKafkaConsumerThread._create_worker_consumer
+        AIOKafkaConsumerThread._fluxstream_original_create = original  # type: ignore[attr-defined]
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms  # read by AIOKafkaConsumer.start() for its Fetcher
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
+
+
 def build_app(settings: Settings) -> faust.App:
+    limit_fetch_wait(settings.fetch_max_wait_ms)
     app = faust.App(
         settings.app_id,
         broker=kafka_broker_url(settings.kafka_url),
