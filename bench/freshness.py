@@ -16,7 +16,9 @@ import asyncio
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import orjson
@@ -34,72 +36,79 @@ def percentiles(samples_ms: list[float]) -> str:
     return f"{p50:.1f} | {p95:.1f} | {p99:.1f}"
 
 
-async def kafka_round_trip(settings: Settings, n: int, rate: float) -> list[float]:
-    topic = settings.index_updates_topic  # any existing topic; we only read our own keys
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_url, auto_offset_reset="latest",
-                                fetch_max_wait_ms=100)
-    await consumer.start()
-    await asyncio.sleep(1.0)
-    producer = new_producer(settings.kafka_url)
-    await producer.start()
-    sent: dict[bytes, float] = {}
-    lat: list[float] = []
+async def measure(
+    settings: Settings, n: int, rate: float, send_topic: str,
+    make_record: Callable[[int], tuple[str, bytes, bytes]],
+    classify: Callable[[Any], tuple[str, str] | None], series: tuple[str, ...],
+) -> dict[str, list[float]]:
+    """Send ``n`` records at ``rate``/s; time each until ``classify`` reports it per series.
 
-    async def receive() -> None:
-        async for record in consumer:
-            if record.key in sent:
-                lat.append((time.perf_counter() - sent.pop(record.key)) * 1000)
-                if len(lat) == n:
-                    return
-
-    task = asyncio.create_task(receive())
-    for i in range(n):
-        key = f"ref-{uuid.uuid4().hex}-{i}".encode()
-        sent[key] = time.perf_counter()
-        await producer.send_and_wait(topic, key=key, value=b"{}")
-        await asyncio.sleep(1 / rate)
-    await asyncio.wait_for(task, 60)
-    await producer.stop()
-    await consumer.stop()
-    return lat
-
-
-async def indexing_latency(settings: Settings, n: int, rate: float) -> tuple[list[float], list[float]]:
-    collection = f"bench{uuid.uuid4().hex[:8]}"
+    ``make_record(i)`` gives (marker, key, value); ``classify(record)`` read from the
+    index-updates topic gives (marker, series name) or None for records of others.
+    """
     consumer = AIOKafkaConsumer(settings.index_updates_topic, bootstrap_servers=settings.kafka_url,
-                                auto_offset_reset="latest",
-                                fetch_max_wait_ms=100)
+                                auto_offset_reset="latest", fetch_max_wait_ms=100)
     await consumer.start()
     await asyncio.sleep(1.0)
     producer = new_producer(settings.kafka_url)
     await producer.start()
     sent: dict[str, float] = {}
-    bm25: list[float] = []
-    vectors: list[float] = []
+    latencies: dict[str, list[float]] = {name: [] for name in series}
 
     async def receive() -> None:
         async for record in consumer:
-            update = orjson.loads(record.value)
-            if update["collection"] != collection or update["doc_id"] not in sent:
+            found = classify(record)
+            if found is None or found[0] not in sent:
                 continue
-            elapsed = (time.perf_counter() - sent[update["doc_id"]]) * 1000
-            (vectors if update["stages"]["vectors"] else bm25).append(elapsed)
-            if len(vectors) == n and len(bm25) == n:
+            latencies[found[1]].append((time.perf_counter() - sent[found[0]]) * 1000)
+            if all(len(v) == n for v in latencies.values()):
                 return
 
     task = asyncio.create_task(receive())
-    rng = np.random.default_rng(7)
     for i in range(n):
-        doc_id = f"doc-{i}"
-        text = " ".join(rng.choice(WORDS, size=60))
-        event = {"op": "upsert", "doc_id": doc_id, "collection": collection, "version": 1, "text": text}
-        sent[doc_id] = time.perf_counter()
-        await producer.send_and_wait(settings.documents_topic, key=doc_id.encode(), value=orjson.dumps(event))
+        marker, key, value = make_record(i)
+        sent[marker] = time.perf_counter()
+        await producer.send_and_wait(send_topic, key=key, value=value)
         await asyncio.sleep(1 / rate)
     await asyncio.wait_for(task, 120)
     await producer.stop()
     await consumer.stop()
-    return bm25, vectors
+    return latencies
+
+
+async def kafka_round_trip(settings: Settings, n: int, rate: float) -> list[float]:
+    """Reference: records written straight to the topic the indexing run is read from."""
+    run = uuid.uuid4().hex
+
+    def record(i: int) -> tuple[str, bytes, bytes]:
+        return f"ref-{run}-{i}", f"ref-{run}-{i}".encode(), b"{}"
+
+    def classify(rec: Any) -> tuple[str, str] | None:
+        return (rec.key.decode(), "kafka") if rec.key and rec.key.startswith(b"ref-") else None
+
+    result = await measure(settings, n, rate, settings.index_updates_topic, record, classify, ("kafka",))
+    return result["kafka"]
+
+
+async def indexing_latency(settings: Settings, n: int, rate: float) -> tuple[list[float], list[float]]:
+    collection = f"bench{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(7)
+
+    def record(i: int) -> tuple[str, bytes, bytes]:
+        event = {"op": "upsert", "doc_id": f"doc-{i}", "collection": collection, "version": 1,
+                 "text": " ".join(rng.choice(WORDS, size=60))}
+        return event["doc_id"], event["doc_id"].encode(), orjson.dumps(event)
+
+    def classify(rec: Any) -> tuple[str, str] | None:
+        if rec.key is not None and rec.key.startswith(b"ref-"):
+            return None
+        update = orjson.loads(rec.value)
+        if update["collection"] != collection:
+            return None
+        return update["doc_id"], "vectors" if update["stages"]["vectors"] else "bm25"
+
+    result = await measure(settings, n, rate, settings.documents_topic, record, classify, ("bm25", "vectors"))
+    return result["bm25"], result["vectors"]
 
 
 def main() -> None:
