@@ -37,6 +37,8 @@ class Settings:
     topic_partitions: int = _env_field(4, "Partitions when fluxstream creates its topics.")
     topic_replication: int = _env_field(1, "Replication factor when fluxstream creates its topics.")
 
+    cdc_config: str = _env_field("", "TOML file mapping Debezium topics/tables to collections (docs/cdc.md).")
+
     # --- worker ---
     app_id: str = _env_field("fluxstream", "Faust app id, also the consumer group id.")
     session_timeout: float = _env_field(30.0, "Kafka consumer session timeout (s).")

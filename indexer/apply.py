@@ -10,19 +10,33 @@ written (one atomic script per collection) and embedded.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from indexer.chunking import Chunker, make_chunk_id
 from indexer.postings import MAX_CHUNK_TERMS, ChunkState, DocumentState, PostingsStore, VersionConflict
 from indexer.tokenizer import Tokenizer
 from schemas.events import DocumentChange, EmbedChunk, EmbedJob, IndexUpdate, SourcePosition, Stages
 
+Renderer = Callable[[Mapping[str, Any]], tuple[str, str, dict[str, Any]]]
+
 
 @dataclass(frozen=True)
 class SourcedChange:
+    """A change plus where it was read; CDC changes also carry their source row.
+
+    ``row``/``render`` let the stage rebuild title, text and metadata after filling
+    ``unavailable`` columns (Debezium's unchanged-TOAST placeholder) from the row the
+    index holds, which may be the result of an earlier change in the same batch.
+    """
+
     change: DocumentChange
     source: SourcePosition
+    row: dict[str, Any] | None = None
+    unavailable: frozenset[str] = frozenset()
+    render: Renderer | None = None
 
 
 @dataclass
@@ -98,7 +112,7 @@ class BM25Stage:
                     # may have hit between the Redis write and the job's delivery.
                     redelivered[ref] = item.source
                 continue
-            current[ref] = self._next_state(change, state, item.source)
+            current[ref] = self._next_state(item, state)
             touched.add(ref)
             latest_source[ref] = item.source
             outcome.applied += 1
@@ -121,10 +135,17 @@ class BM25Stage:
         for chunk, record in zip(state.chunks, records, strict=True):
             chunk.text = record.text if record is not None else ""
 
-    def _next_state(self, change: DocumentChange, state: DocumentState, source: SourcePosition) -> DocumentState:
-        src = source.model_dump()
+    def _next_state(self, item: SourcedChange, state: DocumentState) -> DocumentState:
+        change = item.change
+        src = item.source.model_dump()
         if change.op == "delete":
             return DocumentState(change.collection, change.doc_id, change.version, deleted=True, source=src)
+        row = item.row
+        if row is not None and item.unavailable and item.render is not None:
+            previous = state.row or {}
+            row = {**row, **{col: previous.get(col) for col in item.unavailable}}
+            title, text, metadata = item.render(row)
+            change = change.model_copy(update={"title": title, "text": text, "metadata": metadata})
         return DocumentState(
             collection=change.collection,
             doc_id=change.doc_id,
@@ -133,6 +154,7 @@ class BM25Stage:
             metadata=dict(change.metadata),
             chunks=self.builder.chunks(change, state),
             source=src,
+            row=row,
         )
 
 

@@ -99,6 +99,7 @@ class DocumentState:
     metadata: dict[str, Any] = field(default_factory=dict)
     chunks: list[ChunkState] = field(default_factory=list)
     source: dict[str, Any] | None = None
+    row: dict[str, Any] | None = None  # CDC source columns, to fill TOAST placeholders later
 
     @property
     def live(self) -> bool:
@@ -247,6 +248,7 @@ class PostingsStore:
             "metadata", json.dumps(after.metadata),
             "chunks", json.dumps([c.to_json() for c in after.chunks]),
             "source", json.dumps(after.source), "updated_at", updated_at,
+            "row", json.dumps(after.row, default=str),
         )
 
     # ---- reader side ----
@@ -292,6 +294,12 @@ class PostingsStore:
             )
         return out
 
+    async def document_ids(self, collection: str) -> list[str]:
+        """Every document id the collection has a record for (tombstones included); for truncation."""
+        prefix = self.doc_key(collection, "")
+        pattern = prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+        return [key.decode()[len(prefix):] async for key in self.redis.scan_iter(match=pattern, count=1000)]
+
     async def get_document(self, collection: str, doc_id: str) -> DocumentState:
         return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
 
@@ -315,4 +323,5 @@ def _decode_document(ref: tuple[str, str], row: dict[bytes, bytes]) -> DocumentS
         metadata=json.loads(fields.get("metadata", "{}")),
         chunks=[ChunkState.from_json(c) for c in json.loads(fields.get("chunks", "[]"))],
         source=json.loads(fields.get("source", "null")),
+        row=json.loads(fields.get("row", "null")),
     )

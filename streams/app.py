@@ -20,9 +20,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fluxstream import metrics
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
+from streams.cdc_mapping import CdcMapping
 from streams.pipeline import Pipeline, Resources
 
 log = get_logger("fluxstream.worker")
+
+
+def load_cdc_mapping(settings: Settings) -> CdcMapping:
+    return CdcMapping.load(settings.cdc_config) if settings.cdc_config else CdcMapping()
 
 
 def kafka_broker_url(bootstrap: str) -> str:
@@ -50,7 +55,7 @@ class WorkerState:
                     log.warning("resources_unavailable", error=repr(exc))
                     await asyncio.sleep(1.0)
                     continue
-                self._pipeline = Pipeline(self.settings, resources, self.publish)
+                self._pipeline = Pipeline(self.settings, resources, self.publish, load_cdc_mapping(self.settings))
                 metrics.READY.set(1)
         return self._pipeline
 
@@ -151,6 +156,16 @@ def build_app(settings: Settings) -> faust.App:
         pipeline = await state.pipeline()
         async for events in stream.noack_take(settings.embed_batch_max, within=settings.embed_batch_within):
             await handle_then_ack(stream, events, pipeline.handle_embed_jobs)
+
+    cdc = load_cdc_mapping(settings)
+    if cdc.topics:
+        cdc_topic = app.topic(*cdc.topics, value_serializer="raw", key_serializer="raw")
+
+        @app.agent(cdc_topic, name="index-cdc")
+        async def index_cdc(stream: faust.StreamT) -> None:
+            pipeline = await state.pipeline()
+            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within):
+                await handle_then_ack(stream, events, pipeline.handle_cdc)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

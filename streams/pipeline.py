@@ -14,11 +14,12 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from psycopg import OperationalError as PgOperationalError
 from psycopg_pool import PoolTimeout
+from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,7 +33,9 @@ from indexer.embedders.base import Embedder, EmbeddingError
 from indexer.postings import PostingsStore
 from indexer.vector_stage import VectorStage
 from indexer.vector_store import HNSWParams, VectorStore
-from schemas.events import EmbedJob, IndexUpdate, SourcePosition
+from schemas.events import DocumentChange, EmbedJob, IndexUpdate, SourcePosition
+from streams import debezium
+from streams.cdc_mapping import CdcMapping
 from streams.decoding import Rejected, dead_letter, decode, decode_change
 
 log = get_logger("fluxstream.pipeline")
@@ -52,6 +55,7 @@ class Record(Protocol):
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: float | None  # seconds, as Faust gives it
 
 
 class Publisher(Protocol):
@@ -99,8 +103,10 @@ async def _aof_enabled(redis: aioredis.Redis) -> bool:
 class Pipeline:
     """Handles batches for the two agents: change events (BM25 stage) and embed jobs (vector stage)."""
 
-    def __init__(self, settings: Settings, resources: Resources, publish: Publisher) -> None:
+    def __init__(self, settings: Settings, resources: Resources, publish: Publisher,
+                 cdc: CdcMapping | None = None) -> None:
         self.settings = settings
+        self.cdc = cdc or CdcMapping()
         self.resources = resources
         self.publish = publish
         tokenizer = build_tokenizer(settings)
@@ -110,9 +116,9 @@ class Pipeline:
         self.ready = True
 
     async def handle_changes(self, records: Sequence[Record]) -> None:
+        """Native DocumentChange events."""
         valid: list[SourcedChange] = []
         sends: list[Awaitable[object]] = []
-        originals = {_position(r): r for r in records}
         for record in records:
             source = _position(record)
             result = decode_change(record.value, self.settings.max_text_bytes)
@@ -120,6 +126,67 @@ class Pipeline:
                 sends.append(await self._dead_letter(result, source, record.key, record.value))
             else:
                 valid.append(SourcedChange(result, source))
+        await self._index(valid, records, sends)
+        await asyncio.gather(*sends)
+
+    async def handle_cdc(self, records: Sequence[Record]) -> None:
+        """Debezium events; a truncate first applies what precedes it, so it sees those documents."""
+        pending: list[SourcedChange] = []
+        sends: list[Awaitable[object]] = []
+        for record in records:
+            source = _position(record)
+            timestamp_ms = int(record.timestamp * 1000) if record.timestamp else None
+            parsed = debezium.parse(record.topic, record.offset, timestamp_ms, record.key, record.value, self.cdc)
+            if parsed is None:
+                metrics.EVENTS.labels("tombstone").inc()
+            elif isinstance(parsed, Rejected):
+                sends.append(await self._dead_letter(parsed, source, record.key, record.value))
+            elif isinstance(parsed, debezium.TruncateEvent):
+                await self._index(pending, records, sends)
+                pending = await self._truncation(parsed, source)
+                await self._index(pending, records, sends)
+                pending = []
+            else:
+                item = self._cdc_change(parsed, source)
+                if isinstance(item, Rejected):
+                    sends.append(await self._dead_letter(item, source, record.key, record.value))
+                else:
+                    pending.append(item)
+        await self._index(pending, records, sends)
+        await asyncio.gather(*sends)
+
+    def _cdc_change(self, event: debezium.RowEvent, source: SourcePosition) -> SourcedChange | Rejected:
+        mapping = event.mapping
+        title = text = ""
+        metadata: dict[str, Any] = {}
+        if event.row is not None:
+            # Placeholders are never indexed: blank them here, the stage fills them from the stored row.
+            title, text, metadata = mapping.render({c: v for c, v in event.row.items() if c not in event.unavailable})
+        try:
+            change = DocumentChange(op=event.op, doc_id=event.doc_id, collection=mapping.collection,
+                                    version=event.version, title=title, text=text, metadata=metadata)
+        except ValidationError as exc:
+            return Rejected("schema_violation", str(exc)[:2000])
+        size = len(title.encode()) + len(text.encode())
+        if size > self.settings.max_text_bytes:
+            return Rejected("oversized", f"title+text is {size} bytes, limit {self.settings.max_text_bytes}")
+        return SourcedChange(change, source, event.row, event.unavailable, mapping.render)
+
+    async def _truncation(self, event: debezium.TruncateEvent, source: SourcePosition) -> list[SourcedChange]:
+        collection = event.mapping.collection
+        doc_ids = await self._until_done("bm25", lambda: self.resources.postings.document_ids(collection))
+        return [
+            SourcedChange(DocumentChange(op="delete", doc_id=doc_id, collection=collection, version=event.version),
+                          source)
+            for doc_id in doc_ids
+        ]
+
+    async def _index(self, valid: list[SourcedChange], records: Sequence[Record],
+                     sends: list[Awaitable[object]]) -> None:
+        """Apply through the BM25 stage; queue dead letters, embed jobs and index updates on ``sends``."""
+        if not valid:
+            return
+        originals = {_position(r): r for r in records}
         started = time.perf_counter()
         outcomes, failures = await self._apply_isolating("bm25", valid, self.bm25.apply)
         metrics.STAGE_SECONDS.labels("bm25").observe(time.perf_counter() - started)
@@ -133,7 +200,6 @@ class Pipeline:
             for job in outcome.embed_jobs:
                 sends.append(await self.publish(self.settings.embed_jobs_topic, job.doc_id.encode(), job.to_json()))
             sends += [await self._announce(update) for update in outcome.index_updates]
-        await asyncio.gather(*sends)
 
     async def handle_embed_jobs(self, records: Sequence[Record]) -> None:
         jobs: list[EmbedJob] = []

@@ -1,0 +1,109 @@
+"""Per-table mapping of Debezium change events to documents, from a TOML file.
+
+```toml
+[[sources]]
+topics = ["dbserver1.public.articles"]   # one or more CDC topics
+table = "articles"                        # optional: only events whose source.table matches
+collection = "articles"
+id_columns = ["id"]                       # several columns join with "|"
+title = "{title}"                         # str.format templates over the row's columns
+text = "{summary}\\n\\n{body}"
+metadata = ["author", "category"]         # columns copied into metadata
+```
+
+``FLUXSTREAM_CDC_CONFIG`` points at the file; several sources may feed one worker.
+"""
+
+from __future__ import annotations
+
+import string
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ID_SEPARATOR = "|"
+
+
+class _Blank(dict):  # type: ignore[type-arg]
+    """Template values: missing or NULL columns render as empty text."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class TableMapping:
+    topics: tuple[str, ...]
+    collection: str
+    id_columns: tuple[str, ...]
+    title: str = ""
+    text: str = ""
+    metadata: tuple[str, ...] = ()
+    table: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.topics or not self.id_columns:
+            raise ValueError(f"mapping for {self.collection!r} needs topics and id_columns")
+        for template in (self.title, self.text):
+            for _, name, _, _ in string.Formatter().parse(template):
+                if name is not None and not name.isidentifier():
+                    raise ValueError(f"template field {{{name}}} must be a plain column name")
+
+    @property
+    def columns(self) -> set[str]:
+        """Columns the document is built from (only these are kept for TOAST merging)."""
+        names = {n for t in (self.title, self.text) for _, n, _, _ in string.Formatter().parse(t) if n}
+        return names | set(self.metadata) | set(self.id_columns)
+
+    def doc_id(self, key: Mapping[str, Any]) -> str:
+        missing = [c for c in self.id_columns if key.get(c) is None]
+        if missing:
+            raise KeyError(f"id column(s) {missing} missing")
+        return ID_SEPARATOR.join(str(key[c]) for c in self.id_columns)
+
+    def render(self, row: Mapping[str, Any]) -> tuple[str, str, dict[str, Any]]:
+        """(title, text, metadata) of a full row."""
+        values = _Blank({k: "" if v is None else v for k, v in row.items()})
+        metadata = {c: _metadata_value(row.get(c)) for c in self.metadata if c in row}
+        return self.title.format_map(values).strip(), self.text.format_map(values).strip(), metadata
+
+
+def _metadata_value(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value):
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True)
+class CdcMapping:
+    sources: tuple[TableMapping, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CdcMapping:
+        raw = tomllib.loads(Path(path).read_text())
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> CdcMapping:
+        sources = []
+        for entry in raw.get("sources", []):
+            sources.append(TableMapping(
+                topics=tuple(entry["topics"]), collection=entry["collection"],
+                id_columns=tuple(entry["id_columns"]), title=entry.get("title", ""), text=entry.get("text", ""),
+                metadata=tuple(entry.get("metadata", ())), table=entry.get("table"),
+            ))
+        return cls(tuple(sources))
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted({t for s in self.sources for t in s.topics})
+
+    def for_event(self, topic: str, table: str | None) -> TableMapping | None:
+        for source in self.sources:
+            if topic in source.topics and (source.table is None or table is None or source.table == table):
+                return source
+        return None
