@@ -11,11 +11,16 @@ from fluxstream.settings import Settings
 
 
 def topic_names(settings: Settings) -> list[str]:
+    """fluxstream's own topics plus the CDC topics its mapping reads (normally made by Kafka Connect)."""
+    from streams.cdc_mapping import CdcMapping
+
+    cdc = CdcMapping.load(settings.cdc_config) if settings.cdc_config else CdcMapping()
     return [
         settings.documents_topic,
         settings.embed_jobs_topic,
         settings.index_updates_topic,
         settings.dead_letters_topic,
+        *cdc.topics,
     ]
 
 

@@ -24,10 +24,37 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fluxstream.settings import Settings
 from fluxstream.stack import Stack, free_port
 
+# Debezium topics the session worker reads (tests/test_cdc.py).
+CDC_CONFIG = """
+[[sources]]
+topics = ["pg.public.articles"]
+collection = "cdc-articles"
+id_columns = ["id"]
+title = "{title}"
+text = "{summary}\\n\\n{body}"
+metadata = ["author", "tags"]
+
+[[sources]]
+topics = ["mysql.shop.products"]
+collection = "cdc-products"
+id_columns = ["shop", "sku"]
+title = "{name}"
+text = "{description}"
+metadata = ["shop"]
+
+[[sources]]
+topics = ["pg.public.notes"]
+collection = "cdc-notes"
+id_columns = ["id"]
+text = "{body}"
+"""
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     state_dir = tmp_path_factory.mktemp("stack")
+    cdc_config = state_dir / "cdc.toml"
+    cdc_config.write_text(CDC_CONFIG)
     base = replace(
         Settings.from_env(),
         state_dir=str(state_dir),
@@ -37,6 +64,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         log_format="console",
         batch_within=0.01,
         embed_batch_within=0.05,
+        cdc_config=str(cdc_config),
     )
     running = Stack(base)
     settings = running.start()
