@@ -108,8 +108,8 @@ class BM25Stage:
             if state.version is not None and change.version <= state.version:
                 outcome.skipped += 1
                 if change.version == state.version and ref not in touched:
-                    # A redelivery of the applied version: re-emit its embed job, because a crash
-                    # may have hit between the Redis write and the job's delivery.
+                    # A redelivery of the applied version: re-emit its embed job and index update,
+                    # because a crash may have hit between the Redis write and their delivery.
                     redelivered[ref] = item.source
                 continue
             current[ref] = self._next_state(item, state)
@@ -127,6 +127,7 @@ class BM25Stage:
             if ref not in touched:
                 await self._load_chunk_texts(current[ref])
                 outcome.embed_jobs.append(_embed_job(current[ref], source))
+                outcome.index_updates.append(_index_update(current[ref], source, vectors=False))
         return outcome
 
     async def _load_chunk_texts(self, state: DocumentState) -> None:
