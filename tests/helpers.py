@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
+from typing import Any
 
+import orjson
+import psycopg
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer
 from indexer.chunking import Chunker, make_chunk_id
 from indexer.postings import PostingsStore, pack_posting
+from tests.conftest import eventually
 
 
 async def scan_postings(redis: aioredis.Redis, collection: str) -> dict[str, dict[str, int]]:
@@ -45,3 +51,77 @@ async def assert_stats_match(redis: aioredis.Redis, settings: Settings, collecti
     assert await scan_postings(redis, collection) == expected
     stats = await PostingsStore(redis).stats(collection)
     assert (stats.chunks, stats.total_len, stats.docs) == (n_chunks, total, len(documents))
+
+
+VOCAB = ["river", "stone", "cloud", "ember", "willow", "harbor", "lantern", "meadow", "quartz", "tundra",
+         "violet", "canyon", "falcon", "glacier", "orchid", "prairie", "saffron", "thistle", "walnut", "zephyr"]
+
+
+def history(rng: random.Random, docs: int, changes: int) -> list[dict[str, Any]]:
+    """A clean per-document history: versions increase, deletes and re-creations included."""
+    versions = dict.fromkeys(range(docs), 0)
+    events = []
+    for _ in range(changes):
+        d = rng.randrange(docs)
+        versions[d] += rng.randint(1, 3)
+        op = "delete" if versions[d] > 1 and rng.random() < 0.15 else "upsert"
+        text = " ".join(rng.choice(VOCAB) for _ in range(rng.randint(3, 40)))
+        events.append({"op": op, "doc_id": f"p{d}", "version": versions[d], "title": f"doc {d}",
+                       "text": text if op == "upsert" else "", "metadata": {"bucket": d % 5}})
+    return events
+
+
+def messy(rng: random.Random, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Duplicates and stale redeliveries sprinkled in; some events swapped with the next one."""
+    out: list[dict[str, Any]] = []
+    for event in events:
+        out.append(event)
+        if rng.random() < 0.2:
+            out.append(rng.choice(out))  # a duplicate of anything already sent (often stale by now)
+    for i in range(len(out) - 1):
+        if rng.random() < 0.1:
+            out[i], out[i + 1] = out[i + 1], out[i]  # a retry overtaking the event before it
+    return out
+
+
+async def publish(producer: AIOKafkaProducer, topic: str, collection: str, events: list[dict[str, Any]]) -> None:
+    for event in events:
+        await producer.send(topic, key=event["doc_id"].encode(), value=orjson.dumps(event | {"collection": collection}))
+    await producer.flush()
+
+
+async def index_snapshot(redis: aioredis.Redis, database_url: str, collection: str) -> dict[str, Any]:
+    store = PostingsStore(redis)
+    stats = await store.stats(collection)
+    doc_ids = sorted(await store.document_ids(collection))
+    states = await store.read_documents([(collection, d) for d in doc_ids])
+    docs = {d: (s.version, s.deleted, [(c.chunk_id, c.content_hash) for c in s.chunks]) for (_, d), s in states.items()}
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute(
+            "SELECT chunk_id, content_hash, version, metadata::text FROM fluxstream_chunks WHERE collection = %s "
+            "ORDER BY chunk_id", (collection,))
+        vectors = await cur.fetchall()
+        cur = await conn.execute("SELECT doc_id, version, deleted FROM fluxstream_vector_versions "
+                                 "WHERE collection = %s ORDER BY doc_id", (collection,))
+        vector_versions = await cur.fetchall()
+    return {"stats": (stats.chunks, stats.total_len, stats.docs), "postings": await scan_postings(redis, collection),
+            "docs": docs, "vectors": vectors, "vector_versions": vector_versions}
+
+
+async def assert_same_index(redis: aioredis.Redis, database_url: str, expected_collection: str,
+                            actual_collection: str, final_versions: dict[str, int], timeout: float = 240) -> None:
+    """Wait until both collections applied every final version (BM25 and vectors), then compare all state."""
+
+    async def caught_up(collection: str) -> bool:
+        snap = await index_snapshot(redis, database_url, collection)
+        bm25_done = {d: v for d, (v, _, _) in snap["docs"].items()} == final_versions
+        vectors_done = {d: v for d, v, _ in snap["vector_versions"]} == final_versions
+        return bm25_done and vectors_done
+
+    await eventually(lambda: caught_up(expected_collection), timeout=timeout, interval=0.5)
+    await eventually(lambda: caught_up(actual_collection), timeout=timeout, interval=0.5)
+    expected = await index_snapshot(redis, database_url, expected_collection)
+    actual = await index_snapshot(redis, database_url, actual_collection)
+    assert expected["stats"][0] > 0 and expected["vectors"]
+    for part in ("stats", "postings", "docs", "vectors", "vector_versions"):
+        assert actual[part] == expected[part], part

@@ -54,5 +54,9 @@ async def test_worker_survives_and_keeps_indexing(stack: Settings, producer: AIO
         await producer.send_and_wait(stack.documents_topic, key=b"junk", value=b"\xff\xfe not json")
         await send(producer, stack.documents_topic, change("after", collection, "still alive", version=1))
         await updates.wait_for(lambda e: e[1]["collection"] == collection)
-    ready = await httpx.AsyncClient().get(f"http://127.0.0.1:{stack.worker_web_port}/readyz")
-    assert ready.status_code == 200 and ready.json()["ready"] is True
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack.worker_web_port}") as worker:
+        ready = await worker.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["ready"] is True
+        metrics = await worker.get("/metrics")
+        assert metrics.status_code == 200
+        assert 'fluxstream_dead_letters_total{reason="invalid_json"}' in metrics.text

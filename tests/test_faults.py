@@ -1,0 +1,154 @@
+"""Faults injected for real on a stack of its own (two workers in one consumer group):
+kill -9 of workers, a forced rebalance, and Valkey / PostgreSQL outages while events flow.
+Each run is compared with a clean build of the same history made on the same stack."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from fluxstream.settings import Settings
+from fluxstream.stack import Stack, free_port
+from tests.conftest import eventually
+from tests.helpers import assert_same_index, history, publish
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state_dir = tmp_path_factory.mktemp("faults")
+    base = replace(Settings.from_env(), state_dir=str(state_dir), session_timeout=6.0, http_port=free_port(),
+                   worker_web_port=free_port(), log_format="console", batch_within=0.01, embed_batch_within=0.05,
+                   app_id="fluxstream-faults")
+    stack = Stack(base, workers=2)
+    stack.start()
+    yield stack
+    stack.stop()
+    for log in sorted(Path(state_dir).glob("worker-*.log")):
+        print(f"--- {log.name}: {len(re.findall('Traceback', log.read_text(errors='replace')))} tracebacks")
+
+
+@pytest.fixture
+async def clients(faulty: Stack) -> AsyncIterator[tuple[AIOKafkaProducer, aioredis.Redis]]:
+    settings = faulty.settings
+    assert settings is not None
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_url, acks="all", enable_idempotence=False)
+    await producer.start()
+    redis = aioredis.from_url(settings.redis_url)
+    yield producer, redis
+    await producer.stop()
+    await redis.aclose()
+
+
+async def applied_count(url: str) -> float:
+    text = (await httpx.AsyncClient().get(url + "/metrics", timeout=5)).text
+    match = re.search(r'^fluxstream_change_events_total\{result="applied"\} (\S+)$', text, flags=re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def trickle(producer: AIOKafkaProducer, topic: str, collection: str, events: list[dict],
+                  chunks: int = 10, pause: float = 0.5) -> None:
+    """Publish in slices so faults land while events are flowing."""
+    step = max(1, len(events) // chunks)
+    for i in range(0, len(events), step):
+        await publish(producer, topic, collection, events[i : i + step])
+        await asyncio.sleep(pause)
+
+
+async def test_two_workers_split_the_partitions_and_survive_a_rebalance(
+    faulty: Stack, clients: tuple[AIOKafkaProducer, aioredis.Redis]
+) -> None:
+    producer, redis = clients
+    settings, apps = faulty.settings, faulty.apps
+    assert settings is not None and apps is not None
+    events = history(random.Random(11), docs=300, changes=1200)
+    final = {e["doc_id"]: e["version"] for e in events}
+    run = uuid.uuid4().hex[:6]
+    await publish(producer, settings.documents_topic, f"clean-{run}", events)
+    await eventually(lambda: _all_positive([applied_count(apps.url(w)) for w in ("worker-0", "worker-1")]),
+                     timeout=120)  # both members of the group got partitions and applied changes
+
+    flowing = asyncio.create_task(trickle(producer, settings.documents_topic, f"rebalanced-{run}", events))
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(apps.kill, "worker-1", 15)  # graceful leave: the group rebalances mid-stream
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(apps.start_worker, "worker-2")  # a new member: another rebalance
+    await flowing
+    await assert_same_index(redis, settings.database_url, f"clean-{run}", f"rebalanced-{run}", final)
+
+
+async def _all_positive(counts: list) -> bool:
+    return all(c > 0 for c in await asyncio.gather(*counts))
+
+
+async def test_kill_9_and_restart_loses_nothing(
+    faulty: Stack, clients: tuple[AIOKafkaProducer, aioredis.Redis]
+) -> None:
+    producer, redis = clients
+    settings, apps = faulty.settings, faulty.apps
+    assert settings is not None and apps is not None
+    events = history(random.Random(12), docs=400, changes=3000)
+    final = {e["doc_id"]: e["version"] for e in events}
+    run = uuid.uuid4().hex[:6]
+    await publish(producer, settings.documents_topic, f"clean-{run}", events)
+    flowing = asyncio.create_task(trickle(producer, settings.documents_topic, f"crashed-{run}", events,
+                                          chunks=12, pause=0.7))
+    workers = [name for name in apps.procs if name.startswith("worker") and apps.procs[name].poll() is None]
+    for round_no in range(3):
+        await asyncio.sleep(1.5)
+        victim = workers[round_no % len(workers)]
+        await asyncio.to_thread(apps.kill, victim)  # SIGKILL: no commit, no cleanup
+        await asyncio.to_thread(apps.start_worker, victim)
+    await flowing
+    await assert_same_index(redis, settings.database_url, f"clean-{run}", f"crashed-{run}", final)
+
+
+async def test_redis_and_postgres_outages_lose_nothing(
+    faulty: Stack, clients: tuple[AIOKafkaProducer, aioredis.Redis]
+) -> None:
+    producer, _ = clients
+    settings, apps, services = faulty.settings, faulty.apps, faulty.services
+    assert settings is not None and apps is not None and services is not None
+    events = history(random.Random(13), docs=200, changes=800)
+    final = {e["doc_id"]: e["version"] for e in events}
+    run = uuid.uuid4().hex[:6]
+    await publish(producer, settings.documents_topic, f"clean-{run}", events)
+    worker = next(name for name in apps.procs if name.startswith("worker") and apps.procs[name].poll() is None)
+
+    async def not_ready() -> bool:
+        return (await httpx.AsyncClient().get(apps.url(worker) + "/readyz", timeout=5)).status_code == 503
+
+    flowing = asyncio.create_task(trickle(producer, settings.documents_topic, f"outage-{run}", events,
+                                          chunks=16, pause=0.5))
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(services.stop_redis)
+    await eventually(not_ready, timeout=30)
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(services.start_redis)
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(services.stop_postgres)
+    await eventually(not_ready, timeout=30)
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(services.start_postgres)
+    await flowing
+    redis = aioredis.from_url(settings.redis_url)  # a fresh client after the restart
+    try:
+        await assert_same_index(redis, settings.database_url, f"clean-{run}", f"outage-{run}", final)
+    finally:
+        await redis.aclose()
+    await eventually(lambda: _ready(apps.url(worker)), timeout=30)
+
+
+async def _ready(url: str) -> bool:
+    return (await httpx.AsyncClient().get(url + "/readyz", timeout=5)).status_code == 200
