@@ -130,7 +130,7 @@ async def test_redis_and_postgres_outages_lose_nothing(
         return (await httpx.AsyncClient().get(apps.url(worker) + "/readyz", timeout=5)).status_code == 503
 
     flowing = asyncio.create_task(trickle(producer, settings.documents_topic, f"outage-{run}", events,
-                                          chunks=16, pause=0.5))
+                                          chunks=24, pause=0.5))
     await asyncio.sleep(1.0)
     await asyncio.to_thread(services.stop_redis)
     await eventually(not_ready, timeout=30)

@@ -12,7 +12,7 @@ import pytest
 
 from fluxstream.settings import Settings
 from indexer.chunking import content_hash
-from indexer.embedders.base import Embedder
+from indexer.embedders.base import Embedder, EmbeddingError
 from indexer.embedders.factory import embedder_from_settings
 from indexer.vector_stage import VectorStage
 from indexer.vector_store import VectorStore
@@ -87,3 +87,25 @@ async def test_versions_skip_stale_jobs_and_deletes_remove_rows(vector_store: Ve
     late = await stage.apply([job(collection, "d", 6, ["six"])])
     assert late.applied == 0  # the tombstone version keeps a late upsert out
     assert await vector_store.applied_versions([(collection, "d")]) == {(collection, "d"): 7}
+
+
+class PoisonEmbedder(RecordingEmbedder):
+    """Refuses texts containing POISON the way a provider refuses bad input (HTTP 400)."""
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if any("POISON" in t for t in texts):
+            raise EmbeddingError("input rejected by provider", permanent=True, status_code=400)
+        return await super().embed(texts)
+
+
+async def test_permanently_failing_document_is_isolated(vector_store: VectorStore, embedder: RecordingEmbedder,
+                                                        collection: str) -> None:
+    stage = VectorStage(vector_store, PoisonEmbedder(embedder.inner))
+    outcome = await stage.apply([job(collection, "ok1", 1, ["fine text one"]),
+                                 job(collection, "bad", 1, ["this is POISON"]),
+                                 job(collection, "ok2", 1, ["fine text two"])])
+    assert [j.doc_id for j, _ in outcome.failed] == ["bad"]
+    assert "permanently" in outcome.failed[0][1]
+    assert outcome.applied == 2
+    assert await vector_store.applied_versions([(collection, d) for d in ("ok1", "bad", "ok2")]) == {
+        (collection, "ok1"): 1, (collection, "ok2"): 1}
