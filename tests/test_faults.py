@@ -9,7 +9,7 @@ import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
-from fluxstream.stack import Stack, free_port
+from fluxstream.stack import AppProcesses, Stack, free_port
 from tests.conftest import eventually
 from tests.helpers import assert_same_index, history, publish
 
@@ -66,26 +66,56 @@ async def trickle(producer: AIOKafkaProducer, topic: str, collection: str, event
         await asyncio.sleep(pause)
 
 
+@dataclass
+class Drill:
+    """One fault drill: a history, its clean build already published, and a stream to disturb."""
+
+    producer: AIOKafkaProducer
+    settings: Settings
+    apps: AppProcesses
+    events: list[dict]
+    run: str
+
+    @property
+    def final(self) -> dict[str, int]:
+        return {e["doc_id"]: e["version"] for e in self.events}
+
+    def disturbed_stream(self, name: str, chunks: int, pause: float) -> asyncio.Task[None]:
+        collection = f"{name}-{self.run}"
+        return asyncio.create_task(trickle(self.producer, self.settings.documents_topic, collection, self.events,
+                                           chunks, pause))
+
+    async def assert_equals_clean(self, redis: aioredis.Redis, name: str) -> None:
+        await assert_same_index(redis, self.settings.database_url, f"clean-{self.run}", f"{name}-{self.run}",
+                                self.final)
+
+    def live_workers(self) -> list[str]:
+        return [n for n, p in self.apps.procs.items() if n.startswith("worker") and p.poll() is None]
+
+
+async def drill(faulty: Stack, producer: AIOKafkaProducer, seed: int, docs: int, changes: int) -> Drill:
+    assert faulty.settings is not None and faulty.apps is not None
+    run = Drill(producer, faulty.settings, faulty.apps, history(random.Random(seed), docs, changes),
+                uuid.uuid4().hex[:6])
+    await publish(producer, run.settings.documents_topic, f"clean-{run.run}", run.events)
+    return run
+
+
 async def test_two_workers_split_the_partitions_and_survive_a_rebalance(
     faulty: Stack, clients: tuple[AIOKafkaProducer, aioredis.Redis]
 ) -> None:
     producer, redis = clients
-    settings, apps = faulty.settings, faulty.apps
-    assert settings is not None and apps is not None
-    events = history(random.Random(11), docs=300, changes=1200)
-    final = {e["doc_id"]: e["version"] for e in events}
-    run = uuid.uuid4().hex[:6]
-    await publish(producer, settings.documents_topic, f"clean-{run}", events)
+    run = await drill(faulty, producer, seed=11, docs=300, changes=1200)
+    apps = run.apps
     await eventually(lambda: _all_positive([applied_count(apps.url(w)) for w in ("worker-0", "worker-1")]),
                      timeout=120)  # both members of the group got partitions and applied changes
-
-    flowing = asyncio.create_task(trickle(producer, settings.documents_topic, f"rebalanced-{run}", events))
+    flowing = run.disturbed_stream("rebalanced", chunks=10, pause=0.5)
     await asyncio.sleep(1.0)
     await asyncio.to_thread(apps.kill, "worker-1", 15)  # graceful leave: the group rebalances mid-stream
     await asyncio.sleep(2.0)
     await asyncio.to_thread(apps.start_worker, "worker-2")  # a new member: another rebalance
     await flowing
-    await assert_same_index(redis, settings.database_url, f"clean-{run}", f"rebalanced-{run}", final)
+    await run.assert_equals_clean(redis, "rebalanced")
 
 
 async def _all_positive(counts: list) -> bool:
@@ -96,41 +126,33 @@ async def test_kill_9_and_restart_loses_nothing(
     faulty: Stack, clients: tuple[AIOKafkaProducer, aioredis.Redis]
 ) -> None:
     producer, redis = clients
-    settings, apps = faulty.settings, faulty.apps
-    assert settings is not None and apps is not None
-    events = history(random.Random(12), docs=400, changes=3000)
-    final = {e["doc_id"]: e["version"] for e in events}
-    run = uuid.uuid4().hex[:6]
-    await publish(producer, settings.documents_topic, f"clean-{run}", events)
-    flowing = asyncio.create_task(trickle(producer, settings.documents_topic, f"crashed-{run}", events,
-                                          chunks=12, pause=0.7))
-    workers = [name for name in apps.procs if name.startswith("worker") and apps.procs[name].poll() is None]
+    run = await drill(faulty, producer, seed=12, docs=400, changes=3000)
+    apps = run.apps
+    flowing = run.disturbed_stream("crashed", chunks=12, pause=0.7)
+    workers = run.live_workers()
     for round_no in range(3):
         await asyncio.sleep(1.5)
         victim = workers[round_no % len(workers)]
         await asyncio.to_thread(apps.kill, victim)  # SIGKILL: no commit, no cleanup
         await asyncio.to_thread(apps.start_worker, victim)
     await flowing
-    await assert_same_index(redis, settings.database_url, f"clean-{run}", f"crashed-{run}", final)
+    await run.assert_equals_clean(redis, "crashed")
 
 
 async def test_redis_and_postgres_outages_lose_nothing(
     faulty: Stack, clients: tuple[AIOKafkaProducer, aioredis.Redis]
 ) -> None:
     producer, _ = clients
-    settings, apps, services = faulty.settings, faulty.apps, faulty.services
-    assert settings is not None and apps is not None and services is not None
-    events = history(random.Random(13), docs=200, changes=800)
-    final = {e["doc_id"]: e["version"] for e in events}
-    run = uuid.uuid4().hex[:6]
-    await publish(producer, settings.documents_topic, f"clean-{run}", events)
-    worker = next(name for name in apps.procs if name.startswith("worker") and apps.procs[name].poll() is None)
+    services = faulty.services
+    assert services is not None
+    run = await drill(faulty, producer, seed=13, docs=200, changes=800)
+    apps = run.apps
+    worker = run.live_workers()[0]
 
     async def not_ready() -> bool:
         return (await httpx.AsyncClient().get(apps.url(worker) + "/readyz", timeout=5)).status_code == 503
 
-    flowing = asyncio.create_task(trickle(producer, settings.documents_topic, f"outage-{run}", events,
-                                          chunks=24, pause=0.5))
+    flowing = run.disturbed_stream("outage", chunks=24, pause=0.5)
     await asyncio.sleep(1.0)
     await asyncio.to_thread(services.stop_redis)
     await eventually(not_ready, timeout=30)
@@ -142,9 +164,9 @@ async def test_redis_and_postgres_outages_lose_nothing(
     await asyncio.sleep(2.0)
     await asyncio.to_thread(services.start_postgres)
     await flowing
-    redis = aioredis.from_url(settings.redis_url)  # a fresh client after the restart
+    redis = aioredis.from_url(run.settings.redis_url)  # a fresh client after the restart
     try:
-        await assert_same_index(redis, settings.database_url, f"clean-{run}", f"outage-{run}", final)
+        await run.assert_equals_clean(redis, "outage")
     finally:
         await redis.aclose()
     await eventually(lambda: _ready(apps.url(worker)), timeout=30)
