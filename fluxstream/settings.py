@@ -76,6 +76,7 @@ class Settings:
     rrf_k: int = _env_field(60, "Reciprocal-rank-fusion constant.")
     weight_bm25: float = _env_field(0.5, "Weighted fusion: weight of normalised BM25 score.")
     weight_vector: float = _env_field(0.5, "Weighted fusion: weight of normalised vector score.")
+    min_position_timeout_ms: int = _env_field(5000, "Default wait for a search's min_position (read-your-writes).")
     candidate_pool: int = _env_field(100, "Candidates fetched from each retriever before fusion.")
 
     # --- logging ---

@@ -180,6 +180,10 @@ class PostingsStore:
     def chunk_key(self, collection: str, chunk_id: str) -> str:
         return f"{self._base(collection)}:chunk:{chunk_id}"
 
+    def pending_vectors_key(self, collection: str, topic: str, partition: int) -> str:
+        """Sorted set doc_id -> source offset of changes whose vectors are not applied yet."""
+        return f"{self._base(collection)}:pending:{topic}:{partition}"
+
     # ---- writer side ----
     async def read_documents(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DocumentState]:
         """Current states of (collection, doc_id) pairs, one round trip."""

@@ -6,6 +6,7 @@ branch on ``error`` without parsing messages.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 from indexer.bm25 import BM25Params
+from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_store import VectorStore
 from query.search import SearchDefaults, Searcher
@@ -43,6 +45,7 @@ class QueryState:
         self.redis: aioredis.Redis | None = None
         self.vectors: VectorStore | None = None
         self.searcher: Searcher | None = None
+        self.positions: Positions | None = None
 
     async def open(self) -> None:
         s = self.settings
@@ -51,8 +54,10 @@ class QueryState:
         self.redis = open_redis(s.redis_url)
         self.vectors = await VectorStore.connect(s.database_url, dimensions=embedder.dimensions,
                                                  model_id=embedder.model_id)
+        postings = PostingsStore(self.redis)
+        self.positions = Positions(self.redis, postings)
         self.searcher = Searcher(
-            PostingsStore(self.redis), self.vectors, embedder, build_tokenizer(s),
+            postings, self.vectors, embedder, build_tokenizer(s),
             BM25Params(s.bm25_k1, s.bm25_b),
             SearchDefaults(s.rrf_k, s.weight_bm25, s.weight_vector, s.candidate_pool, s.hnsw_ef_search),
         )
@@ -62,6 +67,27 @@ class QueryState:
             await self.vectors.close()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+async def wait_for_position(positions: Positions, req: SearchRequest, timeout: float) -> bool:
+    """Poll until the stages this mode reads have applied ``req.min_position`` (or time runs out)."""
+    assert req.min_position is not None
+    deadline = time.monotonic() + timeout
+    vectors = req.mode != "bm25"
+    while not await positions.reached(req.collection, req.min_position, vectors=vectors):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def current_position(positions: Positions, req: SearchRequest) -> dict[str, Any]:
+    assert req.min_position is not None
+    token = req.min_position
+    return {"topic": token.topic, "partition": token.partition,
+            "bm25_applied_offset": await positions.bm25_offset(token.topic, token.partition),
+            "oldest_pending_vectors_offset": await positions.oldest_pending(req.collection, token.topic,
+                                                                            token.partition)}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -93,10 +119,17 @@ def create_app(settings: Settings) -> FastAPI:
         log.warning("dependency_unavailable", error=repr(exc))
         return error(503, "unavailable", "a backing store is unavailable; retry later")
 
-    @app.post("/v1/search", response_model=SearchResponse)
-    async def search(req: SearchRequest) -> SearchResponse:
-        assert state.searcher is not None
+    @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
+    async def search(req: SearchRequest) -> Any:
+        assert state.searcher is not None and state.positions is not None
         started = time.perf_counter()
+        if req.min_position is not None:
+            timeout_ms = req.wait_timeout_ms if req.wait_timeout_ms is not None else settings.min_position_timeout_ms
+            if not await wait_for_position(state.positions, req, timeout_ms / 1000):
+                metrics.SEARCHES.labels(req.mode, "position_not_reached").inc()
+                return error(409, "position_not_reached",
+                             f"the index has not applied {req.min_position.model_dump()} within {timeout_ms} ms",
+                             [await current_position(state.positions, req)])
         response = await state.searcher.search(req)
         metrics.SEARCH_SECONDS.labels(req.mode).observe(time.perf_counter() - started)
         metrics.SEARCHES.labels(req.mode, "ok").inc()

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import CollectionName, MetadataValue
+from schemas.events import CollectionName, MetadataValue, SourcePosition
 
 FilterValue = str | int | float | bool | None
 
@@ -31,6 +31,9 @@ class SearchRequest(BaseModel):
     rrf_k: Annotated[int, Field(ge=1, le=10_000)] | None = None
     weights: FusionWeights | None = None
     filters: dict[str, FilterValue] = Field(default_factory=dict)
+    min_position: SourcePosition | None = None
+    """Read-your-writes token (from producing a change): wait until the index has applied it."""
+    wait_timeout_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
 
 
 class RetrieverScore(BaseModel):

@@ -30,6 +30,7 @@ from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder
 from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
 from indexer.chunking import Chunker
 from indexer.embedders.base import Embedder, EmbeddingError
+from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_stage import VectorStage
 from indexer.vector_store import HNSWParams, VectorStore
@@ -113,6 +114,7 @@ class Pipeline:
         builder = DocumentBuilder(Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer), tokenizer)
         self.bm25 = BM25Stage(resources.postings, builder)
         self.vector_stage = VectorStage(resources.vectors, resources.embedder)
+        self.positions = Positions(resources.redis, resources.postings)
         self.ready = True
 
     async def handle_changes(self, records: Sequence[Record]) -> None:
@@ -128,6 +130,7 @@ class Pipeline:
                 valid.append(SourcedChange(result, source))
         await self._index(valid, records, sends)
         await asyncio.gather(*sends)
+        await self.positions.record_handled(_position(r) for r in records)
 
     async def handle_cdc(self, records: Sequence[Record]) -> None:
         """Debezium events; a truncate first applies what precedes it, so it sees those documents."""
@@ -154,6 +157,7 @@ class Pipeline:
                     pending.append(item)
         await self._index(pending, records, sends)
         await asyncio.gather(*sends)
+        await self.positions.record_handled(_position(r) for r in records)
 
     def _cdc_change(self, event: debezium.RowEvent, source: SourcePosition) -> SourcedChange | Rejected:
         mapping = event.mapping
@@ -197,6 +201,7 @@ class Pipeline:
         for outcome in outcomes:
             metrics.EVENTS.labels("applied").inc(outcome.applied)
             metrics.EVENTS.labels("skipped").inc(outcome.skipped)
+            await self.positions.mark_pending(outcome.embed_jobs)
             for job in outcome.embed_jobs:
                 sends.append(await self.publish(self.settings.embed_jobs_topic, job.doc_id.encode(), job.to_json()))
             sends += [await self._announce(update) for update in outcome.index_updates]
@@ -226,6 +231,7 @@ class Pipeline:
             sends.append(await self._dead_letter(Rejected("embedding_failed", reason), job.source,
                                                  job.doc_id.encode(), job.to_json()))
         await asyncio.gather(*sends)
+        await self.positions.clear_pending(jobs)
 
     async def _announce(self, update: IndexUpdate) -> Awaitable[object]:
         return await self.publish(self.settings.index_updates_topic, update.doc_id.encode(), update.to_json())
