@@ -8,9 +8,12 @@ while the vector stage catches up.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from indexer.bm25 import BM25Params, score_postings
 from indexer.embedders.base import Embedder
@@ -58,7 +61,8 @@ class Searcher:
         self.bm25 = bm25 or BM25Params()
         self.defaults = defaults or SearchDefaults()
 
-    async def search(self, req: SearchRequest) -> SearchResponse:
+    async def search(self, req: SearchRequest, query_vector: np.ndarray | None = None) -> SearchResponse:
+        """Run one search; ``query_vector`` skips embedding the query (batch search embeds all at once)."""
         timer = Timer()
         pool = max(self.defaults.candidate_pool, req.k)
         if not await self.postings.collection_exists(req.collection):
@@ -68,7 +72,7 @@ class Searcher:
         if req.mode in ("bm25", "hybrid"):
             rankings["bm25"] = await self._bm25(req, pool, records, timer)
         if req.mode in ("vector", "hybrid"):
-            rankings["vector"] = await self._vector(req, pool, records, timer)
+            rankings["vector"] = await self._vector(req, pool, records, timer, query_vector)
         started = time.perf_counter()
         if req.mode == "hybrid":
             if req.fusion == "rrf":
@@ -110,10 +114,11 @@ class Searcher:
         return kept[:pool]
 
     async def _vector(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk],
-                      timer: Timer) -> list[tuple[str, float]]:
+                      timer: Timer, query_vector: np.ndarray | None) -> list[tuple[str, float]]:
         started = time.perf_counter()
-        query_vector = (await self.embedder.embed([req.query]))[0]
-        started = timer.mark("embed_query", started)
+        if query_vector is None:
+            query_vector = (await self.embedder.embed([req.query]))[0]
+            started = timer.mark("embed_query", started)
         hits = await self.vectors.search(req.collection, query_vector, limit=pool, filters=req.filters or None,
                                          ef_search=self.defaults.ef_search)
         started = timer.mark("vector", started)
@@ -127,6 +132,18 @@ class Searcher:
             if (r := records.get(h.chunk_id)) is not None and r.content_hash == h.content_hash
             and matches(r.metadata, req.filters)
         ]
+
+    async def search_many(self, requests: list[SearchRequest], concurrency: int = 8) -> list[SearchResponse]:
+        """Many searches at once: one embedding call for every distinct query that needs a vector."""
+        texts = list(dict.fromkeys(r.query for r in requests if r.mode != "bm25"))
+        vectors = dict(zip(texts, await self.embedder.embed(texts), strict=True)) if texts else {}
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(req: SearchRequest) -> SearchResponse:
+            async with gate:
+                return await self.search(req, vectors.get(req.query))
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
 
     def _hit(self, chunk_id: str, score: float, rankings: dict[str, list[tuple[str, float]]],
              record: StoredChunk) -> SearchHit:

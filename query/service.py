@@ -29,7 +29,15 @@ from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_store import VectorStore
 from query.search import SearchDefaults, Searcher
-from schemas.api import ChunkView, DocumentResponse, ErrorResponse, SearchRequest, SearchResponse
+from schemas.api import (
+    BatchSearchRequest,
+    BatchSearchResponse,
+    ChunkView,
+    DocumentResponse,
+    ErrorResponse,
+    SearchRequest,
+    SearchResponse,
+)
 
 log = get_logger("fluxstream.query")
 
@@ -119,21 +127,44 @@ def create_app(settings: Settings) -> FastAPI:
         log.warning("dependency_unavailable", error=repr(exc))
         return error(503, "unavailable", "a backing store is unavailable; retry later")
 
+    async def position_refusal(req: SearchRequest) -> JSONResponse | None:
+        """None once ``req.min_position`` is applied (or absent); a 409 if it is not within the timeout."""
+        if req.min_position is None:
+            return None
+        assert state.positions is not None
+        timeout_ms = req.wait_timeout_ms if req.wait_timeout_ms is not None else settings.min_position_timeout_ms
+        if await wait_for_position(state.positions, req, timeout_ms / 1000):
+            return None
+        metrics.SEARCHES.labels(req.mode, "position_not_reached").inc()
+        return error(409, "position_not_reached",
+                     f"the index has not applied {req.min_position.model_dump()} within {timeout_ms} ms",
+                     [await current_position(state.positions, req)])
+
     @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
     async def search(req: SearchRequest) -> Any:
         assert state.searcher is not None and state.positions is not None
         started = time.perf_counter()
-        if req.min_position is not None:
-            timeout_ms = req.wait_timeout_ms if req.wait_timeout_ms is not None else settings.min_position_timeout_ms
-            if not await wait_for_position(state.positions, req, timeout_ms / 1000):
-                metrics.SEARCHES.labels(req.mode, "position_not_reached").inc()
-                return error(409, "position_not_reached",
-                             f"the index has not applied {req.min_position.model_dump()} within {timeout_ms} ms",
-                             [await current_position(state.positions, req)])
+        if (refusal := await position_refusal(req)) is not None:
+            return refusal
         response = await state.searcher.search(req)
         metrics.SEARCH_SECONDS.labels(req.mode).observe(time.perf_counter() - started)
         metrics.SEARCHES.labels(req.mode, "ok").inc()
         return response
+
+    @app.post("/v1/search/batch", response_model=BatchSearchResponse)
+    async def search_batch(batch: BatchSearchRequest) -> Any:
+        """Read-your-writes tokens are waited for first; then one embedding call serves every query."""
+        assert state.searcher is not None and state.positions is not None
+        started = time.perf_counter()
+        for req in batch.requests:
+            if (refusal := await position_refusal(req)) is not None:
+                return refusal
+        responses = await state.searcher.search_many(batch.requests)
+        for req in batch.requests:
+            metrics.SEARCHES.labels(req.mode, "ok").inc()
+        strategies = [f"{r.mode}/{r.fusion}" if r.mode == "hybrid" else r.mode for r in batch.requests]
+        return BatchSearchResponse(responses=responses, strategies=strategies,
+                                   timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)})
 
     @app.get("/v1/documents/{doc_id:path}", response_model=DocumentResponse)
     async def get_document(doc_id: str, collection: str = Query("default", max_length=64)) -> Any:

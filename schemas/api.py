@@ -86,3 +86,16 @@ class ErrorResponse(BaseModel):
     error: str
     message: str
     details: list[dict] | None = None
+
+
+class BatchSearchRequest(BaseModel):
+    """``POST /v1/search/batch``: many searches, embedded together and run concurrently."""
+
+    model_config = ConfigDict(extra="forbid")
+    requests: Annotated[list[SearchRequest], Field(min_length=1, max_length=100)]
+
+
+class BatchSearchResponse(BaseModel):
+    responses: list[SearchResponse]
+    strategies: list[str]
+    timings_ms: dict[str, float]

@@ -7,7 +7,14 @@ from pathlib import Path
 import orjson
 from pydantic import BaseModel
 
-from schemas.api import DocumentResponse, ErrorResponse, SearchRequest, SearchResponse
+from schemas.api import (
+    BatchSearchRequest,
+    BatchSearchResponse,
+    DocumentResponse,
+    ErrorResponse,
+    SearchRequest,
+    SearchResponse,
+)
 from schemas.events import EVENT_MODELS, SCHEMA_VERSION
 
 JSON_DIR = Path(__file__).parent / "json"
@@ -16,6 +23,8 @@ ALL_MODELS: dict[str, type[BaseModel]] = {
     **EVENT_MODELS,
     "search-request": SearchRequest,
     "search-response": SearchResponse,
+    "batch-search-request": BatchSearchRequest,
+    "batch-search-response": BatchSearchResponse,
     "document-response": DocumentResponse,
     "error-response": ErrorResponse,
 }

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
+
+from fluxstream.settings import Settings
+from tests.conftest import TopicReader, change, send
 
 
 @pytest.mark.parametrize(
@@ -56,3 +60,22 @@ async def test_health_ready_metrics_openapi(http: httpx.AsyncClient) -> None:
     assert 'fluxstream_searches_total{mode="hybrid",status="ok"}' in metrics
     spec = (await http.get("/openapi.json")).json()
     assert "/v1/search" in spec["paths"] and "/v1/documents/{doc_id}" in spec["paths"]
+
+
+async def test_batch_search_matches_single_searches(http: httpx.AsyncClient, stack: Settings,
+                                                     producer: AIOKafkaProducer, collection: str) -> None:
+    async with TopicReader(stack, stack.index_updates_topic) as updates:
+        for i, text in enumerate(["owls hunt at night", "salmon swim upstream", "owls and salmon in a river"]):
+            await send(producer, stack.documents_topic, change(f"b{i}", collection, text, version=1))
+        await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"], count=3)
+    requests = [{"query": q, "collection": collection, "mode": m}
+                for q in ("owls", "salmon river", "night birds") for m in ("bm25", "vector", "hybrid")]
+    resp = await http.post("/v1/search/batch", json={"requests": requests})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert len(body["responses"]) == len(requests) and body["strategies"][2] == "hybrid/rrf"
+    for req, batched in zip(requests, body["responses"], strict=True):
+        single = (await http.post("/v1/search", json=req)).json()
+        assert [(h["chunk_id"], round(h["score"], 5)) for h in batched["hits"]] == [
+            (h["chunk_id"], round(h["score"], 5)) for h in single["hits"]]
+    assert (await http.post("/v1/search/batch", json={"requests": []})).status_code == 422
