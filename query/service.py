@@ -28,6 +28,7 @@ from indexer.bm25 import BM25Params
 from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_store import VectorStore
+from query.kafka_requests import SearchRequestServer
 from query.search import SearchDefaults, Searcher
 from schemas.api import (
     BatchSearchRequest,
@@ -104,8 +105,13 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.open()
-        log.info("query_service_ready", port=settings.http_port)
+        requests = SearchRequestServer(settings, search_or_error) if settings.kafka_url else None
+        if requests is not None:
+            await requests.start()
+        log.info("query_service_ready", port=settings.http_port, topic_requests=requests is not None)
         yield
+        if requests is not None:
+            await requests.stop()
         await state.close()
 
     app = FastAPI(title="fluxstream query service", version="1", lifespan=lifespan,
@@ -127,8 +133,8 @@ def create_app(settings: Settings) -> FastAPI:
         log.warning("dependency_unavailable", error=repr(exc))
         return error(503, "unavailable", "a backing store is unavailable; retry later")
 
-    async def position_refusal(req: SearchRequest) -> JSONResponse | None:
-        """None once ``req.min_position`` is applied (or absent); a 409 if it is not within the timeout."""
+    async def position_problem(req: SearchRequest) -> ErrorResponse | None:
+        """None once ``req.min_position`` is applied (or absent); the error if not within the timeout."""
         if req.min_position is None:
             return None
         assert state.positions is not None
@@ -136,9 +142,18 @@ def create_app(settings: Settings) -> FastAPI:
         if await wait_for_position(state.positions, req, timeout_ms / 1000):
             return None
         metrics.SEARCHES.labels(req.mode, "position_not_reached").inc()
-        return error(409, "position_not_reached",
-                     f"the index has not applied {req.min_position.model_dump()} within {timeout_ms} ms",
-                     [await current_position(state.positions, req)])
+        message = f"the index has not applied {req.min_position.model_dump()} within {timeout_ms} ms"
+        return ErrorResponse(error="position_not_reached", message=message,
+                             details=[await current_position(state.positions, req)])
+
+    async def position_refusal(req: SearchRequest) -> JSONResponse | None:
+        problem = await position_problem(req)
+        return None if problem is None else JSONResponse(problem.model_dump(exclude_none=True), status_code=409)
+
+    async def search_or_error(req: SearchRequest) -> SearchResponse | ErrorResponse:
+        """What a topic request gets: the response, or the error HTTP would have answered."""
+        assert state.searcher is not None
+        return await position_problem(req) or await state.searcher.search(req)
 
     @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
     async def search(req: SearchRequest) -> Any:

@@ -99,3 +99,19 @@ class BatchSearchResponse(BaseModel):
     responses: list[SearchResponse]
     strategies: list[str]
     timings_ms: dict[str, float]
+
+
+class TopicSearchRequest(SearchRequest):
+    """A search request on ``fluxstream.search-requests``; the reply goes to ``reply_to`` keyed by ``request_id``."""
+
+    request_id: Annotated[str, Field(min_length=1, max_length=200)]
+    reply_to: Annotated[str, Field(min_length=1, max_length=249)]
+    deadline_ms: Annotated[int, Field(ge=1, le=300_000)] = 10_000
+    """Counted from the request record's timestamp: a request that waited too long is not run."""
+
+
+class TopicSearchReply(BaseModel):
+    request_id: str
+    status: Literal["ok", "error"]
+    response: SearchResponse | None = None
+    error: ErrorResponse | None = None

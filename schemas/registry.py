@@ -14,6 +14,8 @@ from schemas.api import (
     ErrorResponse,
     SearchRequest,
     SearchResponse,
+    TopicSearchReply,
+    TopicSearchRequest,
 )
 from schemas.events import EVENT_MODELS, SCHEMA_VERSION
 
@@ -24,6 +26,8 @@ ALL_MODELS: dict[str, type[BaseModel]] = {
     "search-request": SearchRequest,
     "search-response": SearchResponse,
     "batch-search-request": BatchSearchRequest,
+    "topic-search-request": TopicSearchRequest,
+    "topic-search-reply": TopicSearchReply,
     "batch-search-response": BatchSearchResponse,
     "document-response": DocumentResponse,
     "error-response": ErrorResponse,

@@ -20,6 +20,8 @@ def topic_names(settings: Settings) -> list[str]:
         settings.embed_jobs_topic,
         settings.index_updates_topic,
         settings.dead_letters_topic,
+        settings.search_requests_topic,
+        settings.search_replies_topic,
         *cdc.topics,
     ]
 

@@ -1,0 +1,123 @@
+"""Search request/reply over Kafka: the query service answers ``fluxstream.search-requests``.
+
+Each fetched batch runs with bounded concurrency; its offsets are committed only after every
+reply of the batch has been acknowledged by the broker. A request with a ``request_id`` and
+``reply_to`` always gets a reply (the response, or a structured error such as
+``invalid_request`` or ``deadline_exceeded``); one without them goes to the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from pydantic import ValidationError
+
+from fluxstream import metrics
+from fluxstream.logging import get_logger
+from fluxstream.settings import Settings
+from schemas.api import ErrorResponse, SearchRequest, SearchResponse, TopicSearchReply, TopicSearchRequest
+from schemas.events import SourcePosition
+from streams.decoding import Rejected, dead_letter
+
+log = get_logger("fluxstream.search_requests")
+
+SearchFn = Callable[[SearchRequest], Awaitable[SearchResponse | ErrorResponse]]
+
+
+def _error(code: str, message: str, details: list[dict[str, Any]] | None = None) -> ErrorResponse:
+    return ErrorResponse(error=code, message=message, details=details)
+
+
+class SearchRequestServer:
+    def __init__(self, settings: Settings, search: SearchFn) -> None:
+        self.settings = settings
+        self.search = search
+        self.consumer = AIOKafkaConsumer(
+            settings.search_requests_topic, bootstrap_servers=settings.kafka_url, group_id=f"{settings.app_id}-query",
+            enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            session_timeout_ms=int(settings.session_timeout * 1000),
+            heartbeat_interval_ms=int(max(settings.session_timeout / 10, 0.5) * 1000),
+        )
+        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_url, acks="all", enable_idempotence=False)
+        self.gate = asyncio.Semaphore(settings.search_concurrency)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+        self._task = asyncio.create_task(self._run(), name="search-requests")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def _run(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=1000, max_records=self.settings.search_concurrency * 4)
+            records = [r for rs in batches.values() for r in rs]
+            if not records:
+                continue
+            try:
+                deliveries = await asyncio.gather(*(self._answer(r) for r in records))
+                await asyncio.gather(*deliveries)
+                await self.consumer.commit()
+            except Exception:  # Kafka trouble: retry the batch from its committed offsets
+                log.exception("search_request_batch_failed", size=len(records))
+                for tp in batches:
+                    committed = await self.consumer.committed(tp)
+                    self.consumer.seek(tp, committed or min(r.offset for r in batches[tp]))
+                await asyncio.sleep(1.0)
+
+    async def _answer(self, record: ConsumerRecord) -> Awaitable[Any]:
+        try:
+            payload = orjson.loads(record.value) if record.value is not None else None
+        except orjson.JSONDecodeError as exc:
+            return await self._dead_letter(record, Rejected("invalid_json", str(exc)))
+        if not isinstance(payload, dict) or not payload.get("request_id") or not payload.get("reply_to"):
+            return await self._dead_letter(record, Rejected("invalid_request", "request_id and reply_to are required"))
+        request_id, reply_to = str(payload["request_id"]), str(payload["reply_to"])
+        reply = await self._reply_for(payload, record.timestamp)
+        metrics.SEARCHES.labels(payload.get("mode", "hybrid"), reply.status if reply.error is None
+                                else reply.error.error).inc()
+        return await self.producer.send(reply_to, key=request_id.encode(), value=reply.model_dump_json().encode())
+
+    async def _reply_for(self, payload: dict[str, Any], timestamp_ms: int) -> TopicSearchReply:
+        request_id = str(payload["request_id"])
+        try:
+            request = TopicSearchRequest.model_validate(payload)
+        except ValidationError as exc:
+            details = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+            return TopicSearchReply(request_id=request_id, status="error",
+                                    error=_error("invalid_request", "the request is invalid", details))
+        remaining = request.deadline_ms / 1000 - (time.time() - timestamp_ms / 1000)
+        if remaining <= 0:
+            return TopicSearchReply(request_id=request_id, status="error", error=_error(
+                "deadline_exceeded", f"the request waited longer than its deadline of {request.deadline_ms} ms"))
+        search = SearchRequest.model_validate(request.model_dump(include=set(SearchRequest.model_fields)))
+        try:
+            async with self.gate:
+                result = await asyncio.wait_for(self.search(search), remaining)
+        except TimeoutError:
+            return TopicSearchReply(request_id=request_id, status="error", error=_error(
+                "deadline_exceeded", f"no answer within the deadline of {request.deadline_ms} ms"))
+        except Exception as exc:
+            log.exception("search_request_failed", request_id=request_id)
+            return TopicSearchReply(request_id=request_id, status="error",
+                                    error=_error("internal_error", type(exc).__name__))
+        if isinstance(result, ErrorResponse):
+            return TopicSearchReply(request_id=request_id, status="error", error=result)
+        return TopicSearchReply(request_id=request_id, status="ok", response=result)
+
+    async def _dead_letter(self, record: ConsumerRecord, rejected: Rejected) -> Awaitable[Any]:
+        source = SourcePosition(topic=record.topic, partition=record.partition, offset=record.offset)
+        metrics.DEAD_LETTERS.labels(rejected.reason).inc()
+        return await self.producer.send(self.settings.dead_letters_topic, key=record.key, value=record.value,
+                                        headers=dead_letter(rejected, source).headers())
