@@ -116,7 +116,7 @@ class BM25Stage:
             touched.add(ref)
             latest_source[ref] = item.source
             outcome.applied += 1
-            outcome.index_updates.append(_index_update(current[ref], item.source, vectors=False))
+            outcome.index_updates.append(_index_update(current[ref], item.source, vectors=False, previous=state))
         writes = [(before[ref], current[ref]) for ref in refs if ref in touched]
         try:
             await self.store.write_documents(writes, updated_at=datetime.now(UTC).isoformat())
@@ -159,7 +159,10 @@ class BM25Stage:
         )
 
 
-def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool) -> IndexUpdate:
+def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool,
+                  previous: DocumentState | None = None) -> IndexUpdate:
+    """``terms``: every index term the change removed or added, so caches can find the queries it touches."""
+    terms = {t for c in state.chunks for t in c.tf} | {t for c in (previous.chunks if previous else []) for t in c.tf}
     return IndexUpdate(
         doc_id=state.doc_id,
         collection=state.collection,
@@ -168,6 +171,7 @@ def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool
         chunk_ids=[c.chunk_id for c in state.chunks],
         stages=Stages(bm25=True, vectors=vectors),
         source=source,
+        terms=sorted(terms),
     )
 
 

@@ -76,6 +76,8 @@ class IndexUpdate(_Event):
     chunk_ids: list[str]
     stages: Stages
     source: SourcePosition
+    terms: list[str] = Field(default_factory=list)
+    """BM25 stage: index terms the change removed or added (the document's old and new terms)."""
     applied_at: datetime = Field(default_factory=utc_now)
 
 

@@ -51,6 +51,9 @@ async def test_create_update_delete_through_kafka(
         # --- update the text: old terms gone, new terms searchable, vectors replaced
         await send(producer, topic, change("a", collection, "A red panda naps in the bamboo", title="Panda",
                                            version=2, metadata={"lang": "en"}))
+        [bm25_update] = await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["doc_id"] == "a"
+                                               and e[1]["version"] == 2 and not e[1]["stages"]["vectors"])
+        assert {"fox", "panda", "dog", "bamboo"} <= set(bm25_update[1]["terms"])  # old and new terms
         await updates.wait_for(vectors_done("a", 2))
         assert (await search(http, collection, "fox"))["hits"] == []
         assert [h["doc_id"] for h in (await search(http, collection, "panda"))["hits"]] == ["a"]
@@ -100,6 +103,7 @@ async def test_keyword_searchable_before_vectors(
     assert stages[1] == {"bm25": True, "vectors": True}
     assert events[0][1]["source"]["topic"] == stack.documents_topic
     assert events[0][1]["chunk_ids"] == ["x#0"]
+    assert events[0][1]["terms"] == ["luminosity", "quasar"]
     hits = await eventually(lambda: _hits(http, collection, "quasar"))
     assert hits[0]["doc_id"] == "x"
 
