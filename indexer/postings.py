@@ -3,7 +3,7 @@
 Key layout (``{c}`` is the collection, a Redis-Cluster hash tag, so one
 collection's keys share a slot and one script may touch them all):
 
-``fx:{c}:meta``            hash  chunks (N), total_len (sum of chunk lengths), docs
+``fx:{c}:meta``            hash  chunks (N), total_len (sum of chunk lengths), docs, seq (change counter)
 ``fx:{c}:p:<term>``        hash  chunk_id -> dl * 2**16 + tf   (df = HLEN)
 ``fx:{c}:doc:<doc_id>``    hash  version, deleted, title, metadata, chunks (JSON), source, updated_at
 ``fx:{c}:chunk:<chunk_id>`` hash doc_id, chunk_no, title, text, hash, metadata, version
@@ -24,35 +24,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
+
+from indexer.redis_plan import Plan, PlanRunner
 
 TF_BITS = 16
 TF_MASK = (1 << TF_BITS) - 1
 MAX_CHUNK_TERMS = TF_MASK
 COLLECTIONS_KEY = "fx:collections"
 
-# ARGV[1]: {"checks": [[key_no, expected_version or ""]...], "ops": [[cmd, key_no, args...]...]}
-# KEYS are every key touched (declared, as Redis Cluster requires).
-_APPLY_SCRIPT = """
-local plan = cjson.decode(ARGV[1])
-for _, check in ipairs(plan.checks) do
-  local current = redis.call('HGET', KEYS[check[1]], 'version')
-  if current == false then current = '' end
-  if current ~= check[2] then
-    return {0, KEYS[check[1]]}
-  end
-end
-for _, op in ipairs(plan.ops) do
-  local cmd, key = op[1], KEYS[op[2]]
-  if cmd == 'HSET' or cmd == 'HDEL' or cmd == 'DEL' or cmd == 'HINCRBY' then
-    redis.call(cmd, key, unpack(op, 3))
-  else
-    return redis.error_reply('unsupported op ' .. tostring(cmd))
-  end
-end
-return {1, ''}
-"""
 
 
 def pack_posting(tf: int, dl: int) -> int:
@@ -131,30 +111,6 @@ class CollectionStats:
         return self.total_len / self.chunks if self.chunks else 0.0
 
 
-class _Plan:
-    """Accumulates declared keys, version checks and write ops for one script call."""
-
-    def __init__(self) -> None:
-        self.keys: list[str] = []
-        self._key_no: dict[str, int] = {}
-        self.checks: list[list[Any]] = []
-        self.ops: list[list[Any]] = []
-
-    def key(self, key: str) -> int:
-        number = self._key_no.get(key)
-        if number is None:
-            self.keys.append(key)
-            number = self._key_no[key] = len(self.keys)
-        return number
-
-    def op(self, cmd: str, key: str, *args: Any) -> None:
-        # Strings only: Lua would print large numbers (versions, LSNs) in exponent form.
-        self.ops.append([cmd, self.key(key), *(str(a) for a in args)])
-
-    def encoded(self) -> bytes:
-        return orjson.dumps({"checks": self.checks, "ops": self.ops})
-
-
 class PostingsStore:
     """Reads and atomically rewrites document states; serves BM25 inputs to queries."""
 
@@ -162,7 +118,7 @@ class PostingsStore:
         self.redis = redis
         self.prefix = prefix
         self.wait_aof = wait_aof
-        self._apply = redis.register_script(_APPLY_SCRIPT)
+        self._plans = PlanRunner(redis)
 
     # ---- keys ----
     def _base(self, collection: str) -> str:
@@ -201,24 +157,27 @@ class PostingsStore:
         Raises VersionConflict when any ``before`` no longer matches Redis; the
         caller re-reads and re-plans. Nothing is written in that case.
         """
-        plans: dict[str, _Plan] = {}
+        plans: dict[str, Plan] = {}
         for before, after in changes:
-            plan = plans.setdefault(after.collection, _Plan())
+            plan = plans.setdefault(after.collection, Plan())
             self._plan_document(plan, before, after, updated_at)
         if not plans:
             return
+        for collection, plan in plans.items():
+            # The collection's change sequence: caches tag entries with it (see query.cache).
+            plan.op("HINCRBY", self.meta_key(collection), "seq", 1)
         await self.redis.sadd(COLLECTIONS_KEY, *plans)
         for plan in plans.values():
-            ok, key = await self._apply(keys=plan.keys, args=[plan.encoded()])
-            if not int(ok):
-                raise VersionConflict(key.decode() if isinstance(key, bytes) else str(key))
+            conflict = await self._plans.run(plan)
+            if conflict is not None:
+                raise VersionConflict(conflict)
         if self.wait_aof:
             await self.redis.execute_command("WAITAOF", 1, 0, 5000)
 
-    def _plan_document(self, plan: _Plan, before: DocumentState, after: DocumentState, updated_at: str) -> None:
+    def _plan_document(self, plan: Plan, before: DocumentState, after: DocumentState, updated_at: str) -> None:
         coll = after.collection
         doc_key = self.doc_key(coll, after.doc_id)
-        plan.checks.append([plan.key(doc_key), "" if before.version is None else str(before.version)])
+        plan.check(doc_key, "version", before.version)
         old = {c.chunk_id: c for c in before.chunks}
         new = {c.chunk_id: c for c in after.chunks}
         for chunk_id, chunk in old.items():
@@ -256,6 +215,17 @@ class PostingsStore:
         )
 
     # ---- reader side ----
+    async def change_seq(self, collection: str) -> int:
+        """Bumped by every BM25 write and after every vector write of the collection."""
+        value = await self.redis.hget(self.meta_key(collection), "seq")
+        return int(value) if value is not None else 0
+
+    async def bump_seq(self, collections: Iterable[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for collection in set(collections):
+                pipe.hincrby(self.meta_key(collection), "seq", 1)
+            await pipe.execute()
+
     async def collection_exists(self, collection: str) -> bool:
         return bool(await self.redis.sismember(COLLECTIONS_KEY, collection))
 

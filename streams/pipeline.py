@@ -219,6 +219,8 @@ class Pipeline:
         outcomes, failures = await self._apply_isolating("vectors", jobs, self.vector_stage.apply)
         metrics.STAGE_SECONDS.labels("vectors").observe(time.perf_counter() - started)
         failed = [(job, f"apply_failed: {error}") for job, error in failures]
+        # After the PostgreSQL commit, before the index updates go out: caches see the change in order.
+        await self.resources.postings.bump_seq(u.collection for o in outcomes for u in o.index_updates)
         for outcome in outcomes:
             metrics.EMBED_JOBS.labels("applied").inc(outcome.applied)
             metrics.EMBED_JOBS.labels("skipped").inc(outcome.skipped)
