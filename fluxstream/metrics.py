@@ -15,3 +15,4 @@ READY = Gauge("fluxstream_ready", "1 when the process can reach all its dependen
 SEARCHES = Counter("fluxstream_searches_total", "Search requests", ["mode", "status"])
 SEARCH_SECONDS = Histogram("fluxstream_search_seconds", "Search latency", ["mode"],
                            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+CACHE_INVALIDATIONS = Counter("fluxstream_cache_invalidations_total", "Cache entries deleted by index updates")

@@ -82,6 +82,12 @@ class Settings:
     min_position_timeout_ms: int = _env_field(5000, "Default wait for a search's min_position (read-your-writes).")
     candidate_pool: int = _env_field(100, "Candidates fetched from each retriever before fusion.")
 
+    # --- semantic cache ---
+    cache_enabled: bool = _env_field(True, "Serve repeated / near-duplicate searches from the Redis cache.")
+    cache_threshold: float = _env_field(0.95, "Cosine similarity for a near-duplicate (semantic) hit.")
+    cache_ttl_seconds: int = _env_field(86_400, "Cache entry lifetime.")
+    cache_max_entries: int = _env_field(10_000, "Entries per collection; least recently used are evicted.")
+
     # --- logging ---
     log_format: str = _env_field("json", "'json' (production) or 'console'.")
     log_level: str = _env_field("info", "Log level.")
@@ -97,7 +103,7 @@ class Settings:
                 continue
             kind = type(f.default)
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: expected {kind.__name__}") from exc
         values.update(overrides)
@@ -106,6 +112,14 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, to hand to child processes."""
         return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _parse_bool(raw: str) -> bool:
+    if raw.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
 
 
 def describe() -> list[tuple[str, str, str]]:

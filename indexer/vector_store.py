@@ -222,6 +222,16 @@ class VectorStore:
         hits.sort(key=lambda h: -h.score)  # relaxed_order may return slightly out of order
         return hits
 
+    async def embeddings_of(self, collection: str, chunk_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not chunk_ids:
+            return {}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT chunk_id, embedding FROM {CHUNKS_TABLE} WHERE collection = %s AND chunk_id = ANY(%s)",
+                (collection, list(chunk_ids)),
+            )
+            return {c: _as_array(e) for c, e in await cur.fetchall()}
+
     async def document_hashes(self, collection: str, doc_id: str) -> dict[str, str]:
         """chunk_id -> content hash of the vectors stored for a document."""
         async with self.pool.connection() as conn:

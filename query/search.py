@@ -19,7 +19,7 @@ from indexer.bm25 import BM25Params, score_postings
 from indexer.embedders.base import Embedder
 from indexer.postings import PostingsStore, StoredChunk
 from indexer.tokenizer import Tokenizer
-from indexer.vector_store import VectorStore
+from indexer.vector_store import VectorHit, VectorStore
 from query.filters import matches
 from query.fusion import rrf, weighted
 from schemas.api import RetrieverScore, SearchHit, SearchRequest, SearchResponse
@@ -32,6 +32,21 @@ class SearchDefaults:
     weight_vector: float = 0.5
     candidate_pool: int = 100
     ef_search: int = 100
+
+
+@dataclass
+class Retrieval:
+    """What the retrievers returned for one search, before statistics, filters and fusion.
+
+    Replaying it (``Searcher.search(..., replay=...)``) with the current statistics and chunk
+    records gives exactly the answer a fresh search would, as long as no change touched the
+    query's terms or could enter or leave the vector candidates: the semantic cache stores
+    this, not the response, and is invalidated on exactly those changes.
+    """
+
+    postings: dict[str, dict[str, int]] | None = None
+    vector_hits: list[VectorHit] | None = None
+    query_vector: np.ndarray | None = None
 
 
 class Timer:
@@ -63,16 +78,23 @@ class Searcher:
 
     async def search(self, req: SearchRequest, query_vector: np.ndarray | None = None) -> SearchResponse:
         """Run one search; ``query_vector`` skips embedding the query (batch search embeds all at once)."""
+        return (await self.search_with_retrieval(req, query_vector))[0]
+
+    async def search_with_retrieval(
+        self, req: SearchRequest, query_vector: np.ndarray | None = None, replay: Retrieval | None = None
+    ) -> tuple[SearchResponse, Retrieval]:
+        """A search and its retriever outputs; with ``replay``, the retrievers are not asked again."""
         timer = Timer()
         pool = max(self.defaults.candidate_pool, req.k)
+        retrieval = Retrieval(query_vector=query_vector)
         if not await self.postings.collection_exists(req.collection):
-            return self._response(req, [], timer)
+            return self._response(req, [], timer), retrieval
         rankings: dict[str, list[tuple[str, float]]] = {}
         records: dict[str, StoredChunk] = {}
         if req.mode in ("bm25", "hybrid"):
-            rankings["bm25"] = await self._bm25(req, pool, records, timer)
+            rankings["bm25"] = await self._bm25(req, pool, records, timer, retrieval, replay)
         if req.mode in ("vector", "hybrid"):
-            rankings["vector"] = await self._vector(req, pool, records, timer, query_vector)
+            rankings["vector"] = await self._vector(req, pool, records, timer, retrieval, replay)
         started = time.perf_counter()
         if req.mode == "hybrid":
             if req.fusion == "rrf":
@@ -87,15 +109,20 @@ class Searcher:
             fused = rankings[req.mode]
         hits = [self._hit(chunk_id, score, rankings, records[chunk_id]) for chunk_id, score in fused[: req.k]]
         timer.mark("fusion", started)
-        return self._response(req, hits, timer)
+        return self._response(req, hits, timer), retrieval
 
-    async def _bm25(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk],
-                    timer: Timer) -> list[tuple[str, float]]:
+    async def _bm25(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk], timer: Timer,
+                    retrieval: Retrieval, replay: Retrieval | None) -> list[tuple[str, float]]:
         started = time.perf_counter()
         terms = self.tokenizer.tokenize(req.query)
+        retrieval.postings = {}
         if not terms:
             return []
-        stats, postings = await self.postings.postings(req.collection, list(dict.fromkeys(terms)))
+        if replay is not None and replay.postings is not None:
+            stats, postings = await self.postings.stats(req.collection), replay.postings
+        else:
+            stats, postings = await self.postings.postings(req.collection, list(dict.fromkeys(terms)))
+        retrieval.postings = postings
         scores = score_postings(terms, stats, postings, self.bm25)
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
         started = timer.mark("bm25", started)
@@ -113,15 +140,19 @@ class Searcher:
         timer.mark("bm25_fetch", started)
         return kept[:pool]
 
-    async def _vector(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk],
-                      timer: Timer, query_vector: np.ndarray | None) -> list[tuple[str, float]]:
+    async def _vector(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk], timer: Timer,
+                      retrieval: Retrieval, replay: Retrieval | None) -> list[tuple[str, float]]:
         started = time.perf_counter()
-        if query_vector is None:
-            query_vector = (await self.embedder.embed([req.query]))[0]
-            started = timer.mark("embed_query", started)
-        hits = await self.vectors.search(req.collection, query_vector, limit=pool, filters=req.filters or None,
-                                         ef_search=self.defaults.ef_search)
-        started = timer.mark("vector", started)
+        if replay is not None and replay.vector_hits is not None:
+            hits = replay.vector_hits
+        else:
+            if retrieval.query_vector is None:
+                retrieval.query_vector = (await self.embedder.embed([req.query]))[0]
+                started = timer.mark("embed_query", started)
+            hits = await self.vectors.search(req.collection, retrieval.query_vector, limit=pool,
+                                             filters=req.filters or None, ef_search=self.defaults.ef_search)
+            started = timer.mark("vector", started)
+        retrieval.vector_hits = hits
         missing = [h.chunk_id for h in hits if h.chunk_id not in records]
         for chunk_id, record in zip(missing, await self.postings.fetch_chunks(req.collection, missing), strict=True):
             if record is not None:

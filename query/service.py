@@ -28,6 +28,8 @@ from indexer.bm25 import BM25Params
 from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_store import VectorStore
+from query.cache import CacheConfig, SemanticCache
+from query.cached_search import CachedSearcher
 from query.kafka_requests import SearchRequestServer
 from query.search import SearchDefaults, Searcher
 from schemas.api import (
@@ -55,6 +57,8 @@ class QueryState:
         self.vectors: VectorStore | None = None
         self.searcher: Searcher | None = None
         self.positions: Positions | None = None
+        self.cache: SemanticCache | None = None
+        self.cached: CachedSearcher | None = None
 
     async def open(self) -> None:
         s = self.settings
@@ -70,6 +74,11 @@ class QueryState:
             BM25Params(s.bm25_k1, s.bm25_b),
             SearchDefaults(s.rrf_k, s.weight_bm25, s.weight_vector, s.candidate_pool, s.hnsw_ef_search),
         )
+        if s.cache_enabled:
+            config = CacheConfig(threshold=s.cache_threshold, ttl_seconds=s.cache_ttl_seconds,
+                                 max_entries=s.cache_max_entries)
+            self.cache = SemanticCache(self.redis, postings, embedder.dimensions, config)
+        self.cached = CachedSearcher(self.searcher, self.cache)
 
     async def close(self) -> None:
         if self.vectors is not None:
@@ -152,8 +161,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def search_or_error(req: SearchRequest) -> SearchResponse | ErrorResponse:
         """What a topic request gets: the response, or the error HTTP would have answered."""
-        assert state.searcher is not None
-        return await position_problem(req) or await state.searcher.search(req)
+        assert state.cached is not None
+        return await position_problem(req) or await state.cached.search(req)
 
     @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
     async def search(req: SearchRequest) -> Any:
@@ -161,7 +170,8 @@ def create_app(settings: Settings) -> FastAPI:
         started = time.perf_counter()
         if (refusal := await position_refusal(req)) is not None:
             return refusal
-        response = await state.searcher.search(req)
+        assert state.cached is not None
+        response = await state.cached.search(req)
         metrics.SEARCH_SECONDS.labels(req.mode).observe(time.perf_counter() - started)
         metrics.SEARCHES.labels(req.mode, "ok").inc()
         return response
@@ -197,6 +207,12 @@ def create_app(settings: Settings) -> FastAPI:
         ]
         return DocumentResponse(doc_id=doc_id, collection=collection, version=doc.version, deleted=doc.deleted,
                                 title=doc.title, metadata=doc.metadata, chunks=chunks)
+
+    @app.get("/v1/cache/stats")
+    async def cache_stats() -> dict[str, Any]:
+        if state.cache is None:
+            return {"enabled": False}
+        return {"enabled": True, **await state.cache.stats()}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -31,6 +31,8 @@ class SearchRequest(BaseModel):
     rrf_k: Annotated[int, Field(ge=1, le=10_000)] | None = None
     weights: FusionWeights | None = None
     filters: dict[str, FilterValue] = Field(default_factory=dict)
+    cache: bool = True
+    """Use the semantic cache (when the service has it enabled); false forces a fresh search."""
     min_position: SourcePosition | None = None
     """Read-your-writes token (from producing a change): wait until the index has applied it."""
     wait_timeout_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
@@ -53,6 +55,13 @@ class SearchHit(BaseModel):
     vector: RetrieverScore | None = None
 
 
+class CacheInfo(BaseModel):
+    status: Literal["exact", "semantic", "miss", "bypass"]
+    cached_query: str | None = None
+    """For a semantic hit: the cached query whose (freshly re-scored) results are returned."""
+    similarity: float | None = None
+
+
 class SearchResponse(BaseModel):
     query: str
     collection: str
@@ -60,6 +69,7 @@ class SearchResponse(BaseModel):
     fusion: str | None
     hits: list[SearchHit]
     timings_ms: dict[str, float]
+    cache: CacheInfo | None = None
 
 
 class ChunkView(BaseModel):

@@ -157,6 +157,15 @@ def build_app(settings: Settings) -> faust.App:
         async for events in stream.noack_take(settings.embed_batch_max, within=settings.embed_batch_within):
             await handle_then_ack(stream, events, pipeline.handle_embed_jobs)
 
+    if settings.cache_enabled:
+        index_updates = app.topic(settings.index_updates_topic, value_serializer="raw", key_serializer="raw")
+
+        @app.agent(index_updates, name="invalidate-cache")
+        async def invalidate_cache(stream: faust.StreamT) -> None:
+            pipeline = await state.pipeline()
+            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within):
+                await handle_then_ack(stream, events, pipeline.handle_index_updates)
+
     cdc = load_cdc_mapping(settings)
     if cdc.topics:
         cdc_topic = app.topic(*cdc.topics, value_serializer="raw", key_serializer="raw")

@@ -34,10 +34,12 @@ from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_stage import VectorStage
 from indexer.vector_store import HNSWParams, VectorStore
+from query.cache import SemanticCache
 from schemas.events import DocumentChange, EmbedJob, IndexUpdate, SourcePosition
 from streams import debezium
 from streams.cdc_mapping import CdcMapping
 from streams.decoding import Rejected, dead_letter, decode, decode_change
+from streams.invalidation import CacheInvalidator
 
 log = get_logger("fluxstream.pipeline")
 
@@ -115,6 +117,8 @@ class Pipeline:
         self.bm25 = BM25Stage(resources.postings, builder)
         self.vector_stage = VectorStage(resources.vectors, resources.embedder)
         self.positions = Positions(resources.redis, resources.postings)
+        self.invalidator = CacheInvalidator(
+            SemanticCache(resources.redis, resources.postings, resources.embedder.dimensions), resources.vectors)
         self.ready = True
 
     async def handle_changes(self, records: Sequence[Record]) -> None:
@@ -234,6 +238,12 @@ class Pipeline:
                                                  job.doc_id.encode(), job.to_json()))
         await asyncio.gather(*sends)
         await self.positions.clear_pending(jobs)
+
+    async def handle_index_updates(self, records: Sequence[Record]) -> None:
+        """Keep the semantic cache exact: delete entries the applied changes could affect."""
+        updates = [u for u in (decode(r.value, IndexUpdate) for r in records) if isinstance(u, IndexUpdate)]
+        removed = await self._until_done("cache", lambda: self.invalidator.handle(updates))
+        metrics.CACHE_INVALIDATIONS.inc(removed)
 
     async def _announce(self, update: IndexUpdate) -> Awaitable[object]:
         return await self.publish(self.settings.index_updates_topic, update.doc_id.encode(), update.to_json())

@@ -1,0 +1,274 @@
+"""Semantic cache of searches in Redis, kept exact by index-update events.
+
+What is cached is a search's *retrieval* (the query terms' posting lists and the vector
+candidates, see ``query.search.Retrieval``), not its response: a hit replays it with the
+current collection statistics and chunk records, so scores and order equal a fresh search
+even after unrelated documents changed N, df or avgdl. An entry becomes wrong only when a
+change touches one of its query terms, changes or deletes a document among its vector
+candidates, or brings a chunk at least as close to the query as its last vector candidate;
+``streams.invalidation`` deletes entries on exactly those changes (see docs/cache.md).
+
+Key layout (``{c}`` = collection hash tag, shared with the index keys so one script can
+check the collection's change sequence and write the entry atomically):
+
+``fxc:{c}:e:<id>``          hash   entry: params, query, exact key, embedding, retrieval, seq, threshold
+``fxc:{c}:x:<digest>``      string exact key (params + normalised query) -> id
+``fxc:{c}:l:<p>:<band>:<sig>`` set  LSH buckets (random-hyperplane signatures) -> ids, per parameter set
+``fxc:{c}:t:<term>``        set    ids of entries whose query has the term
+``fxc:{c}:d:<doc_id>``      set    ids of entries whose vector candidates include the document
+``fxc:{c}:lru``             zset   id -> last use (size bound, least recently used evicted)
+``fxc:{c}:new``             stream ids of entries with vector candidates (the invalidator's mirror feed)
+``fx:cache:stats``          hash   hits, semantic_hits, misses, stored, refused, invalidations
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+
+from indexer.postings import PostingsStore
+from indexer.redis_plan import Plan, PlanRunner
+from indexer.tokenizer import normalise
+from indexer.vector_store import VectorHit
+from query.search import Retrieval
+from schemas.api import SearchRequest
+
+STATS_KEY = "fx:cache:stats"
+_PARAM_FIELDS = {"collection", "k", "mode", "fusion", "rrf_k", "weights", "filters"}
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    threshold: float = 0.95
+    ttl_seconds: int = 86_400
+    max_entries: int = 10_000  # per collection
+    max_postings: int = 20_000  # larger retrievals are not cached
+    lsh_bands: int = 8
+    lsh_bits: int = 14
+    stream_maxlen: int = 100_000
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    kind: str  # "exact" | "semantic"
+    entry_id: str
+    query: str
+    similarity: float
+    retrieval: Retrieval
+
+
+@dataclass(frozen=True)
+class Lookup:
+    hit: CacheHit | None
+    query_vector: np.ndarray | None  # computed for the semantic lookup; the search reuses it
+
+
+def params_digest(req: SearchRequest) -> str:
+    """Everything but the query text that shapes a result: k, mode, fusion, weights, filters."""
+    params = req.model_dump(include=_PARAM_FIELDS, mode="json")
+    return hashlib.blake2b(orjson.dumps(params, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
+
+
+def normalise_query(query: str) -> str:
+    return " ".join(normalise(query).split())
+
+
+class LSH:
+    """Random-hyperplane signatures: vectors within a small angle share a band with high probability."""
+
+    def __init__(self, dimensions: int, bands: int, bits: int, seed: int = 20261122) -> None:
+        self.bands, self.bits = bands, bits
+        self.planes = np.random.default_rng(seed).standard_normal((bands * bits, dimensions)).astype(np.float32)
+        self.weights = 1 << np.arange(bits, dtype=np.int64)
+
+    def signatures(self, vector: np.ndarray) -> list[int]:
+        bits = (self.planes @ vector > 0).reshape(self.bands, self.bits).astype(np.int64)
+        return [int(v) for v in bits @ self.weights]
+
+
+def _b64(vector: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vector, dtype=np.float32).tobytes()).decode()
+
+
+def embedding_of(raw: bytes | None) -> np.ndarray | None:
+    """An entry's stored query embedding (None for BM25-only entries)."""
+    return np.frombuffer(base64.b64decode(raw), dtype=np.float32) if raw else None
+
+
+def encode_retrieval(retrieval: Retrieval) -> bytes:
+    hits = None if retrieval.vector_hits is None else [
+        [h.chunk_id, h.doc_id, h.content_hash, h.score] for h in retrieval.vector_hits]
+    return orjson.dumps({"postings": retrieval.postings, "vector_hits": hits})
+
+
+def decode_retrieval(raw: bytes, query_vector: np.ndarray | None) -> Retrieval:
+    data = orjson.loads(raw)
+    hits = None if data["vector_hits"] is None else [VectorHit(*h) for h in data["vector_hits"]]
+    return Retrieval(postings=data["postings"], vector_hits=hits, query_vector=query_vector)
+
+
+class SemanticCache:
+    def __init__(self, redis: aioredis.Redis, postings: PostingsStore, dimensions: int,
+                 config: CacheConfig | None = None) -> None:
+        self.redis = redis
+        self.postings = postings
+        self.config = config or CacheConfig()
+        self.lsh = LSH(dimensions, self.config.lsh_bands, self.config.lsh_bits)
+        self._plans = PlanRunner(redis)
+
+    # ---- keys ----
+    @staticmethod
+    def base(collection: str) -> str:
+        return f"fxc:{{{collection}}}"
+
+    def entry_key(self, collection: str, entry_id: str) -> str:
+        return f"{self.base(collection)}:e:{entry_id}"
+
+    def exact_key(self, req: SearchRequest) -> str:
+        digest = hashlib.blake2b(f"{params_digest(req)}\0{normalise_query(req.query)}".encode(), digest_size=16)
+        return f"{self.base(req.collection)}:x:{digest.hexdigest()}"
+
+    def term_key(self, collection: str, term: str) -> str:
+        return f"{self.base(collection)}:t:{term}"
+
+    def doc_key(self, collection: str, doc_id: str) -> str:
+        return f"{self.base(collection)}:d:{doc_id}"
+
+    def lru_key(self, collection: str) -> str:
+        return f"{self.base(collection)}:lru"
+
+    def stream_key(self, collection: str) -> str:
+        return f"{self.base(collection)}:new"
+
+    def bucket_keys(self, req: SearchRequest, vector: np.ndarray) -> list[str]:
+        prefix = f"{self.base(req.collection)}:l:{params_digest(req)}"
+        return [f"{prefix}:{band}:{sig}" for band, sig in enumerate(self.lsh.signatures(vector))]
+
+    # ---- lookup ----
+    async def lookup(self, req: SearchRequest, embed: Any) -> Lookup:
+        """Exact match first; for vector and hybrid searches, then the nearest cached query above the threshold."""
+        entry_id = await self.redis.get(self.exact_key(req))
+        if entry_id is not None:
+            hit = await self._load(req.collection, entry_id.decode(), "exact", 1.0)
+            if hit is not None:
+                return Lookup(hit, hit.retrieval.query_vector)
+        if req.mode == "bm25":
+            return Lookup(None, None)
+        vector = (await embed([req.query]))[0]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in self.bucket_keys(req, vector):
+                pipe.smembers(key)
+            buckets = await pipe.execute()
+        candidates = sorted({m.decode() for members in buckets for m in members})
+        if not candidates:
+            return Lookup(None, vector)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for candidate in candidates:
+                pipe.hget(self.entry_key(req.collection, candidate), "embedding")
+            embeddings = await pipe.execute()
+        best, best_id = -1.0, None
+        for candidate, raw in zip(candidates, embeddings, strict=True):
+            stored = embedding_of(raw)
+            if stored is not None:
+                similarity = float(stored @ vector)
+                if similarity > best:
+                    best, best_id = similarity, candidate
+        if best_id is not None and best >= self.config.threshold:
+            hit = await self._load(req.collection, best_id, "semantic", best)
+            if hit is not None:
+                return Lookup(hit, vector)
+        return Lookup(None, vector)
+
+    async def _load(self, collection: str, entry_id: str, kind: str, similarity: float) -> CacheHit | None:
+        fields = await self.redis.hmget(self.entry_key(collection, entry_id), "query", "retrieval", "embedding")
+        if fields[1] is None:
+            return None  # invalidated or expired meanwhile
+        await self.redis.zadd(self.lru_key(collection), {entry_id: time.time()})
+        return CacheHit(kind, entry_id, fields[0].decode(), similarity,
+                        decode_retrieval(fields[1], embedding_of(fields[2])))
+
+    # ---- store ----
+    def threshold(self, retrieval: Retrieval, pool: int) -> float:
+        """A new chunk at least this similar to the query could enter the vector candidates."""
+        hits = retrieval.vector_hits or []
+        return min(h.score for h in hits) if len(hits) >= pool else -1.0
+
+    async def store(self, req: SearchRequest, retrieval: Retrieval, seq: int, pool: int) -> bool:
+        """Store unless the collection changed since ``seq`` was read (the search may have seen a mix)."""
+        size = sum(len(p) for p in (retrieval.postings or {}).values()) + len(retrieval.vector_hits or [])
+        if size > self.config.max_postings:
+            return False
+        coll, ttl = req.collection, self.config.ttl_seconds
+        entry_id = uuid.uuid4().hex
+        entry_key, exact_key = self.entry_key(coll, entry_id), self.exact_key(req)
+        plan = Plan()
+        plan.check(self.postings.meta_key(coll), "seq", seq or None)
+        vector = retrieval.query_vector if retrieval.vector_hits is not None else None
+        plan.op("HSET", entry_key, "query", req.query, "exact_key", exact_key, "seq", seq,
+                "retrieval", encode_retrieval(retrieval).decode(),
+                "embedding", "" if vector is None else _b64(vector),
+                "threshold", self.threshold(retrieval, pool) if vector is not None else "")
+        plan.op("EXPIRE", entry_key, ttl)
+        plan.op("SET", exact_key, entry_id, "EX", ttl)
+        index_keys = [self.term_key(coll, t) for t in (retrieval.postings or {})]
+        index_keys += [self.doc_key(coll, d) for d in {h.doc_id for h in retrieval.vector_hits or []}]
+        if vector is not None:
+            index_keys += self.bucket_keys(req, vector)
+        for key in index_keys:
+            plan.op("SADD", key, entry_id)
+            plan.op("EXPIRE", key, ttl)
+        plan.op("ZADD", self.lru_key(coll), time.time(), entry_id)
+        if vector is not None:
+            plan.op("XADD", self.stream_key(coll), "MAXLEN", "~", self.config.stream_maxlen, "*", "id", entry_id)
+        if await self._plans.run(plan) is not None:
+            await self.redis.hincrby(STATS_KEY, "refused", 1)
+            return False
+        await self.redis.hincrby(STATS_KEY, "stored", 1)
+        await self._evict(coll)
+        return True
+
+    async def _evict(self, collection: str) -> None:
+        extra = await self.redis.zcard(self.lru_key(collection)) - self.config.max_entries
+        if extra > 0:
+            oldest = await self.redis.zpopmin(self.lru_key(collection), extra)
+            await self.delete(collection, [m.decode() for m, _ in oldest], count_as="evicted")
+
+    async def delete(self, collection: str, entry_ids: list[str], count_as: str = "invalidations") -> int:
+        """Remove entries (their index-set memberships expire with the sets or are skipped as dangling)."""
+        if not entry_ids:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.hget(self.entry_key(collection, entry_id), "exact_key")
+            exact_keys = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in entry_ids:
+                pipe.delete(self.entry_key(collection, entry_id))
+            removed = sum(await pipe.execute())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id, exact in zip(entry_ids, exact_keys, strict=True):
+                if exact is not None:
+                    pipe.delete(exact)
+                pipe.zrem(self.lru_key(collection), entry_id)
+            await pipe.execute()
+        await self.redis.hincrby(STATS_KEY, count_as, removed)
+        return removed
+
+    async def record(self, outcome: str) -> None:
+        await self.redis.hincrby(STATS_KEY, outcome, 1)
+
+    async def stats(self) -> dict[str, float]:
+        raw = {k.decode(): int(v) for k, v in (await self.redis.hgetall(STATS_KEY)).items()}
+        hits = raw.get("hits", 0) + raw.get("semantic_hits", 0)
+        lookups = hits + raw.get("misses", 0)
+        return {**{k: raw.get(k, 0) for k in ("hits", "semantic_hits", "misses", "stored", "refused",
+                                              "invalidations", "evicted")},
+                "hit_rate": round(hits / lookups, 4) if lookups else 0.0}

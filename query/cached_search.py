@@ -1,0 +1,34 @@
+"""Searches through the semantic cache: look up, replay a hit, or search and store the retrieval."""
+
+from __future__ import annotations
+
+from query.cache import SemanticCache
+from query.search import Searcher
+from schemas.api import CacheInfo, SearchRequest, SearchResponse
+
+
+class CachedSearcher:
+    def __init__(self, searcher: Searcher, cache: SemanticCache | None) -> None:
+        self.searcher = searcher
+        self.cache = cache
+
+    async def search(self, req: SearchRequest) -> SearchResponse:
+        if self.cache is None or not req.cache:
+            response = await self.searcher.search(req)
+            return response.model_copy(update={"cache": CacheInfo(status="bypass")})
+        # Read the change sequence before anything else: the entry is stored only if it is unchanged after.
+        seq = await self.searcher.postings.change_seq(req.collection)
+        lookup = await self.cache.lookup(req, self.searcher.embedder.embed)
+        if lookup.hit is not None:
+            hit = lookup.hit
+            replayed = req if hit.kind == "exact" else req.model_copy(update={"query": hit.query})
+            response, _ = await self.searcher.search_with_retrieval(replayed, replay=hit.retrieval)
+            await self.cache.record("hits" if hit.kind == "exact" else "semantic_hits")
+            info = CacheInfo(status=hit.kind, cached_query=hit.query, similarity=round(hit.similarity, 6))
+            return response.model_copy(update={"query": req.query, "cache": info})
+        response, retrieval = await self.searcher.search_with_retrieval(req, query_vector=lookup.query_vector)
+        await self.cache.record("misses")
+        if await self.searcher.postings.collection_exists(req.collection):
+            pool = max(self.searcher.defaults.candidate_pool, req.k)
+            await self.cache.store(req, retrieval, seq, pool)
+        return response.model_copy(update={"cache": CacheInfo(status="miss")})
