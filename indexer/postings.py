@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from indexer.redis_plan import Plan, PlanRunner
 
@@ -136,6 +137,14 @@ class PostingsStore:
     def chunk_key(self, collection: str, chunk_id: str) -> str:
         return f"{self._base(collection)}:chunk:{chunk_id}"
 
+    def term_versions_key(self, collection: str) -> str:
+        """Hash term -> number of writes that changed the term's postings."""
+        return f"{self._base(collection)}:termver"
+
+    def vector_log_key(self, collection: str) -> str:
+        """Stream of vector-stage changes (doc_id, chunk embeddings), for cache validation."""
+        return f"{self._base(collection)}:vlog"
+
     def pending_vectors_key(self, collection: str, topic: str, partition: int) -> str:
         """Sorted set doc_id -> source offset of changes whose vectors are not applied yet."""
         return f"{self._base(collection)}:pending:{topic}:{partition}"
@@ -158,13 +167,17 @@ class PostingsStore:
         caller re-reads and re-plans. Nothing is written in that case.
         """
         plans: dict[str, Plan] = {}
+        changed_terms: dict[str, set[str]] = {}
         for before, after in changes:
             plan = plans.setdefault(after.collection, Plan())
-            self._plan_document(plan, before, after, updated_at)
+            terms = changed_terms.setdefault(after.collection, set())
+            self._plan_document(plan, before, after, updated_at, terms)
         if not plans:
             return
         for collection, plan in plans.items():
-            # The collection's change sequence: caches tag entries with it (see query.cache).
+            # Change counters caches validate against (see query.cache): per term and per collection.
+            for term in sorted(changed_terms[collection]):
+                plan.op("HINCRBY", self.term_versions_key(collection), term, 1)
             plan.op("HINCRBY", self.meta_key(collection), "seq", 1)
         await self.redis.sadd(COLLECTIONS_KEY, *plans)
         for plan in plans.values():
@@ -174,7 +187,8 @@ class PostingsStore:
         if self.wait_aof:
             await self.redis.execute_command("WAITAOF", 1, 0, 5000)
 
-    def _plan_document(self, plan: Plan, before: DocumentState, after: DocumentState, updated_at: str) -> None:
+    def _plan_document(self, plan: Plan, before: DocumentState, after: DocumentState, updated_at: str,
+                       changed_terms: set[str]) -> None:
         coll = after.collection
         doc_key = self.doc_key(coll, after.doc_id)
         plan.check(doc_key, "version", before.version)
@@ -185,6 +199,7 @@ class PostingsStore:
             if replacement is None or replacement.content_hash != chunk.content_hash:
                 for term in chunk.tf:
                     plan.op("HDEL", self.posting_key(coll, term), chunk_id)
+                    changed_terms.add(term)
             if replacement is None:
                 plan.op("DEL", self.chunk_key(coll, chunk_id))
         for chunk_id, chunk in new.items():
@@ -192,6 +207,7 @@ class PostingsStore:
             if previous is None or previous.content_hash != chunk.content_hash:
                 for term, tf in chunk.tf.items():
                     plan.op("HSET", self.posting_key(coll, term), chunk_id, pack_posting(tf, chunk.dl))
+                    changed_terms.add(term)
             plan.op(
                 "HSET", self.chunk_key(coll, chunk_id),
                 "doc_id", after.doc_id, "chunk_no", chunk.chunk_no, "title", after.title,
@@ -237,18 +253,56 @@ class PostingsStore:
 
     async def postings(
         self, collection: str, terms: Sequence[str]
-    ) -> tuple[CollectionStats, dict[str, dict[str, int]]]:
-        """Statistics and the posting lists of ``terms``, read in one MULTI snapshot."""
+    ) -> tuple[CollectionStats, dict[str, dict[str, int]], dict[str, int]]:
+        """Statistics, the posting lists of ``terms`` and their change counters, in one MULTI snapshot."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hmget(self.meta_key(collection), "chunks", "total_len", "docs")
+            pipe.hmget(self.term_versions_key(collection), *terms)
             for term in terms:
                 pipe.hgetall(self.posting_key(collection, term))
-            meta, *lists = await pipe.execute()
+            meta, versions, *lists = await pipe.execute()
         postings = {
             term: {chunk.decode(): int(value) for chunk, value in raw.items()}
             for term, raw in zip(terms, lists, strict=True)
         }
-        return _decode_stats(meta), postings
+        return _decode_stats(meta), postings, _counters(terms, versions)
+
+    async def vector_log_head(self, collection: str) -> str:
+        """The log position: ``<last id>/<entries ever added>`` (the count detects trimming later)."""
+        last_id, added = await self._vector_log_info(self.vector_log_key(collection))
+        return f"{last_id}/{added}"
+
+    async def _vector_log_info(self, key: str) -> tuple[str, int]:
+        try:
+            info = await self.redis.execute_command("XINFO", "STREAM", key)
+        except ResponseError:  # no stream yet: nothing was ever logged
+            return "0-0", 0
+        fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
+        return fields["last-generated-id"].decode(), int(fields["entries-added"])
+
+    async def log_vector_changes(self, collection: str, changes: Sequence[tuple[str, bytes]],
+                                 maxlen: int = 20_000) -> None:
+        """Append (doc_id, concatenated float32 chunk embeddings) after the vector stage committed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for doc_id, embeddings in changes:
+                pipe.xadd(self.vector_log_key(collection), {"doc": doc_id, "emb": embeddings},
+                          maxlen=maxlen, approximate=True)
+            await pipe.execute()
+
+    async def vector_changes_since(self, collection: str, position: str) -> list[tuple[str, bytes]] | None:
+        """(doc_id, embeddings) logged after ``position`` (from vector_log_head); None if trimmed away since."""
+        log_id, added = position.split("/")
+        key = self.vector_log_key(collection)
+        changes = await self.redis.xrange(key, min=f"({log_id}")
+        _, added_now = await self._vector_log_info(key)
+        if added_now - int(added) > len(changes):
+            return None
+        return [(f[b"doc"].decode(), f[b"emb"]) for _, f in changes]
+
+    async def term_versions(self, collection: str, terms: Sequence[str]) -> dict[str, int]:
+        if not terms:
+            return {}
+        return _counters(terms, await self.redis.hmget(self.term_versions_key(collection), *terms))
 
     async def fetch_chunks(self, collection: str, chunk_ids: Sequence[str]) -> list[StoredChunk | None]:
         """Chunk records in the order asked; None for chunks that no longer exist."""
@@ -276,6 +330,10 @@ class PostingsStore:
 
     async def get_document(self, collection: str, doc_id: str) -> DocumentState:
         return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
+
+
+def _counters(names: Sequence[str], values: Sequence[bytes | None]) -> dict[str, int]:
+    return {name: int(v) if v is not None else 0 for name, v in zip(names, values, strict=True)}
 
 
 def _decode_stats(meta: list[bytes | None]) -> CollectionStats:

@@ -42,6 +42,7 @@ from query.search import Retrieval
 from schemas.api import SearchRequest
 
 STATS_KEY = "fx:cache:stats"
+SIMILARITY_SLACK = 1e-5  # float32 rounding between stored candidate scores and recomputed similarities
 _PARAM_FIELDS = {"collection", "k", "mode", "fusion", "rrf_k", "weights", "filters"}
 
 
@@ -106,13 +107,15 @@ def embedding_of(raw: bytes | None) -> np.ndarray | None:
 def encode_retrieval(retrieval: Retrieval) -> bytes:
     hits = None if retrieval.vector_hits is None else [
         [h.chunk_id, h.doc_id, h.content_hash, h.score] for h in retrieval.vector_hits]
-    return orjson.dumps({"postings": retrieval.postings, "vector_hits": hits})
+    return orjson.dumps({"postings": retrieval.postings, "term_versions": retrieval.term_versions,
+                         "vector_hits": hits, "vector_log_position": retrieval.vector_log_position})
 
 
 def decode_retrieval(raw: bytes, query_vector: np.ndarray | None) -> Retrieval:
     data = orjson.loads(raw)
     hits = None if data["vector_hits"] is None else [VectorHit(*h) for h in data["vector_hits"]]
-    return Retrieval(postings=data["postings"], vector_hits=hits, query_vector=query_vector)
+    return Retrieval(postings=data["postings"], term_versions=data["term_versions"], vector_hits=hits,
+                     vector_log_position=data["vector_log_position"], query_vector=query_vector)
 
 
 class SemanticCache:
@@ -188,12 +191,43 @@ class SemanticCache:
         return Lookup(None, vector)
 
     async def _load(self, collection: str, entry_id: str, kind: str, similarity: float) -> CacheHit | None:
-        fields = await self.redis.hmget(self.entry_key(collection, entry_id), "query", "retrieval", "embedding")
+        fields = await self.redis.hmget(self.entry_key(collection, entry_id), "query", "retrieval", "embedding",
+                                        "threshold")
         if fields[1] is None:
             return None  # invalidated or expired meanwhile
+        retrieval = decode_retrieval(fields[1], embedding_of(fields[2]))
+        if not await self.still_valid(collection, retrieval, float(fields[3] or -1.0)):
+            await self.delete(collection, [entry_id])
+            return None
         await self.redis.zadd(self.lru_key(collection), {entry_id: time.time()})
-        return CacheHit(kind, entry_id, fields[0].decode(), similarity,
-                        decode_retrieval(fields[1], embedding_of(fields[2])))
+        return CacheHit(kind, entry_id, fields[0].decode(), similarity, retrieval)
+
+    async def still_valid(self, collection: str, retrieval: Retrieval, threshold: float) -> bool:
+        """Checked on every hit, so correctness never waits for the invalidation agent.
+
+        Valid when no write changed the postings of the query's terms since they were read,
+        and no vector change since the k-NN query concerns a candidate document or brings a
+        chunk at least as similar as the weakest candidate (``threshold``).
+        """
+        if retrieval.term_versions:
+            current = await self.postings.term_versions(collection, list(retrieval.term_versions))
+            if current != retrieval.term_versions:
+                return False
+        if retrieval.vector_hits is None:
+            return True
+        changes = await self.postings.vector_changes_since(collection, retrieval.vector_log_position)
+        if changes is None:
+            return False  # the log was trimmed past the entry: cannot prove it valid
+        candidates = {h.doc_id for h in retrieval.vector_hits}
+        query = retrieval.query_vector
+        for doc_id, raw in changes:
+            if doc_id in candidates:
+                return False
+            if raw and query is not None:
+                chunks = np.frombuffer(raw, dtype=np.float32).reshape(-1, query.shape[0])
+                if float((chunks @ query).max()) >= threshold - SIMILARITY_SLACK:
+                    return False
+        return True
 
     # ---- store ----
     def threshold(self, retrieval: Retrieval, pool: int) -> float:
@@ -201,8 +235,12 @@ class SemanticCache:
         hits = retrieval.vector_hits or []
         return min(h.score for h in hits) if len(hits) >= pool else -1.0
 
-    async def store(self, req: SearchRequest, retrieval: Retrieval, seq: int, pool: int) -> bool:
-        """Store unless the collection changed since ``seq`` was read (the search may have seen a mix)."""
+    async def store(self, req: SearchRequest, retrieval: Retrieval, pool: int) -> bool:
+        """Store a retrieval, tagged with the index positions it was read at (term versions, vector log).
+
+        An entry computed from a state that a change has already moved past is stored too, but
+        ``still_valid`` refuses it on first use, so it can never be served.
+        """
         size = sum(len(p) for p in (retrieval.postings or {}).values()) + len(retrieval.vector_hits or [])
         if size > self.config.max_postings:
             return False
@@ -210,9 +248,8 @@ class SemanticCache:
         entry_id = uuid.uuid4().hex
         entry_key, exact_key = self.entry_key(coll, entry_id), self.exact_key(req)
         plan = Plan()
-        plan.check(self.postings.meta_key(coll), "seq", seq or None)
         vector = retrieval.query_vector if retrieval.vector_hits is not None else None
-        plan.op("HSET", entry_key, "query", req.query, "exact_key", exact_key, "seq", seq,
+        plan.op("HSET", entry_key, "query", req.query, "exact_key", exact_key,
                 "retrieval", encode_retrieval(retrieval).decode(),
                 "embedding", "" if vector is None else _b64(vector),
                 "threshold", self.threshold(retrieval, pool) if vector is not None else "")
@@ -228,9 +265,7 @@ class SemanticCache:
         plan.op("ZADD", self.lru_key(coll), time.time(), entry_id)
         if vector is not None:
             plan.op("XADD", self.stream_key(coll), "MAXLEN", "~", self.config.stream_maxlen, "*", "id", entry_id)
-        if await self._plans.run(plan) is not None:
-            await self.redis.hincrby(STATS_KEY, "refused", 1)
-            return False
+        await self._plans.run(plan)
         await self.redis.hincrby(STATS_KEY, "stored", 1)
         await self._evict(coll)
         return True
@@ -269,6 +304,6 @@ class SemanticCache:
         raw = {k.decode(): int(v) for k, v in (await self.redis.hgetall(STATS_KEY)).items()}
         hits = raw.get("hits", 0) + raw.get("semantic_hits", 0)
         lookups = hits + raw.get("misses", 0)
-        return {**{k: raw.get(k, 0) for k in ("hits", "semantic_hits", "misses", "stored", "refused",
+        return {**{k: raw.get(k, 0) for k in ("hits", "semantic_hits", "misses", "stored",
                                               "invalidations", "evicted")},
                 "hit_rate": round(hits / lookups, 4) if lookups else 0.0}

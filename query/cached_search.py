@@ -16,8 +16,6 @@ class CachedSearcher:
         if self.cache is None or not req.cache:
             response = await self.searcher.search(req)
             return response.model_copy(update={"cache": CacheInfo(status="bypass")})
-        # Read the change sequence before anything else: the entry is stored only if it is unchanged after.
-        seq = await self.searcher.postings.change_seq(req.collection)
         lookup = await self.cache.lookup(req, self.searcher.embedder.embed)
         if lookup.hit is not None:
             hit = lookup.hit
@@ -30,5 +28,5 @@ class CachedSearcher:
         await self.cache.record("misses")
         if await self.searcher.postings.collection_exists(req.collection):
             pool = max(self.searcher.defaults.candidate_pool, req.k)
-            await self.cache.store(req, retrieval, seq, pool)
+            await self.cache.store(req, retrieval, pool)
         return response.model_copy(update={"cache": CacheInfo(status="miss")})

@@ -45,7 +45,9 @@ class Retrieval:
     """
 
     postings: dict[str, dict[str, int]] | None = None
+    term_versions: dict[str, int] | None = None  # the terms' change counters, read with the postings
     vector_hits: list[VectorHit] | None = None
+    vector_log_position: str = "0-0/0"  # the vector-change log's head, read before the k-NN query
     query_vector: np.ndarray | None = None
 
 
@@ -121,7 +123,8 @@ class Searcher:
         if replay is not None and replay.postings is not None:
             stats, postings = await self.postings.stats(req.collection), replay.postings
         else:
-            stats, postings = await self.postings.postings(req.collection, list(dict.fromkeys(terms)))
+            stats, postings, retrieval.term_versions = await self.postings.postings(
+                req.collection, list(dict.fromkeys(terms)))
         retrieval.postings = postings
         scores = score_postings(terms, stats, postings, self.bm25)
         ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -149,6 +152,7 @@ class Searcher:
             if retrieval.query_vector is None:
                 retrieval.query_vector = (await self.embedder.embed([req.query]))[0]
                 started = timer.mark("embed_query", started)
+            retrieval.vector_log_position = await self.postings.vector_log_head(req.collection)
             hits = await self.vectors.search(req.collection, retrieval.query_vector, limit=pool,
                                              filters=req.filters or None, ef_search=self.defaults.ef_search)
             started = timer.mark("vector", started)

@@ -18,10 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from indexer.vector_store import VectorStore
-from query.cache import SemanticCache, embedding_of
+from query.cache import SIMILARITY_SLACK, SemanticCache, embedding_of
 from schemas.events import IndexUpdate
-
-SIMILARITY_SLACK = 1e-5  # float32 rounding between stored scores and recomputed ones
 
 
 @dataclass
