@@ -277,8 +277,7 @@ class PostingsStore:
             info = await self.redis.execute_command("XINFO", "STREAM", key)
         except ResponseError:  # no stream yet: nothing was ever logged
             return "0-0", 0
-        fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
-        return fields["last-generated-id"].decode(), int(fields["entries-added"])
+        return _log_info(info)
 
     async def log_vector_changes(self, collection: str, changes: Sequence[tuple[str, bytes]],
                                  maxlen: int = 20_000) -> None:
@@ -293,8 +292,13 @@ class PostingsStore:
         """(doc_id, embeddings) logged after ``position`` (from vector_log_head); None if trimmed away since."""
         log_id, added = position.split("/")
         key = self.vector_log_key(collection)
-        changes = await self.redis.xrange(key, min=f"({log_id}")
-        _, added_now = await self._vector_log_info(key)
+        async with self.redis.pipeline(transaction=True) as pipe:  # one snapshot: the count must match
+            pipe.xrange(key, min=f"({log_id}")
+            pipe.execute_command("XINFO", "STREAM", key)
+            changes, info = await pipe.execute(raise_on_error=False)
+        if isinstance(info, Exception):  # no stream yet: nothing was ever logged
+            return []
+        _, added_now = _log_info(info)
         if added_now - int(added) > len(changes):
             return None
         return [(f[b"doc"].decode(), f[b"emb"]) for _, f in changes]
@@ -330,6 +334,12 @@ class PostingsStore:
 
     async def get_document(self, collection: str, doc_id: str) -> DocumentState:
         return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
+
+
+def _log_info(info: dict[Any, Any]) -> tuple[str, int]:
+    """(last id, entries ever added) from XINFO STREAM (redis-py parses it into a dict)."""
+    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
+    return fields["last-generated-id"].decode(), int(fields["entries-added"])
 
 
 def _counters(names: Sequence[str], values: Sequence[bytes | None]) -> dict[str, int]:

@@ -7,6 +7,7 @@ A job at or below the document's applied vector version is skipped.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,10 +27,17 @@ class VectorOutcome:
     reused: int = 0
 
 
+VectorChange = tuple[str, str, bytes]  # collection, doc_id, concatenated float32 chunk embeddings
+ChangeLog = Callable[[list[VectorChange]], Awaitable[None]]
+
+
 class VectorStage:
-    def __init__(self, store: VectorStore, embedder: Embedder) -> None:
+    def __init__(self, store: VectorStore, embedder: Embedder, change_log: ChangeLog | None = None) -> None:
+        """``change_log`` is told about every write before and after its commit (see query.cache):
+        a reader that sees the rows has then always been able to see a log record of them."""
         self.store = store
         self.embedder = embedder
+        self.change_log = change_log
 
     async def apply(self, jobs: list[EmbedJob]) -> VectorOutcome:
         outcome = VectorOutcome()
@@ -54,7 +62,14 @@ class VectorStage:
                         c.content_hash, vectors[c.content_hash], job.version) for c in job.chunks])
             for job in ready
         ]
-        for job, applied in zip(ready, await self.store.replace_documents(documents), strict=True):
+        changes = [(job.collection, job.doc_id, b"".join(vectors[c.content_hash].tobytes() for c in job.chunks))
+                   for job in ready]
+        if self.change_log is not None and changes:
+            await self.change_log(changes)
+        results = await self.store.replace_documents(documents)
+        if self.change_log is not None and changes:
+            await self.change_log(changes)
+        for job, applied in zip(ready, results, strict=True):
             if applied:
                 outcome.applied += 1
                 outcome.index_updates.append(_vectors_applied(job))

@@ -39,7 +39,7 @@ from indexer.redis_plan import Plan, PlanRunner
 from indexer.tokenizer import normalise
 from indexer.vector_store import VectorHit
 from query.search import Retrieval
-from schemas.api import SearchRequest
+from schemas.api import SearchRequest, SearchResponse
 
 STATS_KEY = "fx:cache:stats"
 SIMILARITY_SLACK = 1e-5  # float32 rounding between stored candidate scores and recomputed similarities
@@ -108,14 +108,16 @@ def encode_retrieval(retrieval: Retrieval) -> bytes:
     hits = None if retrieval.vector_hits is None else [
         [h.chunk_id, h.doc_id, h.content_hash, h.score] for h in retrieval.vector_hits]
     return orjson.dumps({"postings": retrieval.postings, "term_versions": retrieval.term_versions,
-                         "vector_hits": hits, "vector_log_position": retrieval.vector_log_position})
+                         "vector_hits": hits, "vector_log_position": retrieval.vector_log_position,
+                         "answer_docs": retrieval.answer_docs})
 
 
 def decode_retrieval(raw: bytes, query_vector: np.ndarray | None) -> Retrieval:
     data = orjson.loads(raw)
     hits = None if data["vector_hits"] is None else [VectorHit(*h) for h in data["vector_hits"]]
     return Retrieval(postings=data["postings"], term_versions=data["term_versions"], vector_hits=hits,
-                     vector_log_position=data["vector_log_position"], query_vector=query_vector)
+                     vector_log_position=data["vector_log_position"], answer_docs=data.get("answer_docs"),
+                     query_vector=query_vector)
 
 
 class SemanticCache:
@@ -126,6 +128,8 @@ class SemanticCache:
         self.config = config or CacheConfig()
         self.lsh = LSH(dimensions, self.config.lsh_bands, self.config.lsh_bits)
         self._plans = PlanRunner(redis)
+        self._delete_if_equal = redis.register_script(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 
     # ---- keys ----
     @staticmethod
@@ -196,46 +200,66 @@ class SemanticCache:
         if fields[1] is None:
             return None  # invalidated or expired meanwhile
         retrieval = decode_retrieval(fields[1], embedding_of(fields[2]))
-        if not await self.still_valid(collection, retrieval, float(fields[3] or -1.0)):
-            await self.delete(collection, [entry_id])
+        reason = await self.invalid_because(collection, retrieval, float(fields[3] or -1.0))
+        if reason is not None:
+            await self.delete(collection, [entry_id], count_as=f"invalid_on_read_{reason}")
             return None
         await self.redis.zadd(self.lru_key(collection), {entry_id: time.time()})
         return CacheHit(kind, entry_id, fields[0].decode(), similarity, retrieval)
 
-    async def still_valid(self, collection: str, retrieval: Retrieval, threshold: float) -> bool:
+    async def invalid_because(self, collection: str, retrieval: Retrieval, threshold: float) -> str | None:
         """Checked on every hit, so correctness never waits for the invalidation agent.
 
-        Valid when no write changed the postings of the query's terms since they were read,
-        and no vector change since the k-NN query concerns a candidate document or brings a
-        chunk at least as similar as the weakest candidate (``threshold``).
+        None when valid: no write changed the postings of the query's terms since they were read,
+        and no vector change since the k-NN query concerns a document the answer depends on or
+        brings a chunk at least as similar as ``threshold``. Otherwise the reason.
         """
         if retrieval.term_versions:
             current = await self.postings.term_versions(collection, list(retrieval.term_versions))
             if current != retrieval.term_versions:
-                return False
+                return "terms"
         if retrieval.vector_hits is None:
-            return True
+            return None
         changes = await self.postings.vector_changes_since(collection, retrieval.vector_log_position)
         if changes is None:
-            return False  # the log was trimmed past the entry: cannot prove it valid
-        candidates = {h.doc_id for h in retrieval.vector_hits}
+            return "log_trimmed"  # cannot prove it valid
+        docs = set(retrieval.answer_docs or [h.doc_id for h in retrieval.vector_hits])
         query = retrieval.query_vector
         for doc_id, raw in changes:
-            if doc_id in candidates:
-                return False
+            if doc_id in docs:
+                return "document"
             if raw and query is not None:
                 chunks = np.frombuffer(raw, dtype=np.float32).reshape(-1, query.shape[0])
                 if float((chunks @ query).max()) >= threshold - SIMILARITY_SLACK:
-                    return False
-        return True
+                    return "similar_chunk"
+        return None
 
     # ---- store ----
-    def threshold(self, retrieval: Retrieval, pool: int) -> float:
-        """A new chunk at least this similar to the query could enter the vector candidates."""
+    @staticmethod
+    def answer_docs(req: SearchRequest, retrieval: Retrieval, response: SearchResponse) -> list[str]:
+        """Documents whose vector change could alter the answer by themselves (not by similarity).
+
+        Vector mode: the returned ones (a candidate below the k-th can only matter by rising above
+        it, which the similarity rule catches). Hybrid: every candidate, since fusion uses all ranks.
+        """
+        if req.mode == "vector" and len(response.hits) == req.k:
+            return sorted({h.doc_id for h in response.hits})
+        return sorted({h.doc_id for h in retrieval.vector_hits or []})
+
+    @staticmethod
+    def threshold(req: SearchRequest, retrieval: Retrieval, response: SearchResponse, pool: int) -> float:
+        """The similarity from which a new chunk could change this answer.
+
+        Vector mode returns the best k, so a chunk must beat the k-th hit. Hybrid fusion uses the
+        ranks of every vector candidate, so a chunk matters once it would enter the candidates;
+        with fewer candidates than the pool (a small collection), any chunk would.
+        """
+        if req.mode == "vector" and len(response.hits) == req.k:
+            return min(h.vector.score for h in response.hits if h.vector is not None)
         hits = retrieval.vector_hits or []
         return min(h.score for h in hits) if len(hits) >= pool else -1.0
 
-    async def store(self, req: SearchRequest, retrieval: Retrieval, pool: int) -> bool:
+    async def store(self, req: SearchRequest, retrieval: Retrieval, response: SearchResponse, pool: int) -> bool:
         """Store a retrieval, tagged with the index positions it was read at (term versions, vector log).
 
         An entry computed from a state that a change has already moved past is stored too, but
@@ -248,15 +272,16 @@ class SemanticCache:
         entry_id = uuid.uuid4().hex
         entry_key, exact_key = self.entry_key(coll, entry_id), self.exact_key(req)
         plan = Plan()
+        retrieval.answer_docs = self.answer_docs(req, retrieval, response)
         vector = retrieval.query_vector if retrieval.vector_hits is not None else None
         plan.op("HSET", entry_key, "query", req.query, "exact_key", exact_key,
                 "retrieval", encode_retrieval(retrieval).decode(),
                 "embedding", "" if vector is None else _b64(vector),
-                "threshold", self.threshold(retrieval, pool) if vector is not None else "")
+                "threshold", self.threshold(req, retrieval, response, pool) if vector is not None else "")
         plan.op("EXPIRE", entry_key, ttl)
         plan.op("SET", exact_key, entry_id, "EX", ttl)
         index_keys = [self.term_key(coll, t) for t in (retrieval.postings or {})]
-        index_keys += [self.doc_key(coll, d) for d in {h.doc_id for h in retrieval.vector_hits or []}]
+        index_keys += [self.doc_key(coll, d) for d in retrieval.answer_docs]
         if vector is not None:
             index_keys += self.bucket_keys(req, vector)
         for key in index_keys:
@@ -290,8 +315,8 @@ class SemanticCache:
             removed = sum(await pipe.execute())
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id, exact in zip(entry_ids, exact_keys, strict=True):
-                if exact is not None:
-                    pipe.delete(exact)
+                if exact is not None:  # only if it still points here: a newer entry may own it now
+                    await self._delete_if_equal(keys=[exact], args=[entry_id], client=pipe)
                 pipe.zrem(self.lru_key(collection), entry_id)
             await pipe.execute()
         await self.redis.hincrby(STATS_KEY, count_as, removed)
@@ -304,6 +329,6 @@ class SemanticCache:
         raw = {k.decode(): int(v) for k, v in (await self.redis.hgetall(STATS_KEY)).items()}
         hits = raw.get("hits", 0) + raw.get("semantic_hits", 0)
         lookups = hits + raw.get("misses", 0)
-        return {**{k: raw.get(k, 0) for k in ("hits", "semantic_hits", "misses", "stored",
-                                              "invalidations", "evicted")},
+        return {**raw, **{k: raw.get(k, 0) for k in ("hits", "semantic_hits", "misses", "stored",
+                                                     "invalidations", "evicted")},
                 "hit_rate": round(hits / lookups, 4) if lookups else 0.0}

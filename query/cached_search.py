@@ -28,5 +28,5 @@ class CachedSearcher:
         await self.cache.record("misses")
         if await self.searcher.postings.collection_exists(req.collection):
             pool = max(self.searcher.defaults.candidate_pool, req.k)
-            await self.cache.store(req, retrieval, pool)
+            await self.cache.store(req, retrieval, response, pool)
         return response.model_copy(update={"cache": CacheInfo(status="miss")})

@@ -49,6 +49,7 @@ class Retrieval:
     vector_hits: list[VectorHit] | None = None
     vector_log_position: str = "0-0/0"  # the vector-change log's head, read before the k-NN query
     query_vector: np.ndarray | None = None
+    answer_docs: list[str] | None = None  # set by the cache: documents the answer depends on directly
 
 
 class Timer:

@@ -115,7 +115,7 @@ class Pipeline:
         tokenizer = build_tokenizer(settings)
         builder = DocumentBuilder(Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer), tokenizer)
         self.bm25 = BM25Stage(resources.postings, builder)
-        self.vector_stage = VectorStage(resources.vectors, resources.embedder)
+        self.vector_stage = VectorStage(resources.vectors, resources.embedder, self._log_vector_changes)
         self.positions = Positions(resources.redis, resources.postings)
         self.invalidator = CacheInvalidator(
             SemanticCache(resources.redis, resources.postings, resources.embedder.dimensions), resources.vectors)
@@ -223,8 +223,6 @@ class Pipeline:
         outcomes, failures = await self._apply_isolating("vectors", jobs, self.vector_stage.apply)
         metrics.STAGE_SECONDS.labels("vectors").observe(time.perf_counter() - started)
         failed = [(job, f"apply_failed: {error}") for job, error in failures]
-        # After the PostgreSQL commit, before the index updates go out: caches validate against this log.
-        await self._log_vector_changes([u for o in outcomes for u in o.index_updates])
         for outcome in outcomes:
             metrics.EMBED_JOBS.labels("applied").inc(outcome.applied)
             metrics.EMBED_JOBS.labels("skipped").inc(outcome.skipped)
@@ -239,16 +237,13 @@ class Pipeline:
         await asyncio.gather(*sends)
         await self.positions.clear_pending(jobs)
 
-    async def _log_vector_changes(self, updates: list[IndexUpdate]) -> None:
-        by_collection: dict[str, list[IndexUpdate]] = {}
-        for update in updates:
-            by_collection.setdefault(update.collection, []).append(update)
+    async def _log_vector_changes(self, changes: list[tuple[str, str, bytes]]) -> None:
+        """The vector stage's change log, which cache entries are validated against."""
+        by_collection: dict[str, list[tuple[str, bytes]]] = {}
+        for collection, doc_id, embeddings in changes:
+            by_collection.setdefault(collection, []).append((doc_id, embeddings))
         for collection, group in by_collection.items():
-            chunk_ids = [c for u in group if u.op == "upsert" for c in u.chunk_ids]
-            embeddings = await self.resources.vectors.embeddings_of(collection, chunk_ids)
-            changes = [(u.doc_id, b"".join(embeddings[c].tobytes() for c in u.chunk_ids if c in embeddings))
-                       for u in group]
-            await self.resources.postings.log_vector_changes(collection, changes)
+            await self.resources.postings.log_vector_changes(collection, group)
         await self.resources.postings.bump_seq(by_collection)
 
     async def handle_index_updates(self, records: Sequence[Record]) -> None:

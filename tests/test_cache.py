@@ -1,0 +1,137 @@
+"""The semantic cache is never stale, invalidates precisely, and serves near-duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from fluxstream.settings import Settings
+from indexer.postings import PostingsStore
+from tests.conftest import TopicReader, change, send
+
+STABLE = ["granite quarry stone", "maple syrup harvest", "violin concerto strings", "glacier ice melt",
+          "honeybee hive pollen", "lighthouse coast beacon", "saffron spice market", "falcon flight hunting",
+          "cello suite for strings", "string quartet rehearsal", "viola and violin duet", "orchestra string section",
+          "fiddle tunes on a violin"]
+CHURN = ["tidal marsh heron", "desert cactus bloom", "volcanic ash cloud", "coral reef fish"]
+
+
+async def search(http: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    resp = await http.post("/v1/search", json=body)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def comparable(response: dict[str, Any]) -> list[tuple[str, float, str]]:
+    return [(h["chunk_id"], round(h["score"], 6), h["text"]) for h in response["hits"]]
+
+
+async def index(stack: Settings, producer: AIOKafkaProducer, collection: str, docs: dict[str, str]) -> None:
+    async with TopicReader(stack, stack.index_updates_topic) as updates:
+        for doc_id, text in docs.items():
+            await send(producer, stack.documents_topic, change(doc_id, collection, text))
+        await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"],
+                               count=len(docs))
+
+
+async def test_cache_hits_equal_fresh_searches_while_the_corpus_changes(
+    stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient, redis_client: aioredis.Redis,
+    collection: str,
+) -> None:
+    docs = {f"s{i}": f"{text} number {i}" for i, text in enumerate(STABLE)}
+    docs |= {f"c{i}": f"{text} changing {i}" for i, text in enumerate(CHURN)}
+    await index(stack, producer, collection, docs)
+    store = PostingsStore(redis_client)
+    stop = asyncio.Event()
+
+    async def churn() -> None:  # updates, deletes and inserts on the churn part, plus a shared term
+        rng = random.Random(5)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            doc_id = f"c{rng.randrange(6)}"
+            if rng.random() < 0.2:
+                event = change(doc_id, collection, op="delete")
+            else:
+                event = change(doc_id, collection, f"{rng.choice(CHURN)} {rng.choice(['stone', 'heron', 'ash'])} {n}")
+            await send(producer, stack.documents_topic, event)
+            await asyncio.sleep(0.15)
+
+    queries = [("granite stone", "bm25"), ("maple syrup", "hybrid"), ("violin strings", "vector"),
+               ("heron marsh", "hybrid"), ("stone", "bm25"), ("ash cloud", "vector"), ("honeybee pollen", "bm25"),
+               ("violin strings", "vector")]
+    stats = {"compared": 0, "mismatches": 0, "stable_hits": 0, "stable_lookups": 0}
+
+    async def client(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            query, mode = rng.choice(queries)
+            body = {"query": query, "collection": collection, "mode": mode, "k": 5}
+            before = await store.change_seq(collection)
+            cached = await search(http, body)
+            fresh = await search(http, body | {"cache": False})
+            after = await store.change_seq(collection)
+            if mode == "vector" and query == "violin strings":  # far from every churned document
+                stats["stable_lookups"] += 1
+                stats["stable_hits"] += cached["cache"]["status"] != "miss"
+            if cached["cache"]["status"] in ("exact", "semantic") and before == after:
+                stats["compared"] += 1
+                if comparable(cached) != comparable(fresh):
+                    stats["mismatches"] += 1
+                    stats.setdefault("examples", []).append((query, mode, cached["cache"], comparable(cached),
+                                                             comparable(fresh)))
+
+    churner = asyncio.create_task(churn())
+    clients = [asyncio.create_task(client(seed)) for seed in range(4)]
+    await asyncio.sleep(15)
+    stop.set()
+    await asyncio.gather(churner, *clients)
+    stats["cache"] = (await http.get("/v1/cache/stats")).json()
+    print(stats)
+    assert stats["mismatches"] == 0, stats
+    assert stats["compared"] >= 15, stats
+    assert stats["stable_hits"] / max(1, stats["stable_lookups"]) > 0.5, stats
+
+
+async def test_a_new_top_document_invalidates_bm25_and_vector_entries(
+    stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient, collection: str
+) -> None:
+    await index(stack, producer, collection, {"a": "a xylophone in the orchestra", "b": "kittens sleeping in a basket",
+                                              "c": "rainy weather in autumn"})
+    bm25 = {"query": "xylophone", "collection": collection, "mode": "bm25"}
+    vector = {"query": "a small dog barking loudly", "collection": collection, "mode": "vector", "k": 1}
+    for body in (bm25, vector):
+        await search(http, body)
+        assert (await search(http, body))["cache"]["status"] == "exact"
+    # The BM25 case: more occurrences of the term; the vector case: a close paraphrase with no shared term.
+    await index(stack, producer, collection, {"x": "xylophone xylophone xylophone",
+                                              "p": "puppy yapping noisily"})
+    bm25_after = await search(http, bm25)
+    assert bm25_after["cache"]["status"] == "miss" and bm25_after["hits"][0]["doc_id"] == "x"
+    vector_after = await search(http, vector)
+    assert vector_after["cache"]["status"] == "miss" and vector_after["hits"][0]["doc_id"] == "p"
+    stats = (await http.get("/v1/cache/stats")).json()
+    assert stats["enabled"] and stats["hits"] >= 2 and stats["misses"] >= 4 and stats["invalidations"] >= 2
+
+
+async def test_near_duplicate_query_is_a_semantic_hit(
+    stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient, collection: str
+) -> None:
+    await index(stack, producer, collection, {"v": "vector databases answer similarity search over embeddings",
+                                              "w": "sourdough bread needs a starter"})
+    first = await search(http, {"query": "how do vector databases work", "collection": collection})
+    assert first["cache"]["status"] == "miss"
+    near = await search(http, {"query": "How do  vector databases WORK", "collection": collection})
+    assert near["cache"]["status"] == "exact"  # case and white space are normalised away
+    similar = await search(http, {"query": "how does a vector database work", "collection": collection})
+    assert similar["cache"]["status"] == "semantic", similar["cache"]
+    assert similar["cache"]["cached_query"] == "how do vector databases work"
+    assert similar["cache"]["similarity"] >= 0.95
+    assert [h["chunk_id"] for h in similar["hits"]] == [h["chunk_id"] for h in first["hits"]]
+    other = await search(http, {"query": "how do vector databases work", "collection": collection, "k": 3})
+    assert other["cache"]["status"] == "miss"  # another parameter set never shares entries
