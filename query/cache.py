@@ -4,9 +4,10 @@ What is cached is a search's *retrieval* (the query terms' posting lists and the
 candidates, see ``query.search.Retrieval``), not its response: a hit replays it with the
 current collection statistics and chunk records, so scores and order equal a fresh search
 even after unrelated documents changed N, df or avgdl. An entry becomes wrong only when a
-change touches one of its query terms, changes or deletes a document among its vector
-candidates, or brings a chunk at least as close to the query as its last vector candidate;
-``streams.invalidation`` deletes entries on exactly those changes (see docs/cache.md).
+change touches one of its query terms, changes a document its answer depends on, or brings
+a chunk at least as close to the query as its threshold. Every hit is validated against the
+term change counters and the vector-change log before it is served (``invalid_because``);
+``streams.invalidation`` also deletes such entries proactively (see docs/cache.md).
 
 Key layout (``{c}`` = collection hash tag, shared with the index keys so one script can
 check the collection's change sequence and write the entry atomically):
@@ -52,8 +53,8 @@ class CacheConfig:
     ttl_seconds: int = 86_400
     max_entries: int = 10_000  # per collection
     max_postings: int = 20_000  # larger retrievals are not cached
-    lsh_bands: int = 8
-    lsh_bits: int = 14
+    lsh_bands: int = 16  # 16 bands of 18 bits: P(share a band | cos 0.95) = 1 - (1 - 0.9**18)**16 = 0.93
+    lsh_bits: int = 18  # and about N / 2**18 unrelated entries per bucket: flat up to ~10^5-10^6 entries
     stream_maxlen: int = 100_000
 
 
