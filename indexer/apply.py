@@ -96,6 +96,7 @@ class BM25Stage:
     async def _try_apply(self, batch: list[SourcedChange]) -> BatchOutcome | None:
         refs = list(dict.fromkeys((s.change.collection, s.change.doc_id) for s in batch))
         before = await self.store.read_documents(refs)
+        truncated = await self.store.truncations(c for c, _ in refs)
         current = dict(before)
         outcome = BatchOutcome()
         latest_source: dict[tuple[str, str], SourcePosition] = {}
@@ -105,6 +106,9 @@ class BM25Stage:
             change = item.change
             ref = (change.collection, change.doc_id)
             state = current[ref]
+            if change.op == "upsert" and change.version <= truncated[change.collection]:
+                outcome.skipped += 1  # older than a truncate of its collection: must not come back
+                continue
             if state.version is not None and change.version <= state.version:
                 outcome.skipped += 1
                 if change.version == state.version and ref not in touched:

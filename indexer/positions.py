@@ -16,15 +16,11 @@ from collections.abc import Iterable
 import redis.asyncio as aioredis
 
 from indexer.postings import PostingsStore
+from indexer.redis_plan import HashFieldRaiser
 from schemas.events import EmbedJob, SourcePosition
 
 APPLIED_KEY = "fx:applied"
 
-_RAISE_TO = """
-local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
-if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-return 1
-"""
 
 _CLEAR_IF_AT_MOST = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -37,7 +33,7 @@ class Positions:
     def __init__(self, redis: aioredis.Redis, store: PostingsStore) -> None:
         self.redis = redis
         self.store = store
-        self._raise_to = redis.register_script(_RAISE_TO)
+        self._raise_to = HashFieldRaiser(redis)
         self._clear = redis.register_script(_CLEAR_IF_AT_MOST)
 
     async def record_handled(self, positions: Iterable[SourcePosition]) -> None:
@@ -47,7 +43,7 @@ class Positions:
             field = f"{pos.topic}:{pos.partition}"
             highest[field] = max(highest.get(field, -1), pos.offset)
         for field, offset in highest.items():
-            await self._raise_to(keys=[APPLIED_KEY], args=[field, offset])
+            await self._raise_to(APPLIED_KEY, field, offset)
 
     async def mark_pending(self, jobs: Iterable[EmbedJob]) -> None:
         """Before embed jobs are sent (and before the batch's offsets count as handled)."""

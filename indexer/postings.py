@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from indexer.redis_plan import Plan, PlanRunner
+from indexer.redis_plan import HashFieldRaiser, Plan, PlanRunner
 
 TF_BITS = 16
 TF_MASK = (1 << TF_BITS) - 1
@@ -120,6 +120,7 @@ class PostingsStore:
         self.prefix = prefix
         self.wait_aof = wait_aof
         self._plans = PlanRunner(redis)
+        self._raise = HashFieldRaiser(redis)
 
     # ---- keys ----
     def _base(self, collection: str) -> str:
@@ -231,6 +232,18 @@ class PostingsStore:
         )
 
     # ---- reader side ----
+    async def raise_truncation(self, collection: str, position: int) -> None:
+        """Record a truncate: changes at or below ``position`` can no longer create documents."""
+        await self._raise(self.meta_key(collection), "truncated", position)
+
+    async def truncations(self, collections: Iterable[str]) -> dict[str, int]:
+        names = sorted(set(collections))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for collection in names:
+                pipe.hget(self.meta_key(collection), "truncated")
+            values = await pipe.execute()
+        return {c: int(v) if v is not None else -1 for c, v in zip(names, values, strict=True)}
+
     async def change_seq(self, collection: str) -> int:
         """Bumped by every BM25 write and after every vector write of the collection."""
         value = await self.redis.hget(self.meta_key(collection), "seq")

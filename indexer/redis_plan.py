@@ -74,3 +74,19 @@ class PlanRunner:
         if int(ok):
             return None
         return key.decode() if isinstance(key, bytes) else str(key)
+
+
+class HashFieldRaiser:
+    """HSET key field value only if value is larger than the stored number: monotonic watermarks."""
+
+    _SCRIPT = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._script = redis.register_script(self._SCRIPT)
+
+    async def __call__(self, key: str, field: str, value: int) -> None:
+        await self._script(keys=[key], args=[field, str(value)])

@@ -182,7 +182,9 @@ class Pipeline:
 
     async def _truncation(self, event: debezium.TruncateEvent, source: SourcePosition) -> list[SourcedChange]:
         collection = event.mapping.collection
-        doc_ids = await self._until_done("bm25", lambda: self.resources.postings.document_ids(collection))
+        postings = self.resources.postings
+        await self._until_done("bm25", lambda: postings.raise_truncation(collection, event.version))
+        doc_ids = await self._until_done("bm25", lambda: postings.document_ids(collection))
         return [
             SourcedChange(DocumentChange(op="delete", doc_id=doc_id, collection=collection, version=event.version),
                           source)
