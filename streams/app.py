@@ -120,6 +120,20 @@ def limit_fetch_wait(max_wait_ms: int) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
+def add_batch_agent(app: faust.App, state: WorkerState, name: str, topics: list[str], batch: tuple[int, float],
+                    handler: Callable[[Pipeline], Callable[[list[Any]], Awaitable[None]]]) -> None:
+    """An agent reading raw records in batches of ``batch`` = (max size, max wait) and acking them
+    only after ``handler(pipeline)`` has applied them."""
+    max_size, within = batch
+
+    async def agent(stream: faust.StreamT) -> None:
+        handle = handler(await state.pipeline())
+        async for events in stream.noack_take(max_size, within=within):
+            await handle_then_ack(stream, events, handle)
+
+    app.agent(app.topic(*topics, value_serializer="raw", key_serializer="raw"), name=name)(agent)
+
+
 def build_app(settings: Settings) -> faust.App:
     limit_fetch_wait(settings.fetch_max_wait_ms)
     app = faust.App(
@@ -142,39 +156,16 @@ def build_app(settings: Settings) -> faust.App:
         web_in_thread=False,
     )
     state = WorkerState(app, settings)
-    documents = app.topic(settings.documents_topic, value_serializer="raw", key_serializer="raw")
-    embed_jobs = app.topic(settings.embed_jobs_topic, value_serializer="raw", key_serializer="raw")
-
-    @app.agent(documents, name="index-documents")
-    async def index_documents(stream: faust.StreamT) -> None:
-        pipeline = await state.pipeline()
-        async for events in stream.noack_take(settings.batch_max, within=settings.batch_within):
-            await handle_then_ack(stream, events, pipeline.handle_changes)
-
-    @app.agent(embed_jobs, name="embed-chunks")
-    async def embed_chunks(stream: faust.StreamT) -> None:
-        pipeline = await state.pipeline()
-        async for events in stream.noack_take(settings.embed_batch_max, within=settings.embed_batch_within):
-            await handle_then_ack(stream, events, pipeline.handle_embed_jobs)
-
+    batch = (settings.batch_max, settings.batch_within)
+    add_batch_agent(app, state, "index-documents", [settings.documents_topic], batch, lambda p: p.handle_changes)
+    add_batch_agent(app, state, "embed-chunks", [settings.embed_jobs_topic],
+                    (settings.embed_batch_max, settings.embed_batch_within), lambda p: p.handle_embed_jobs)
     if settings.cache_enabled:
-        index_updates = app.topic(settings.index_updates_topic, value_serializer="raw", key_serializer="raw")
-
-        @app.agent(index_updates, name="invalidate-cache")
-        async def invalidate_cache(stream: faust.StreamT) -> None:
-            pipeline = await state.pipeline()
-            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within):
-                await handle_then_ack(stream, events, pipeline.handle_index_updates)
-
+        add_batch_agent(app, state, "invalidate-cache", [settings.index_updates_topic], batch,
+                        lambda p: p.handle_index_updates)
     cdc = load_cdc_mapping(settings)
     if cdc.topics:
-        cdc_topic = app.topic(*cdc.topics, value_serializer="raw", key_serializer="raw")
-
-        @app.agent(cdc_topic, name="index-cdc")
-        async def index_cdc(stream: faust.StreamT) -> None:
-            pipeline = await state.pipeline()
-            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within):
-                await handle_then_ack(stream, events, pipeline.handle_cdc)
+        add_batch_agent(app, state, "index-cdc", cdc.topics, batch, lambda p: p.handle_cdc)
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
