@@ -173,6 +173,40 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.replay import replay
+
+    settings = _settings(args)
+    if not args.dry_run:
+        _require(settings, "kafka_url")
+    report = asyncio.run(replay(settings, args.files, topic=args.topic, rate=args.rate, dry_run=args.dry_run,
+                                collection=args.collection))
+    for bad in report.bad:
+        print(f"bad {bad}", file=sys.stderr)
+    verb = "checked" if args.dry_run else "published"
+    print(f"{verb} {report.published if not args.dry_run else report.records} records; {len(report.bad)} bad lines"
+          + ("; nothing published" if report.bad and not args.dry_run else ""))
+    return 1 if report.bad else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from streams.replay import export
+
+    settings = _settings(args)
+    _require(settings, "kafka_url")
+
+    def ms(text: str | None) -> int | None:
+        return None if text is None else int(datetime.fromisoformat(text).timestamp() * 1000)
+
+    written = asyncio.run(export(settings, args.topic or settings.documents_topic, args.out,
+                                 partitions=args.partition, start=args.from_offset, end=args.to_offset,
+                                 start_ms=ms(args.from_time), end_ms=ms(args.to_time)))
+    print(f"exported {written} records to {args.out}")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     import httpx
 
@@ -219,6 +253,22 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--file", default="-")
     pub.add_argument("--collection", help="override the collection of every event")
     pub.set_defaults(func=cmd_publish)
+    rep = sub.add_parser("replay", help="publish event-log files (NDJSON, .gz) to their topics")
+    rep.add_argument("files", nargs="+")
+    rep.add_argument("--topic", help="publish here instead of each record's original topic")
+    rep.add_argument("--collection", help="rewrite native change events into this collection")
+    rep.add_argument("--rate", type=float, default=0.0, help="records per second (0: as fast as possible)")
+    rep.add_argument("--dry-run", action="store_true", help="validate and count only; report bad lines")
+    rep.set_defaults(func=cmd_replay)
+    exp = sub.add_parser("export", help="write a topic range to an event-log file")
+    exp.add_argument("--topic", help="default: the documents topic")
+    exp.add_argument("--out", required=True, help="file (.gz compresses), - for stdout")
+    exp.add_argument("--partition", type=int, action="append", help="repeatable; default: all")
+    exp.add_argument("--from-offset", type=int)
+    exp.add_argument("--to-offset", type=int, help="exclusive")
+    exp.add_argument("--from-time", help="ISO timestamp, inclusive")
+    exp.add_argument("--to-time", help="ISO timestamp, exclusive")
+    exp.set_defaults(func=cmd_export)
     search = sub.add_parser("search", help="query the running query service")
     search.add_argument("query")
     search.add_argument("--collection", default="default")
