@@ -207,6 +207,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from streams.status import status
+
+    settings = _settings(args)
+    _require(settings, "kafka_url", "redis_url")
+    report = asyncio.run(status(settings))
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print(f"{'collection':32} {'documents':>10} {'chunks':>10} {'changes':>10}")
+    for row in report["collections"]:
+        print(f"{row['collection']:32} {row['documents']:>10} {row['chunks']:>10} {row['change_seq']:>10}")
+    print(f"\n{'topic':32} {'partition':>9} {'committed':>10} {'end':>10} {'lag':>8} {'applied':>10}")
+    for row in report["consumer_lag"]:
+        applied = report["applied_positions"].get(f"{row['topic']}:{row['partition']}", "-")
+        print(f"{row['topic']:32} {row['partition']:>9} {row['committed']:>10} {row['end']:>10} {row['lag']:>8} "
+              f"{applied:>10}")
+    return 0
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     import httpx
 
@@ -269,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--from-time", help="ISO timestamp, inclusive")
     exp.add_argument("--to-time", help="ISO timestamp, exclusive")
     exp.set_defaults(func=cmd_export)
+    stat = sub.add_parser("status", help="collections (documents, chunks), applied positions, consumer lag")
+    stat.add_argument("--json", action="store_true")
+    stat.set_defaults(func=cmd_status)
     search = sub.add_parser("search", help="query the running query service")
     search.add_argument("query")
     search.add_argument("--collection", default="default")

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from fluxstream.settings import Settings
+from tests.conftest import TopicReader, change, eventually, send
 from tests.helpers import assert_same_index, history, publish
 
 
@@ -92,3 +93,25 @@ async def test_dry_run_reports_bad_lines_and_publishes_nothing(stack: Settings, 
     refused = await asyncio.to_thread(cli, stack, "replay", str(log))
     assert refused.returncode == 1 and "nothing published" in refused.stdout
     assert await end_offsets(stack) == before
+
+
+async def test_status_reports_collections_positions_and_lag(stack: Settings, producer: AIOKafkaProducer,
+                                                            collection: str) -> None:
+    async with TopicReader(stack, stack.index_updates_topic) as updates:
+        for i in range(3):
+            await send(producer, stack.documents_topic, change(f"st{i}", collection, f"status document {i}"))
+        await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"], count=3)
+
+    async def report() -> dict | None:
+        result = await asyncio.to_thread(cli, stack, "status", "--json")
+        assert result.returncode == 0, result.stderr
+        data = orjson.loads(result.stdout)
+        lag = [r for r in data["consumer_lag"] if r["topic"] == stack.documents_topic]
+        return data if lag and all(r["lag"] == 0 for r in lag) else None  # offsets commit every second
+
+    data = await eventually(report, timeout=30, interval=1.0)
+    [row] = [r for r in data["collections"] if r["collection"] == collection]
+    assert (row["documents"], row["chunks"]) == (3, 3) and row["change_seq"] > 0
+    assert any(k.startswith(f"{stack.documents_topic}:") for k in data["applied_positions"])
+    table = await asyncio.to_thread(cli, stack, "status")
+    assert table.returncode == 0 and collection in table.stdout and stack.documents_topic in table.stdout
