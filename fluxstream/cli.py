@@ -174,13 +174,24 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.replay import replay
+    import tempfile
+
+    from streams.replay import export, replay
 
     settings = _settings(args)
-    if not args.dry_run:
+    if not args.dry_run or args.from_topic:
         _require(settings, "kafka_url")
-    report = asyncio.run(replay(settings, args.files, topic=args.topic, rate=args.rate, dry_run=args.dry_run,
-                                collection=args.collection))
+    if bool(args.files) == bool(args.from_topic):
+        sys.exit("fluxstream replay: give log files, or --from-topic with a range (not both)")
+    with tempfile.TemporaryDirectory() as scratch:
+        files = args.files
+        if args.from_topic:  # a window of a topic: exported first, so it is validated like a file
+            files = [f"{scratch}/range.ndjson"]
+            asyncio.run(export(settings, args.from_topic, files[0], partitions=args.partition,
+                               start=args.from_offset, end=args.to_offset, start_ms=_ms(args.from_time),
+                               end_ms=_ms(args.to_time)))
+        report = asyncio.run(replay(settings, files, topic=args.topic, rate=args.rate, dry_run=args.dry_run,
+                                    collection=args.collection))
     for bad in report.bad:
         print(f"bad {bad}", file=sys.stderr)
     verb = "checked" if args.dry_run else "published"
@@ -189,20 +200,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if report.bad else 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _ms(text: str | None) -> int | None:
+    """ISO timestamp -> epoch milliseconds (Kafka record time)."""
     from datetime import datetime
 
+    return None if text is None else int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _add_range_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--partition", type=int, action="append", help="repeatable; default: all")
+    parser.add_argument("--from-offset", type=int)
+    parser.add_argument("--to-offset", type=int, help="exclusive")
+    parser.add_argument("--from-time", help="ISO timestamp, inclusive")
+    parser.add_argument("--to-time", help="ISO timestamp, exclusive")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
     from streams.replay import export
 
     settings = _settings(args)
     _require(settings, "kafka_url")
-
-    def ms(text: str | None) -> int | None:
-        return None if text is None else int(datetime.fromisoformat(text).timestamp() * 1000)
-
     written = asyncio.run(export(settings, args.topic or settings.documents_topic, args.out,
                                  partitions=args.partition, start=args.from_offset, end=args.to_offset,
-                                 start_ms=ms(args.from_time), end_ms=ms(args.to_time)))
+                                 start_ms=_ms(args.from_time), end_ms=_ms(args.to_time)))
     print(f"exported {written} records to {args.out}")
     return 0
 
@@ -273,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--file", default="-")
     pub.add_argument("--collection", help="override the collection of every event")
     pub.set_defaults(func=cmd_publish)
-    rep = sub.add_parser("replay", help="publish event-log files (NDJSON, .gz) to their topics")
-    rep.add_argument("files", nargs="+")
+    rep = sub.add_parser("replay", help="publish event-log files (NDJSON, .gz), or a topic range, to topics")
+    rep.add_argument("files", nargs="*")
+    rep.add_argument("--from-topic", help="replay a range of this topic instead of files (see range options)")
+    _add_range_options(rep)
     rep.add_argument("--topic", help="publish here instead of each record's original topic")
     rep.add_argument("--collection", help="rewrite native change events into this collection")
     rep.add_argument("--rate", type=float, default=0.0, help="records per second (0: as fast as possible)")
@@ -283,11 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a topic range to an event-log file")
     exp.add_argument("--topic", help="default: the documents topic")
     exp.add_argument("--out", required=True, help="file (.gz compresses), - for stdout")
-    exp.add_argument("--partition", type=int, action="append", help="repeatable; default: all")
-    exp.add_argument("--from-offset", type=int)
-    exp.add_argument("--to-offset", type=int, help="exclusive")
-    exp.add_argument("--from-time", help="ISO timestamp, inclusive")
-    exp.add_argument("--to-time", help="ISO timestamp, exclusive")
+    _add_range_options(exp)
     exp.set_defaults(func=cmd_export)
     stat = sub.add_parser("status", help="collections (documents, chunks), applied positions, consumer lag")
     stat.add_argument("--json", action="store_true")

@@ -71,6 +71,12 @@ async def test_export_then_replay_twice_builds_the_same_index(
         assert replayed.returncode == 0, replayed.stderr
         assert f"published {len(events)} records" in replayed.stdout
         await assert_same_index(redis_client, stack.database_url, f"orig-{run}", f"copy-{run}", final)
+    # A window of the topic straight back into the pipeline (re-running a range after an incident).
+    window = await asyncio.to_thread(cli, stack, "replay", "--from-topic", stack.documents_topic,
+                                     "--from-time", iso(started), "--to-time", iso(finished),
+                                     "--collection", f"window-{run}")
+    assert window.returncode == 0 and f"published {len(events)} records" in window.stdout, window.stderr
+    await assert_same_index(redis_client, stack.database_url, f"orig-{run}", f"window-{run}", final)
 
 
 async def test_dry_run_reports_bad_lines_and_publishes_nothing(stack: Settings, tmp_path: Path) -> None:
