@@ -49,8 +49,10 @@ async def test_snapshot_then_live_changes(stack: Settings, producer: AIOKafkaPro
         snapshot = "last" if i == 3 else "true"
         await produce(producer, ARTICLES, *record({"id": i}, envelope(
             "r", pg_source(100, "articles", snapshot=snapshot), after=article(i, title, body)), with_schema=True))
-    await eventually(lambda: bm25_ids(http, coll, "aardvark badger gecko"), timeout=60)
-    assert await bm25_ids(http, coll, "aardvark badger gecko") == ["1", "2", "3"]
+    async def snapshot_indexed() -> bool:  # the rows sit in different partitions: wait for all of them
+        return await bm25_ids(http, coll, "aardvark badger gecko") == ["1", "2", "3"]
+
+    await eventually(snapshot_indexed, timeout=60)
 
     # --- live changes, without the schema wrapper
     await produce(producer, ARTICLES, *record({"id": 1}, envelope(
@@ -76,7 +78,16 @@ async def test_snapshot_then_live_changes(stack: Settings, producer: AIOKafkaPro
     await produce(producer, ARTICLES, *record({"id": 6}, unwrapped(article(6, "Epsilon", "eland herds"),
                                                                     op="c", lsn=250, table="articles")))
 
-    await eventually(lambda: bm25_ids(http, coll, "eland"), timeout=60)
+    async def live_changes_applied() -> bool:  # every key's last event, whatever its partition
+        expected = {"eland": ["6"], "armadillo": ["1"], "dingo": ["5"], "badger": [], "aardvark": [],
+                    "gecko": ["3"]}
+        for query, ids in expected.items():
+            if await bm25_ids(http, coll, query) != ids:
+                return False
+        gamma = await doc(http, coll, "3")
+        return gamma is not None and gamma["version"] == 230
+
+    await eventually(live_changes_applied, timeout=60)
     assert await bm25_ids(http, coll, "aardvark") == []
     assert await bm25_ids(http, coll, "armadillo") == ["1"]
     assert await bm25_ids(http, coll, "badger") == []
