@@ -341,7 +341,10 @@ class PostingsStore:
 
     async def document_ids(self, collection: str) -> list[str]:
         """Every document id the collection has a record for (tombstones included); for truncation."""
-        prefix = self.doc_key(collection, "")
+        return await self.scan_suffixes(self.doc_key(collection, ""))
+
+    async def scan_suffixes(self, prefix: str) -> list[str]:
+        """What follows ``prefix`` in every key that starts with it (SCAN; the hash-tag braces escaped)."""
         pattern = prefix.replace("{", "\\{").replace("}", "\\}") + "*"
         return [key.decode()[len(prefix):] async for key in self.redis.scan_iter(match=pattern, count=1000)]
 

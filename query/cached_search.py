@@ -26,7 +26,6 @@ class CachedSearcher:
             return response.model_copy(update={"query": req.query, "cache": info})
         response, retrieval = await self.searcher.search_with_retrieval(req, query_vector=lookup.query_vector)
         await self.cache.record("misses")
-        if await self.searcher.postings.collection_exists(req.collection):
-            pool = max(self.searcher.defaults.candidate_pool, req.k)
-            await self.cache.store(req, retrieval, response, pool)
+        if retrieval.collection_found:
+            await self.cache.store(req, retrieval, response, self.searcher.pool(req))
         return response.model_copy(update={"cache": CacheInfo(status="miss")})

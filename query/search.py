@@ -49,6 +49,7 @@ class Retrieval:
     vector_hits: list[VectorHit] | None = None
     vector_log_position: str = "0-0/0"  # the vector-change log's head, read before the k-NN query
     query_vector: np.ndarray | None = None
+    collection_found: bool = True  # False: nothing to cache (the collection may be created later)
     answer_docs: list[str] | None = None  # set by the cache: documents the answer depends on directly
 
 
@@ -88,9 +89,10 @@ class Searcher:
     ) -> tuple[SearchResponse, Retrieval]:
         """A search and its retriever outputs; with ``replay``, the retrievers are not asked again."""
         timer = Timer()
-        pool = max(self.defaults.candidate_pool, req.k)
+        pool = self.pool(req)
         retrieval = Retrieval(query_vector=query_vector)
         if not await self.postings.collection_exists(req.collection):
+            retrieval.collection_found = False
             return self._response(req, [], timer), retrieval
         rankings: dict[str, list[tuple[str, float]]] = {}
         records: dict[str, StoredChunk] = {}
@@ -113,6 +115,10 @@ class Searcher:
         hits = [self._hit(chunk_id, score, rankings, records[chunk_id]) for chunk_id, score in fused[: req.k]]
         timer.mark("fusion", started)
         return self._response(req, hits, timer), retrieval
+
+    def pool(self, req: SearchRequest) -> int:
+        """Candidates asked of each retriever before filters and fusion."""
+        return max(self.defaults.candidate_pool, req.k)
 
     async def _bm25(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk], timer: Timer,
                     retrieval: Retrieval, replay: Retrieval | None) -> list[tuple[str, float]]:

@@ -20,11 +20,10 @@ from tests.conftest import eventually
 
 async def scan_postings(redis: aioredis.Redis, collection: str) -> dict[str, dict[str, int]]:
     store = PostingsStore(redis)
-    prefix = store.posting_key(collection, "")
     postings: dict[str, dict[str, int]] = {}
-    async for key in redis.scan_iter(match=prefix.replace("{", "\\{").replace("}", "\\}") + "*", count=1000):
-        term = key.decode()[len(prefix):]
-        postings[term] = {k.decode(): int(v) for k, v in (await redis.hgetall(key)).items()}
+    for term in await store.scan_suffixes(store.posting_key(collection, "")):
+        raw = await redis.hgetall(store.posting_key(collection, term))
+        postings[term] = {k.decode(): int(v) for k, v in raw.items()}
     return postings
 
 
