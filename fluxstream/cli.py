@@ -12,11 +12,16 @@ from collections.abc import Iterator
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from fluxstream.logging import configure_logging, get_logger
 from fluxstream.settings import Settings, describe, markdown_reference
+
+if TYPE_CHECKING:
+    from streams.rebuild import RebuildPlan
+    from streams.topic_range import TopicRange
 
 log = get_logger("fluxstream.cli")
 
@@ -183,13 +188,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _require(settings, "kafka_url")
     if bool(args.files) == bool(args.from_topic):
         sys.exit("fluxstream replay: give log files, or --from-topic with a range (not both)")
+    if args.into_generation:
+        if args.dry_run:
+            sys.exit("fluxstream replay: --dry-run validates files; it does not combine with --into-generation")
+        return _rebuild(settings, _rebuild_plan(args, args.into_generation))
     with tempfile.TemporaryDirectory() as scratch:
         files = args.files
         if args.from_topic:  # a window of a topic: exported first, so it is validated like a file
             files = [f"{scratch}/range.ndjson"]
-            asyncio.run(export(settings, args.from_topic, files[0], partitions=args.partition,
-                               start=args.from_offset, end=args.to_offset, start_ms=_ms(args.from_time),
-                               end_ms=_ms(args.to_time)))
+            asyncio.run(export(settings, _window(args, args.from_topic), files[0]))
         report = asyncio.run(replay(settings, files, topic=args.topic, rate=args.rate, dry_run=args.dry_run,
                                     collection=args.collection))
     for bad in report.bad:
@@ -200,11 +207,78 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if report.bad else 0
 
 
+def _add_rebuild_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grace", type=float, help="seconds the old generation is kept after the switch "
+                        "(default $FLUXSTREAM_REBUILD_GRACE_SECONDS)")
+    parser.add_argument("--no-switch", action="store_true", help="build and catch up, but keep serving the old one")
+
+
 def _ms(text: str | None) -> int | None:
     """ISO timestamp -> epoch milliseconds (Kafka record time)."""
     from datetime import datetime
 
     return None if text is None else int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _window(args: argparse.Namespace, topic: str) -> TopicRange:
+    from streams.topic_range import TopicRange
+
+    return TopicRange(topic, args.partition, start=args.from_offset, end=args.to_offset,
+                      start_ms=_ms(args.from_time), end_ms=_ms(args.to_time))
+
+
+def _rebuild_plan(args: argparse.Namespace, collection: str) -> RebuildPlan:
+    """A new generation must catch up with the live topic: windows have a start but no end."""
+    from streams.rebuild import RebuildPlan
+
+    if args.to_offset is not None or args.to_time is not None:
+        sys.exit("a new generation replays up to the topic's end (it must catch up): --to-* does not apply")
+    topics = [args.from_topic] if getattr(args, "from_topic", None) else None
+    return RebuildPlan(collection, logs=list(args.files), topics=topics, partitions=args.partition,
+                       start=args.from_offset, start_ms=_ms(args.from_time),
+                       replay_topics=not (args.files and not topics and getattr(args, "logs_only", False)),
+                       grace_seconds=args.grace if args.grace is not None else _settings(args).rebuild_grace_seconds,
+                       switch=not args.no_switch)
+
+
+def _rebuild(settings: Settings, plan: RebuildPlan) -> int:
+    from streams.app import load_cdc_mapping
+    from streams.rebuild import rebuild
+
+    _require(settings, "kafka_url", "redis_url", "database_url")
+    report = asyncio.run(rebuild(settings, plan, load_cdc_mapping(settings)))
+    for bad in report.bad_lines:
+        print(f"skipped bad line {bad}", file=sys.stderr)
+    state = "serving now" if report.switched else "built, not switched (--no-switch)"
+    print(f"{plan.collection}: generation {report.generation} ({report.index}) {state}; "
+          f"{report.records} records replayed, {report.rejected} rejected, {report.seconds:.1f} s")
+    return 0
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.abort:
+        return _abort_rebuild(settings, args.collection)
+    return _rebuild(settings, _rebuild_plan(args, args.collection))
+
+
+def _abort_rebuild(settings: Settings, collection: str) -> int:
+    from indexer.retirement import Retirement
+    from streams.pipeline import Resources
+
+    async def run() -> str:
+        resources = await Resources.open(settings, settings.redis_url, settings.database_url)
+        try:
+            dropped = await Retirement(resources.postings, resources.vectors).abort(collection)
+        finally:
+            await resources.close()
+        if dropped is None:
+            return f"{collection}: no generation is building"
+        return f"{collection}: dropped {dropped.index} ({dropped.redis_keys} keys, {dropped.vector_rows} vectors)"
+
+    _require(settings, "redis_url", "database_url")
+    print(asyncio.run(run()))
+    return 0
 
 
 def _add_range_options(parser: argparse.ArgumentParser) -> None:
@@ -220,9 +294,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _require(settings, "kafka_url")
-    written = asyncio.run(export(settings, args.topic or settings.documents_topic, args.out,
-                                 partitions=args.partition, start=args.from_offset, end=args.to_offset,
-                                 start_ms=_ms(args.from_time), end_ms=_ms(args.to_time)))
+    written = asyncio.run(export(settings, _window(args, args.topic or settings.documents_topic), args.out))
     print(f"exported {written} records to {args.out}")
     return 0
 
@@ -236,9 +308,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
-    print(f"{'collection':32} {'documents':>10} {'chunks':>10} {'changes':>10}")
+    print(f"{'collection':24} {'gen':>4} {'documents':>10} {'chunks':>10} {'changes':>10}  building")
     for row in report["collections"]:
-        print(f"{row['collection']:32} {row['documents']:>10} {row['chunks']:>10} {row['change_seq']:>10}")
+        building = row["building"]
+        rebuilding = "-" if building is None else (
+            f"g{building['generation']} {building['state']} {building.get('phase', '')} "
+            f"{building.get('records', 0)} records, {building['documents']} documents")
+        print(f"{row['collection']:24} {row['generation']:>4} {row['documents']:>10} {row['chunks']:>10} "
+              f"{row['change_seq']:>10}  {rebuilding}")
     print(f"\n{'topic':32} {'partition':>9} {'committed':>10} {'end':>10} {'lag':>8} {'applied':>10}")
     for row in report["consumer_lag"]:
         applied = report["applied_positions"].get(f"{row['topic']}:{row['partition']}", "-")
@@ -302,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--rate", type=float, default=0.0, help="records per second (0: as fast as possible)")
     rep.add_argument("--dry-run", action="store_true", help="validate and count only; report bad lines")
     rep.set_defaults(func=cmd_replay)
+    rep.add_argument("--into-generation", metavar="COLLECTION",
+                     help="build a new generation of COLLECTION from these files/topic instead (see rebuild)")
+    _add_rebuild_options(rep)
+    reb = sub.add_parser("rebuild", help="build a new index generation of a collection and switch to it")
+    reb.add_argument("collection")
+    reb.add_argument("files", nargs="*", help="event-log files replayed first (an archive)")
+    reb.add_argument("--from-topic", help="replay this topic (default: the documents topic and mapped CDC topics)")
+    _add_range_options(reb)
+    reb.add_argument("--logs-only", action="store_true", help="with files: do not replay the topics after them")
+    reb.add_argument("--abort", action="store_true", help="drop the building (or failed) generation")
+    _add_rebuild_options(reb)
+    reb.set_defaults(func=cmd_rebuild)
     exp = sub.add_parser("export", help="write a topic range to an event-log file")
     exp.add_argument("--topic", help="default: the documents topic")
     exp.add_argument("--out", required=True, help="file (.gz compresses), - for stdout")

@@ -9,6 +9,8 @@ written (one atomic script per collection) and embedded.
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -76,7 +78,7 @@ class DocumentBuilder:
 class BM25Stage:
     """Applies change batches to Redis; pure planning plus one write per collection."""
 
-    def __init__(self, store: PostingsStore, builder: DocumentBuilder, *, max_conflict_retries: int = 5):
+    def __init__(self, store: PostingsStore, builder: DocumentBuilder, *, max_conflict_retries: int = 50):
         self.store = store
         self.builder = builder
         self.max_conflict_retries = max_conflict_retries
@@ -92,6 +94,9 @@ class BM25Stage:
             conflicts += 1
             if conflicts > self.max_conflict_retries:
                 raise VersionConflict(f"batch kept conflicting after {conflicts} attempts")
+            # Another writer (a rebalance's old owner, or a rebuild filling the same generation) won the
+            # race: a jittered pause keeps the two from colliding again at once.
+            await asyncio.sleep(random.uniform(0, min(0.002 * conflicts, 0.05)))
 
     async def _try_apply(self, batch: list[SourcedChange]) -> BatchOutcome | None:
         refs = list(dict.fromkeys((s.change.collection, s.change.doc_id) for s in batch))

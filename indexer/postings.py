@@ -344,12 +344,36 @@ class PostingsStore:
         return await self.scan_suffixes(self.doc_key(collection, ""))
 
     async def scan_suffixes(self, prefix: str) -> list[str]:
-        """What follows ``prefix`` in every key that starts with it (SCAN; the hash-tag braces escaped)."""
-        pattern = prefix.replace("{", "\\{").replace("}", "\\}") + "*"
-        return [key.decode()[len(prefix):] async for key in self.redis.scan_iter(match=pattern, count=1000)]
+        """What follows ``prefix`` in every key that starts with it."""
+        return [key.decode()[len(prefix):] async for key in self.redis.scan_iter(match=key_pattern(prefix),
+                                                                                 count=1000)]
+
+    async def drop_index(self, name: str) -> int:
+        """Remove every key of index ``name`` (a collection generation); returns how many went."""
+        await self.redis.srem(COLLECTIONS_KEY, name)
+        return await unlink_prefix(self.redis, self._base(name) + ":")
 
     async def get_document(self, collection: str, doc_id: str) -> DocumentState:
         return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
+
+
+def key_pattern(prefix: str) -> str:
+    """SCAN pattern for keys starting with ``prefix`` (hash-tag braces escaped)."""
+    return prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+
+
+async def unlink_prefix(redis: aioredis.Redis, prefix: str) -> int:
+    """UNLINK every key starting with ``prefix``, a SCAN page at a time (never blocks the server)."""
+    removed = 0
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=key_pattern(prefix), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            removed += await redis.unlink(*batch)
+            batch = []
+    if batch:
+        removed += await redis.unlink(*batch)
+    return removed
 
 
 def _log_info(info: dict[Any, Any]) -> tuple[str, int]:

@@ -201,7 +201,7 @@ class VectorStore:
         self, collection: str, query: np.ndarray, *, limit: int, filters: dict[str, Any] | None = None,
         ef_search: int = 100,
     ) -> list[VectorHit]:
-        """Approximate k-NN by cosine; filtered searches keep scanning the HNSW graph until ``limit``."""
+        """Approximate k-NN by cosine; the scan continues through the HNSW graph until ``limit`` rows match."""
         where = "collection = %s"
         params: list[Any] = [collection]
         for key, value in (filters or {}).items():
@@ -210,8 +210,9 @@ class VectorStore:
             params += [Jsonb({key: value}), Jsonb({key: [value]})]
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
-            if filters:
-                await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            # The graph holds every collection (and generation): without iterative scan, a k-NN over a
+            # crowded graph would stop at ef_search candidates and drop those of other collections.
+            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             cur = await conn.execute(
                 f"SELECT chunk_id, doc_id, content_hash, 1 - (embedding <=> %s) AS score FROM {CHUNKS_TABLE} "
                 f"WHERE {where} ORDER BY embedding <=> %s LIMIT %s",
@@ -240,6 +241,19 @@ class VectorStore:
                 (collection, doc_id),
             )
             return dict(await cur.fetchall())
+
+    async def drop_index(self, name: str) -> int:
+        """Remove every row of index ``name`` (a collection generation); returns the chunk rows removed."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(f"DELETE FROM {CHUNKS_TABLE} WHERE collection = %s", (name,))
+            await conn.execute(f"DELETE FROM {VERSIONS_TABLE} WHERE collection = %s", (name,))
+            return cur.rowcount
+
+    async def count(self, name: str) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(f"SELECT count(*) FROM {CHUNKS_TABLE} WHERE collection = %s", (name,))
+            (n,) = await cur.fetchone()
+            return int(n)
 
     async def ping(self) -> None:
         async with self.pool.connection(timeout=2) as conn:

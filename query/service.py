@@ -25,6 +25,7 @@ from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 from indexer.bm25 import BM25Params
+from indexer.generations import GenerationRegistry
 from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_store import VectorStore
@@ -59,6 +60,7 @@ class QueryState:
         self.positions: Positions | None = None
         self.cache: SemanticCache | None = None
         self.cached: CachedSearcher | None = None
+        self.generations: GenerationRegistry | None = None
 
     async def open(self) -> None:
         s = self.settings
@@ -68,6 +70,7 @@ class QueryState:
         self.vectors = await VectorStore.connect(s.database_url, dimensions=embedder.dimensions,
                                                  model_id=embedder.model_id)
         postings = PostingsStore(self.redis)
+        self.generations = GenerationRegistry(self.redis)
         self.positions = Positions(self.redis, postings)
         self.searcher = Searcher(
             postings, self.vectors, embedder, build_tokenizer(s),
@@ -155,36 +158,46 @@ def create_app(settings: Settings) -> FastAPI:
         return ErrorResponse(error="position_not_reached", message=message,
                              details=[await current_position(state.positions, req)])
 
-    async def position_refusal(req: SearchRequest) -> JSONResponse | None:
-        problem = await position_problem(req)
-        return None if problem is None else JSONResponse(problem.model_dump(exclude_none=True), status_code=409)
+    async def on_serving_generation(req: SearchRequest) -> tuple[SearchRequest, int]:
+        """The request aimed at the index its collection serves now (see indexer.generations)."""
+        assert state.generations is not None
+        index, generation = await state.generations.serving_index(req.collection)
+        return req.model_copy(update={"collection": index}), generation
+
+    def as_asked(req: SearchRequest, response: SearchResponse, generation: int) -> SearchResponse:
+        return response.model_copy(update={"collection": req.collection, "generation": generation})
 
     async def search_or_error(req: SearchRequest) -> SearchResponse | ErrorResponse:
-        """What a topic request gets: the response, or the error HTTP would have answered."""
+        """The response, or the error (HTTP answers it with 409; topic requests get it as the reply)."""
         assert state.cached is not None
-        return await position_problem(req) or await state.cached.search(req)
+        routed, generation = await on_serving_generation(req)
+        problem = await position_problem(routed)
+        if problem is not None:
+            return problem
+        return as_asked(req, await state.cached.search(routed), generation)
 
     @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
     async def search(req: SearchRequest) -> Any:
-        assert state.searcher is not None and state.positions is not None
         started = time.perf_counter()
-        if (refusal := await position_refusal(req)) is not None:
-            return refusal
-        assert state.cached is not None
-        response = await state.cached.search(req)
+        result = await search_or_error(req)
+        if isinstance(result, ErrorResponse):
+            return JSONResponse(result.model_dump(exclude_none=True), status_code=409)
         metrics.SEARCH_SECONDS.labels(req.mode).observe(time.perf_counter() - started)
         metrics.SEARCHES.labels(req.mode, "ok").inc()
-        return response
+        return result
 
     @app.post("/v1/search/batch", response_model=BatchSearchResponse)
     async def search_batch(batch: BatchSearchRequest) -> Any:
         """Read-your-writes tokens are waited for first; then one embedding call serves every query."""
-        assert state.searcher is not None and state.positions is not None
+        assert state.searcher is not None
         started = time.perf_counter()
-        for req in batch.requests:
-            if (refusal := await position_refusal(req)) is not None:
-                return refusal
-        responses = await state.searcher.search_many(batch.requests)
+        routed = [await on_serving_generation(req) for req in batch.requests]
+        for req, _ in routed:
+            if (problem := await position_problem(req)) is not None:
+                return JSONResponse(problem.model_dump(exclude_none=True), status_code=409)
+        found = await state.searcher.search_many([req for req, _ in routed])
+        responses = [as_asked(req, response, generation)
+                     for req, response, (_, generation) in zip(batch.requests, found, routed, strict=True)]
         for req in batch.requests:
             metrics.SEARCHES.labels(req.mode, "ok").inc()
         strategies = [f"{r.mode}/{r.fusion}" if r.mode == "hybrid" else r.mode for r in batch.requests]
@@ -193,11 +206,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/documents/{doc_id:path}", response_model=DocumentResponse)
     async def get_document(doc_id: str, collection: str = Query("default", max_length=64)) -> Any:
-        assert state.searcher is not None and state.vectors is not None
+        assert state.searcher is not None and state.vectors is not None and state.generations is not None
         postings = state.searcher.postings
+        asked = collection
+        collection, _ = await state.generations.serving_index(asked)
         doc = await postings.get_document(collection, doc_id)
         if doc.version is None:
-            return error(404, "not_found", f"document {doc_id!r} is not in collection {collection!r}")
+            return error(404, "not_found", f"document {doc_id!r} is not in collection {asked!r}")
         records = await postings.fetch_chunks(collection, [c.chunk_id for c in doc.chunks])
         embedded = await state.vectors.document_hashes(collection, doc_id)
         chunks = [
@@ -205,7 +220,7 @@ def create_app(settings: Settings) -> FastAPI:
                       content_hash=c.content_hash, has_vector=embedded.get(c.chunk_id) == c.content_hash)
             for c, r in zip(doc.chunks, records, strict=True)
         ]
-        return DocumentResponse(doc_id=doc_id, collection=collection, version=doc.version, deleted=doc.deleted,
+        return DocumentResponse(doc_id=doc_id, collection=asked, version=doc.version, deleted=doc.deleted,
                                 title=doc.title, metadata=doc.metadata, chunks=chunks)
 
     @app.get("/v1/cache/stats")

@@ -70,6 +70,8 @@ class SearchResponse(BaseModel):
     hits: list[SearchHit]
     timings_ms: dict[str, float]
     cache: CacheInfo | None = None
+    generation: int = 1
+    """The collection's index generation that answered (it changes when a rebuild switches)."""
 
 
 class ChunkView(BaseModel):

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 SCHEMA_VERSION = 1
 
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
+IndexName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}(@g[1-9][0-9]{0,8})?$")]
+"""A collection generation's index: the collection name, or ``<collection>@g<N>`` after a rebuild."""
 DocId = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 MetadataValue = str | int | float | bool | None | list[str | int | float | bool]
 
@@ -70,7 +72,7 @@ class IndexUpdate(_Event):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     doc_id: DocId
-    collection: CollectionName
+    collection: IndexName
     version: int
     op: Literal["upsert", "delete"]
     chunk_ids: list[str]
@@ -100,7 +102,7 @@ class EmbedJob(_Event):
     schema_version: Literal[1] = SCHEMA_VERSION
     op: Literal["upsert", "delete"]
     doc_id: DocId
-    collection: CollectionName
+    collection: IndexName
     version: int
     metadata: dict[str, MetadataValue] = Field(default_factory=dict)
     chunks: list[EmbedChunk] = Field(default_factory=list)

@@ -20,8 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fluxstream import metrics
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
+from indexer.retirement import Retirement
 from streams.cdc_mapping import CdcMapping
-from streams.pipeline import Pipeline, Resources
+from streams.pipeline import TRANSIENT_ERRORS, Pipeline, Resources
 
 log = get_logger("fluxstream.worker")
 
@@ -166,6 +167,15 @@ def build_app(settings: Settings) -> faust.App:
     cdc = load_cdc_mapping(settings)
     if cdc.topics:
         add_batch_agent(app, state, "index-cdc", cdc.topics, batch, lambda p: p.handle_cdc)
+
+    @app.timer(interval=settings.gc_interval_seconds)
+    async def collect_garbage() -> None:
+        """Every worker sweeps (idempotent): retired generations past their grace period, orphans."""
+        pipeline = await state.pipeline()
+        try:
+            await Retirement(pipeline.resources.postings, pipeline.resources.vectors).collect_garbage()
+        except TRANSIENT_ERRORS as exc:
+            log.warning("garbage_collection_deferred", error=repr(exc))
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:

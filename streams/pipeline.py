@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
@@ -30,6 +30,7 @@ from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder
 from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
 from indexer.chunking import Chunker
 from indexer.embedders.base import Embedder, EmbeddingError
+from indexer.generations import GenerationRegistry
 from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_stage import VectorStage
@@ -40,6 +41,7 @@ from streams import debezium
 from streams.cdc_mapping import CdcMapping
 from streams.decoding import Rejected, dead_letter, decode, decode_change
 from streams.invalidation import CacheInvalidator
+from streams.scopes import LiveScope, WriteScope
 
 log = get_logger("fluxstream.pipeline")
 
@@ -107,8 +109,10 @@ class Pipeline:
     """Handles batches for the two agents: change events (BM25 stage) and embed jobs (vector stage)."""
 
     def __init__(self, settings: Settings, resources: Resources, publish: Publisher,
-                 cdc: CdcMapping | None = None) -> None:
+                 cdc: CdcMapping | None = None, scope: WriteScope | None = None) -> None:
         self.settings = settings
+        self.scope = scope or LiveScope(GenerationRegistry(resources.redis))
+        self.rejected = 0  # records refused (dead-lettered when live)
         self.cdc = cdc or CdcMapping()
         self.resources = resources
         self.publish = publish
@@ -133,8 +137,7 @@ class Pipeline:
             else:
                 valid.append(SourcedChange(result, source))
         await self._index(valid, records, sends)
-        await asyncio.gather(*sends)
-        await self.positions.record_handled(_position(r) for r in records)
+        await self._finish(records, sends)
 
     async def handle_cdc(self, records: Sequence[Record]) -> None:
         """Debezium events; a truncate first applies what precedes it, so it sees those documents."""
@@ -160,8 +163,13 @@ class Pipeline:
                 else:
                     pending.append(item)
         await self._index(pending, records, sends)
+        await self._finish(records, sends)
+
+    async def _finish(self, records: Sequence[Record], sends: list[Awaitable[object]]) -> None:
+        """Wait for the batch's follow-up records; a live pipeline then records the positions handled."""
         await asyncio.gather(*sends)
-        await self.positions.record_handled(_position(r) for r in records)
+        if self.scope.live:
+            await self.positions.record_handled(_position(r) for r in records)
 
     def _cdc_change(self, event: debezium.RowEvent, source: SourcePosition) -> SourcedChange | Rejected:
         mapping = event.mapping
@@ -181,26 +189,32 @@ class Pipeline:
         return SourcedChange(change, source, event.row, event.unavailable, mapping.render)
 
     async def _truncation(self, event: debezium.TruncateEvent, source: SourcePosition) -> list[SourcedChange]:
+        """Deletes for every document of every target index, after raising their truncation floors."""
         collection = event.mapping.collection
         postings = self.resources.postings
-        await self._until_done("bm25", lambda: postings.raise_truncation(collection, event.version))
-        doc_ids = await self._until_done("bm25", lambda: postings.document_ids(collection))
+        doc_ids: set[str] = set()
+        for index in (await self.scope.targets([collection]))[collection]:
+            await self._until_done("bm25", lambda index=index: postings.raise_truncation(index, event.version))
+            doc_ids.update(await self._until_done("bm25", lambda index=index: postings.document_ids(index)))
         return [
             SourcedChange(DocumentChange(op="delete", doc_id=doc_id, collection=collection, version=event.version),
                           source)
-            for doc_id in doc_ids
+            for doc_id in sorted(doc_ids)
         ]
 
     async def _index(self, valid: list[SourcedChange], records: Sequence[Record],
                      sends: list[Awaitable[object]]) -> None:
-        """Apply through the BM25 stage; queue dead letters, embed jobs and index updates on ``sends``."""
-        if not valid:
+        """Apply to every target index; queue dead letters, embed jobs and index updates on ``sends``."""
+        targets = await self._until_done("bm25", lambda: self.scope.targets({s.change.collection for s in valid}))
+        routed = [replace(s, change=s.change.model_copy(update={"collection": index}))
+                  for s in valid for index in targets[s.change.collection]]
+        if not routed:
             return
         originals = {_position(r): r for r in records}
         started = time.perf_counter()
-        outcomes, failures = await self._apply_isolating("bm25", valid, self.bm25.apply)
+        outcomes, failures = await self._apply_isolating("bm25", routed, self.bm25.apply)
         metrics.STAGE_SECONDS.labels("bm25").observe(time.perf_counter() - started)
-        for item, error in failures:
+        for item, error in dict((item.source, (item, error)) for item, error in failures).values():
             original = originals[item.source]
             sends.append(await self._dead_letter(Rejected("apply_failed", error), item.source,
                                                  original.key, original.value))
@@ -221,8 +235,11 @@ class Pipeline:
                 sends.append(await self._dead_letter(result, _position(record), record.key, record.value))
             else:
                 jobs.append(result)
+        accepted = await self._until_done("vectors", lambda: self.scope.accepts_vectors(j.collection for j in jobs))
+        wanted = [job for job in jobs if accepted[job.collection]]
+        metrics.EMBED_JOBS.labels("skipped").inc(len(jobs) - len(wanted))  # for a dropped generation
         started = time.perf_counter()
-        outcomes, failures = await self._apply_isolating("vectors", jobs, self.vector_stage.apply)
+        outcomes, failures = await self._apply_isolating("vectors", wanted, self.vector_stage.apply)
         metrics.STAGE_SECONDS.labels("vectors").observe(time.perf_counter() - started)
         failed = [(job, f"apply_failed: {error}") for job, error in failures]
         for outcome in outcomes:
@@ -283,7 +300,16 @@ class Pipeline:
     async def _dead_letter(
         self, rejected: Rejected, source: SourcePosition, key: bytes | None, value: bytes | None
     ) -> Awaitable[object]:
-        """Original key and bytes as the record, the reason in headers (see schemas.events.DeadLetter)."""
+        """Original key and bytes as the record, the reason in headers (see schemas.events.DeadLetter).
+
+        Outside the live scope (a rebuild replaying history) the worker already dead-lettered the
+        record once: it is only counted.
+        """
+        self.rejected += 1
+        if not self.scope.live:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         log.warning("dead_letter", reason=rejected.reason, detail=rejected.detail[:500], **source.model_dump())
         metrics.DEAD_LETTERS.labels(rejected.reason).inc()
         headers = dead_letter(rejected, source).headers()

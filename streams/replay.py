@@ -11,15 +11,14 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from fluxstream.client import new_producer
 from fluxstream.settings import Settings
 from streams.decoding import Rejected, decode_change
 from streams.eventlog import BadLine, LogRecord, encode, open_log, read_log
+from streams.topic_range import TopicRange, read_range
 
 
 @dataclass
@@ -112,61 +111,18 @@ async def replay(settings: Settings, paths: Iterable[str], *, topic: str | None 
     return report
 
 
-async def export(settings: Settings, topic: str, out: str, *, partitions: list[int] | None = None,
-                 start: int | None = None, end: int | None = None, start_ms: int | None = None,
-                 end_ms: int | None = None, progress: bool = True) -> int:
-    """Write ``topic``'s records in [start, end) offsets (or [start_ms, end_ms) timestamps) to ``out``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_url, group_id=None, enable_auto_commit=False)
-    await consumer.start()
+async def export(settings: Settings, window: TopicRange, out: str, *, progress: bool = True) -> int:
+    """Write the records of ``window`` to the event-log file ``out``."""
     written = 0
     meter = Progress("export") if progress else None
-    try:
-        await consumer.topics()
-        available = sorted(consumer.partitions_for_topic(topic) or [])
-        tps = [TopicPartition(topic, p) for p in (partitions if partitions is not None else available)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        firsts = await consumer.beginning_offsets(tps)
-        begin = {tp: max(firsts[tp], start or 0) for tp in tps}
-        if start_ms is not None:
-            at = await _first_offsets_at(consumer, tps, start_ms, ends)
-            begin = {tp: max(begin[tp], at[tp]) for tp in tps}
-        for tp in tps:
-            consumer.seek(tp, begin[tp])
-
-        def wanted(rec: Any) -> bool:
-            # Bounds are checked per record, and each partition is read to its end offset: some brokers
-            # (Tansu) number record batches, not records, so an offset bound alone would cut batches short.
-            return ((end is None or rec.offset < end) and (start_ms is None or rec.timestamp >= start_ms)
-                    and (end_ms is None or rec.timestamp < end_ms))
-
-        remaining = {tp for tp in tps if begin[tp] < ends[tp]}
-        with open_log(out, "wb") as sink:
-            while remaining:
-                batches = await consumer.getmany(*remaining, timeout_ms=1000)
-                for records in batches.values():
-                    for rec in records:
-                        if wanted(rec):
-                            sink.write(encode(LogRecord(0, rec.key, rec.value, rec.topic, rec.partition,
-                                                        rec.offset, rec.timestamp)))
-                            written += 1
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-                if meter:
-                    meter.update(written)
-    finally:
-        await consumer.stop()
+    with open_log(out, "wb") as sink:
+        async for batch in read_range(settings.kafka_url, window):
+            for rec in batch:
+                sink.write(encode(LogRecord(0, rec.key, rec.value, rec.topic, rec.partition, rec.offset,
+                                            rec.timestamp)))
+            written += len(batch)
+            if meter:
+                meter.update(written)
     if meter:
         meter.update(written, final=True)
     return written
-
-
-async def _first_offsets_at(consumer: AIOKafkaConsumer, tps: list[TopicPartition], ms: int,
-                            ends: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-    """First offset with a timestamp >= ms per partition; the end offset when there is none.
-
-    Kafka answers "none" with null; some brokers (Tansu) with offset 0 and timestamp -1.
-    """
-    found = await consumer.offsets_for_times(dict.fromkeys(tps, ms))
-    return {tp: found[tp].offset if found[tp] is not None and found[tp].timestamp >= 0 else ends[tp] for tp in tps}

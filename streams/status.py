@@ -1,4 +1,4 @@
-"""`fluxstream status`: per collection counts and positions, per partition consumer lag."""
+"""`fluxstream status`: per collection generations, counts and positions; per partition consumer lag."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from fluxstream.settings import Settings
+from indexer.generations import GenerationRegistry, index_name, parse_index_name
 from indexer.positions import APPLIED_KEY
 from indexer.postings import PostingsStore
 
 
-async def consumer_lag(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    """Committed offset of the worker group and end offset, per partition of ``topic``."""
+async def group_offsets(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """(committed offset of the worker group, end offset) per partition of ``topic``."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_url)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_url)
     await admin.start()
@@ -27,23 +28,39 @@ async def consumer_lag(settings: Settings, topic: str) -> list[dict[str, Any]]:
     finally:
         await consumer.stop()
         await admin.close()
-    rows = []
-    for tp in tps:
-        done = committed.get(tp)
-        offset = done.offset if done is not None and done.offset >= 0 else 0
-        rows.append({"topic": topic, "partition": tp.partition, "committed": offset, "end": ends[tp],
-                     "lag": max(0, ends[tp] - offset)})
-    return rows
+    done = {tp.partition: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0}
+    return {tp.partition: done.get(tp.partition, 0) for tp in tps}, {tp.partition: ends[tp] for tp in tps}
+
+
+async def consumer_lag(settings: Settings, topic: str) -> list[dict[str, Any]]:
+    committed, ends = await group_offsets(settings, topic)
+    return [{"topic": topic, "partition": p, "committed": committed[p], "end": end,
+             "lag": max(0, end - committed[p])} for p, end in ends.items()]
 
 
 async def collection_status(redis: aioredis.Redis) -> dict[str, Any]:
+    """One row per collection: its serving generation's counts, and any rebuild in progress."""
     store = PostingsStore(redis)
+    registry = GenerationRegistry(redis)
     applied = {k.decode(): int(v) for k, v in (await redis.hgetall(APPLIED_KEY)).items()}
+    names = await store.collections()
+    collections = sorted({parse_index_name(n)[0] for n in names} | {s.collection for s in await registry.all()})
+    states = await registry.get_many(collections)
     rows = []
-    for name in await store.collections():
-        stats = await store.stats(name)
-        rows.append({"collection": name, "documents": stats.docs, "chunks": stats.chunks,
-                     "change_seq": await store.change_seq(name)})
+    for collection in collections:
+        state = states[collection]
+        serving = index_name(collection, state.serving)
+        stats = await store.stats(serving)
+        row: dict[str, Any] = {
+            "collection": collection, "generation": state.serving, "index": serving, "documents": stats.docs,
+            "chunks": stats.chunks, "change_seq": await store.change_seq(serving), "building": None,
+            "retiring": state.retiring, "retire_after": state.retire_after,
+        }
+        if state.building is not None:
+            building = await store.stats(index_name(collection, state.building))
+            row["building"] = {"generation": state.building, "state": state.state, "documents": building.docs,
+                               "chunks": building.chunks, **state.progress}
+        rows.append(row)
     return {"applied_positions": applied, "collections": rows}
 
 

@@ -65,6 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         batch_within=0.01,
         embed_batch_within=0.05,
         cdc_config=str(cdc_config),
+        gc_interval_seconds=1.0,  # tests/test_rebuild.py waits for retired generations to go
     )
     running = Stack(base)
     settings = running.start()

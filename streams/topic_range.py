@@ -1,0 +1,73 @@
+"""Reading a window of a topic: by offsets or record timestamps, per partition or all of them.
+
+Shared by `fluxstream export` (window -> event-log file) and `fluxstream rebuild` (window ->
+a new index generation). Each partition is read up to the end offset it had when reading
+started; bounds are checked per record because some brokers (Tansu) number record batches,
+not records, so offset arithmetic alone would cut batches short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+
+@dataclass(frozen=True)
+class TopicRange:
+    topic: str
+    partitions: list[int] | None = None  # None: every partition
+    start: int | None = None  # first offset, inclusive
+    end: int | None = None  # last offset, exclusive
+    start_ms: int | None = None  # first record time, inclusive
+    end_ms: int | None = None  # last record time, exclusive
+
+    def wanted(self, record: ConsumerRecord) -> bool:
+        return ((self.end is None or record.offset < self.end)
+                and (self.start_ms is None or record.timestamp >= self.start_ms)
+                and (self.end_ms is None or record.timestamp < self.end_ms))
+
+
+async def read_range(kafka_url: str, window: TopicRange) -> AsyncIterator[list[ConsumerRecord]]:
+    """Batches of records in ``window``, each from one partition and in offset order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_url, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        available = sorted(consumer.partitions_for_topic(window.topic) or [])
+        tps = [TopicPartition(window.topic, p) for p in (window.partitions if window.partitions is not None
+                                                          else available)]
+        if not tps:
+            return
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        firsts = await consumer.beginning_offsets(tps)
+        begin = {tp: max(firsts[tp], window.start or 0) for tp in tps}
+        if window.start_ms is not None:
+            at = await _first_offsets_at(consumer, tps, window.start_ms, ends)
+            begin = {tp: max(begin[tp], at[tp]) for tp in tps}
+        for tp in tps:
+            consumer.seek(tp, begin[tp])
+        remaining = {tp for tp in tps if begin[tp] < ends[tp]}
+        while remaining:
+            fetched = await consumer.getmany(*remaining, timeout_ms=1000)
+            for records in fetched.values():
+                batch = [r for r in records if window.wanted(r)]
+                if batch:
+                    yield batch
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def _first_offsets_at(consumer: AIOKafkaConsumer, tps: list[TopicPartition], ms: int,
+                            ends: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """First offset with a timestamp >= ms per partition; the end offset when there is none.
+
+    Kafka answers "none" with null; some brokers (Tansu) with offset 0 and timestamp -1.
+    """
+    found = await consumer.offsets_for_times(dict.fromkeys(tps, ms))
+    return {tp: found[tp].offset if found[tp] is not None and found[tp].timestamp >= 0 else ends[tp] for tp in tps}
