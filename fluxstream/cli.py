@@ -259,7 +259,34 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.abort:
         return _abort_rebuild(settings, args.collection)
+    if args.promote:
+        return _promote(settings, args.collection, args.grace)
     return _rebuild(settings, _rebuild_plan(args, args.collection))
+
+
+def _promote(settings: Settings, collection: str, grace: float | None) -> int:
+    """Switch to a generation built with --no-switch (it has been fed live changes since)."""
+    import redis.asyncio as aioredis
+
+    from indexer.generations import GenerationRegistry
+
+    async def run() -> tuple[bool, str]:
+        redis = aioredis.from_url(settings.redis_url)
+        try:
+            registry = GenerationRegistry(redis)
+            state = await registry.get(collection)
+            if state.building is None or state.state != "building" or state.progress.get("phase") != "ready":
+                return False, f"{collection}: no generation is ready to switch to (see fluxstream status)"
+            switched = await registry.switch(collection, state.building, grace if grace is not None
+                                             else settings.rebuild_grace_seconds)
+            return switched, f"{collection}: generation {state.building} serving now" if switched else "raced"
+        finally:
+            await redis.aclose()
+
+    _require(settings, "redis_url")
+    switched, message = asyncio.run(run())
+    print(message, file=sys.stdout if switched else sys.stderr)
+    return 0 if switched else 1
 
 
 def _abort_rebuild(settings: Settings, collection: str) -> int:
@@ -389,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_range_options(reb)
     reb.add_argument("--logs-only", action="store_true", help="with files: do not replay the topics after them")
     reb.add_argument("--abort", action="store_true", help="drop the building (or failed) generation")
+    reb.add_argument("--promote", action="store_true", help="switch to a generation built with --no-switch")
     _add_rebuild_options(reb)
     reb.set_defaults(func=cmd_rebuild)
     exp = sub.add_parser("export", help="write a topic range to an event-log file")

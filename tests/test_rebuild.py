@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import random
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from indexer.generations import GenerationRegistry, index_name
 from indexer.postings import PostingsStore
 from tests.conftest import eventually
 from tests.helpers import VOCAB, assert_same_index, history, index_snapshot, publish
-from tests.test_replay import cli
+from tests.test_replay import cli, iso
 
 
 async def _keys_of(redis: aioredis.Redis, index: str) -> list[str]:
@@ -154,3 +155,31 @@ async def test_failed_rebuild_keeps_serving_and_can_be_aborted(
     retried = await asyncio.to_thread(cli, stack, "rebuild", collection, "--grace", "0")
     assert retried.returncode == 0 and "generation 3" in retried.stdout, retried.stderr[-2000:]
     assert await index_snapshot(redis_client, stack.database_url, index_name(collection, 3)) == original
+
+
+async def test_replay_topic_window_into_a_new_generation(
+    stack: Settings, producer: AIOKafkaProducer, redis_client: aioredis.Redis
+) -> None:
+    collection = f"genwin-{uuid.uuid4().hex[:6]}"
+    events = history(random.Random(13), docs=15, changes=45)
+    await asyncio.sleep(1.1)
+    started = time.time()
+    await publish(producer, stack.documents_topic, collection, events)
+    final = {e["doc_id"]: e["version"] for e in events}
+    await assert_same_index(redis_client, stack.database_url, collection, collection, final)
+    original = await index_snapshot(redis_client, stack.database_url, collection)
+    refused = await asyncio.to_thread(cli, stack, "replay", "--from-topic", stack.documents_topic,
+                                      "--from-time", iso(started), "--to-time", iso(time.time()),
+                                      "--into-generation", collection)
+    assert refused.returncode != 0 and "must catch up" in refused.stderr
+    replayed = await asyncio.to_thread(cli, stack, "replay", "--from-topic", stack.documents_topic,
+                                       "--from-time", iso(started), "--into-generation", collection,
+                                       "--no-switch")
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    assert f"{collection}: generation 2 ({collection}@g2) built, not switched" in replayed.stdout
+    assert await index_snapshot(redis_client, stack.database_url, index_name(collection, 2)) == original
+    state = await GenerationRegistry(redis_client).get(collection)
+    assert (state.serving, state.building, state.progress["phase"]) == (1, 2, "ready")
+    promoted = await asyncio.to_thread(cli, stack, "rebuild", collection, "--promote", "--grace", "0")
+    assert promoted.returncode == 0 and "generation 2 serving now" in promoted.stdout, promoted.stderr
+    assert (await GenerationRegistry(redis_client).serving_index(collection)) == (index_name(collection, 2), 2)
