@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from indexer.hnsw import HNSW_PRESETS, HNSWParams
+
 ENV_PREFIX = "FLUXSTREAM_"
 
 
@@ -74,9 +76,11 @@ class Settings:
     openai_model: str = _env_field("text-embedding-3-small", "Embedding model name.")
     embedding_dimensions: int = _env_field(0, "Vector size; 0 means the model's native size.")
     embed_max_retries: int = _env_field(5, "Retries with backoff for a failing embedding call.")
-    hnsw_m: int = _env_field(16, "HNSW m for the pgvector index.")
-    hnsw_ef_construction: int = _env_field(64, "HNSW ef_construction.")
-    hnsw_ef_search: int = _env_field(100, "Default hnsw.ef_search per query.")
+    hnsw_preset: str = _env_field(
+        "balanced", "HNSW preset: speed, balanced, accuracy or memory (m, ef_construction, ef_search).")
+    hnsw_m: int = _env_field(0, "HNSW m for the pgvector index; 0 takes the preset's.")
+    hnsw_ef_construction: int = _env_field(0, "HNSW ef_construction; 0 takes the preset's.")
+    hnsw_ef_search: int = _env_field(0, "Default hnsw.ef_search per query; 0 takes the preset's.")
 
     # --- query ---
     rrf_k: int = _env_field(60, "Reciprocal-rank-fusion constant.")
@@ -111,6 +115,15 @@ class Settings:
                 raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: expected {kind.__name__}") from exc
         values.update(overrides)
         return cls(**values)
+
+    def hnsw(self) -> tuple[HNSWParams, int]:
+        """(index build parameters, default ef_search): the preset, with explicit values winning."""
+        preset = HNSW_PRESETS.get(self.hnsw_preset)
+        if preset is None:
+            raise ValueError(f"FLUXSTREAM_HNSW_PRESET={self.hnsw_preset!r}: one of {', '.join(HNSW_PRESETS)}")
+        params, ef_search = preset
+        return (HNSWParams(self.hnsw_m or params.m, self.hnsw_ef_construction or params.ef_construction),
+                self.hnsw_ef_search or ef_search)
 
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, to hand to child processes."""

@@ -18,15 +18,11 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from indexer.hnsw import DEFAULT_HNSW, HNSWParams
+
 CHUNKS_TABLE = "fluxstream_chunks"
 VERSIONS_TABLE = "fluxstream_vector_versions"
 _SCHEMA_LOCK = 0x666C7578  # advisory lock id: concurrent workers create the schema once
-
-
-@dataclass(frozen=True)
-class HNSWParams:
-    m: int = 16
-    ef_construction: int = 64
 
 
 @dataclass(frozen=True)
@@ -67,14 +63,14 @@ class VectorStore:
     """Owns the pgvector schema, chunk-row writes and k-NN search."""
 
     def __init__(self, pool: AsyncConnectionPool, *, dimensions: int, model_id: str,
-                 hnsw: HNSWParams = HNSWParams()) -> None:
+                 hnsw: HNSWParams = DEFAULT_HNSW) -> None:
         self.pool = pool
         self.dimensions = dimensions
         self.model_id = model_id
         self.hnsw = hnsw
 
     @classmethod
-    async def connect(cls, url: str, *, dimensions: int, model_id: str, hnsw: HNSWParams = HNSWParams(),
+    async def connect(cls, url: str, *, dimensions: int, model_id: str, hnsw: HNSWParams = DEFAULT_HNSW,
                       min_size: int = 1, max_size: int = 8) -> VectorStore:
         """Open a pool (the extension must exist before vector types can be registered)."""
         async with await AsyncConnection.connect(url, autocommit=True) as conn, conn.transaction():

@@ -44,7 +44,7 @@ from schemas.api import SearchRequest, SearchResponse
 
 STATS_KEY = "fx:cache:stats"
 SIMILARITY_SLACK = 1e-5  # float32 rounding between stored candidate scores and recomputed similarities
-_PARAM_FIELDS = {"collection", "k", "mode", "fusion", "rrf_k", "weights", "filters"}
+_PARAM_FIELDS = {"collection", "k", "mode", "fusion", "rrf_k", "weights", "filters", "ef_search"}
 
 
 @dataclass(frozen=True)

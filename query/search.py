@@ -21,7 +21,8 @@ from indexer.postings import PostingsStore, StoredChunk
 from indexer.tokenizer import Tokenizer
 from indexer.vector_store import VectorHit, VectorStore
 from query.filters import matches
-from query.fusion import rrf, weighted
+from query.fusion import rrf, score_fusion
+from query.strategy import AutoStrategy
 from schemas.api import RetrieverScore, SearchHit, SearchRequest, SearchResponse
 
 
@@ -79,6 +80,7 @@ class Searcher:
         self.tokenizer = tokenizer
         self.bm25 = bm25 or BM25Params()
         self.defaults = defaults or SearchDefaults()
+        self.auto = AutoStrategy()
 
     async def search(self, req: SearchRequest, query_vector: np.ndarray | None = None) -> SearchResponse:
         """Run one search; ``query_vector`` skips embedding the query (batch search embeds all at once)."""
@@ -101,20 +103,27 @@ class Searcher:
         if req.mode in ("vector", "hybrid"):
             rankings["vector"] = await self._vector(req, pool, records, timer, retrieval, replay)
         started = time.perf_counter()
+        strategy = None
         if req.mode == "hybrid":
-            if req.fusion == "rrf":
-                fused = rrf(rankings, k=req.rrf_k or self.defaults.rrf_k)
-            else:
-                w = req.weights
-                fused = weighted(rankings, {
-                    "bm25": w.bm25 if w else self.defaults.weight_bm25,
-                    "vector": w.vector if w else self.defaults.weight_vector,
-                })
+            fused, strategy = self._fuse(req, rankings)
         else:
             fused = rankings[req.mode]
         hits = [self._hit(chunk_id, score, rankings, records[chunk_id]) for chunk_id, score in fused[: req.k]]
         timer.mark("fusion", started)
-        return self._response(req, hits, timer), retrieval
+        return self._response(req, hits, timer).model_copy(update={"strategy": strategy}), retrieval
+
+    def _fuse(self, req: SearchRequest, rankings: dict[str, list[tuple[str, float]]]
+              ) -> tuple[list[tuple[str, float]], str | None]:
+        """The fused ranking and, for ``auto``, the strategy the query's shape chose."""
+        if req.fusion == "rrf":
+            return rrf(rankings, k=req.rrf_k or self.defaults.rrf_k), None
+        balanced = (self.defaults.weight_bm25, self.defaults.weight_vector)
+        if req.fusion == "auto":
+            strategy, weights = self.auto.choose(req.query, self.tokenizer, balanced)
+            return score_fusion("weighted", rankings, weights), strategy
+        w = req.weights
+        weights = {"bm25": w.bm25, "vector": w.vector} if w else dict(zip(("bm25", "vector"), balanced, strict=True))
+        return score_fusion(req.fusion, rankings, weights), None
 
     def pool(self, req: SearchRequest) -> int:
         """Candidates asked of each retriever before filters and fusion."""
@@ -161,7 +170,8 @@ class Searcher:
                 started = timer.mark("embed_query", started)
             retrieval.vector_log_position = await self.postings.vector_log_head(req.collection)
             hits = await self.vectors.search(req.collection, retrieval.query_vector, limit=pool,
-                                             filters=req.filters or None, ef_search=self.defaults.ef_search)
+                                             filters=req.filters or None,
+                                             ef_search=req.ef_search or self.defaults.ef_search)
             started = timer.mark("vector", started)
         retrieval.vector_hits = hits
         missing = [h.chunk_id for h in hits if h.chunk_id not in records]

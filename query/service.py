@@ -75,7 +75,7 @@ class QueryState:
         self.searcher = Searcher(
             postings, self.vectors, embedder, build_tokenizer(s),
             BM25Params(s.bm25_k1, s.bm25_b),
-            SearchDefaults(s.rrf_k, s.weight_bm25, s.weight_vector, s.candidate_pool, s.hnsw_ef_search),
+            SearchDefaults(s.rrf_k, s.weight_bm25, s.weight_vector, s.candidate_pool, s.hnsw()[1]),
         )
         if s.cache_enabled:
             config = CacheConfig(threshold=s.cache_threshold, ttl_seconds=s.cache_ttl_seconds,

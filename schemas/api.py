@@ -27,9 +27,13 @@ class SearchRequest(BaseModel):
     collection: CollectionName = "default"
     k: Annotated[int, Field(ge=1, le=100)] = 10
     mode: Literal["bm25", "vector", "hybrid"] = "hybrid"
-    fusion: Literal["rrf", "weighted"] = "rrf"
+    fusion: Literal["rrf", "weighted", "product", "max", "harmonic", "auto"] = "rrf"
+    """How hybrid mode fuses: reciprocal ranks, or normalised scores (weighted sum, weighted product,
+    maximum, harmonic mean), or ``auto`` (weighted, weights chosen from the query's shape)."""
     rrf_k: Annotated[int, Field(ge=1, le=10_000)] | None = None
     weights: FusionWeights | None = None
+    ef_search: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """HNSW candidate list for this query (higher: better recall, slower); default from the preset."""
     filters: dict[str, FilterValue] = Field(default_factory=dict)
     cache: bool = True
     """Use the semantic cache (when the service has it enabled); false forces a fresh search."""
@@ -70,6 +74,8 @@ class SearchResponse(BaseModel):
     hits: list[SearchHit]
     timings_ms: dict[str, float]
     cache: CacheInfo | None = None
+    strategy: str | None = None
+    """With ``fusion: auto``: the strategy chosen for this query (sparse-first, balanced, vector-first)."""
     generation: int = 1
     """The collection's index generation that answered (it changes when a rebuild switches)."""
 

@@ -34,7 +34,7 @@ from indexer.generations import GenerationRegistry
 from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_stage import VectorStage
-from indexer.vector_store import HNSWParams, VectorStore
+from indexer.vector_store import VectorStore
 from query.cache import SemanticCache
 from schemas.events import DocumentChange, EmbedJob, IndexUpdate, SourcePosition
 from streams import debezium
@@ -84,7 +84,7 @@ class Resources:
         wait_aof = await _aof_enabled(redis)
         vectors = await VectorStore.connect(
             database_url, dimensions=embedder.dimensions, model_id=embedder.model_id,
-            hnsw=HNSWParams(settings.hnsw_m, settings.hnsw_ef_construction),
+            hnsw=settings.hnsw()[0],
         )
         return cls(redis, PostingsStore(redis, wait_aof=wait_aof), vectors, embedder)
 

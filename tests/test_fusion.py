@@ -46,3 +46,32 @@ def test_weighted_fusion() -> None:
 def test_ties_are_deterministic() -> None:
     fused = rrf({"x": [("b", 1.0)], "y": [("a", 1.0)]}, k=60)
     assert [item for item, _ in fused] == ["a", "b"]
+
+
+def test_score_fusions_by_hand() -> None:
+    from query.fusion import EPS, score_fusion
+
+    runs = {"bm25": BM25, "vector": VECTOR}  # normalised: bm25 a=1 b=.6 c=0; vector c=1 a=.5 d=0
+    weights = {"bm25": 0.3, "vector": 0.7}
+    product = dict(score_fusion("product", runs, weights))
+    assert product["a"] == pytest.approx((EPS + 1.0) ** 0.3 * (EPS + 0.5) ** 0.7)
+    assert product["b"] == pytest.approx((EPS + 0.6) ** 0.3 * EPS ** 0.7)
+    maximum = dict(score_fusion("max", runs, weights))
+    assert maximum["a"] == pytest.approx(max(0.3 * 1.0, 0.7 * 0.5))
+    assert maximum["c"] == pytest.approx(0.7)
+    harmonic = dict(score_fusion("harmonic", runs, weights))
+    assert harmonic["a"] == pytest.approx(1.0 / (0.3 / (EPS + 1.0) + 0.7 / (EPS + 0.5)))
+    # Agreement matters for product and harmonic: "a" (found by both) beats "b" (bm25 only).
+    assert [i for i, _ in score_fusion("product", runs, weights)][:2] == ["a", "c"]
+    assert product["a"] > product["b"] and harmonic["a"] > harmonic["b"]
+
+
+def test_auto_strategy_reads_the_query_shape() -> None:
+    from indexer.tokenizer import Tokenizer
+    from query.strategy import AutoStrategy
+
+    auto, tokenizer = AutoStrategy(), Tokenizer()
+    assert auto.choose("hnsw recall", tokenizer, (0.5, 0.5)) == ("sparse-first", {"bm25": 0.7, "vector": 0.3})
+    assert auto.choose("how do vector databases find similar embeddings", tokenizer, (0.5, 0.5))[0] == "vector-first"
+    assert auto.choose("dielectric constant of liquids microwave", tokenizer, (0.4, 0.6)) == (
+        "balanced", {"bm25": 0.4, "vector": 0.6})

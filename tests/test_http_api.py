@@ -17,7 +17,8 @@ from tests.conftest import TopicReader, change, send
         ({"query": "a", "k": 0}, "k"),
         ({"query": "a", "k": 101}, "k"),
         ({"query": "a", "mode": "fuzzy"}, "mode"),
-        ({"query": "a", "fusion": "max"}, "fusion"),
+        ({"query": "a", "fusion": "median"}, "fusion"),
+        ({"query": "a", "ef_search": 0}, "ef_search"),
         ({"query": ""}, "query"),
         ({"query": "a", "collection": "bad name!"}, "collection"),
         ({"query": "a", "filters": {"x": {"nested": 1}}}, "filters"),
@@ -79,3 +80,26 @@ async def test_batch_search_matches_single_searches(http: httpx.AsyncClient, sta
         assert [(h["chunk_id"], round(h["score"], 5)) for h in batched["hits"]] == [
             (h["chunk_id"], round(h["score"], 5)) for h in single["hits"]]
     assert (await http.post("/v1/search/batch", json={"requests": []})).status_code == 422
+
+
+async def test_every_fusion_method_and_auto_strategy(stack: Settings, producer: AIOKafkaProducer,
+                                                     http: httpx.AsyncClient, collection: str) -> None:
+    texts = {"f1": "pgvector stores embeddings and answers nearest neighbour queries with hnsw",
+             "f2": "redis keeps inverted postings for keyword search with bm25 statistics",
+             "f3": "kafka topics carry change events from the database to the indexer"}
+    async with TopicReader(stack, stack.index_updates_topic) as updates:
+        for doc_id, text in texts.items():
+            await send(producer, stack.documents_topic, change(doc_id, collection, text))
+        await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"], count=3)
+    for fusion in ("rrf", "weighted", "product", "max", "harmonic"):
+        resp = await http.post("/v1/search", json={"query": "hnsw embeddings", "collection": collection,
+                                                   "fusion": fusion, "ef_search": 20, "cache": False})
+        body = resp.json()
+        assert resp.status_code == 200 and body["fusion"] == fusion and body["strategy"] is None
+        assert body["hits"][0]["doc_id"] == "f1", (fusion, body["hits"])
+    short = await http.post("/v1/search", json={"query": "bm25 postings", "collection": collection,
+                                                "fusion": "auto"})
+    assert short.json()["strategy"] == "sparse-first" and short.json()["hits"][0]["doc_id"] == "f2"
+    question = await http.post("/v1/search", json={"query": "how do change events get from the database to search?",
+                                                   "collection": collection, "fusion": "auto"})
+    assert question.json()["strategy"] == "vector-first" and question.json()["hits"][0]["doc_id"] == "f3"
