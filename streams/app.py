@@ -158,15 +158,22 @@ def build_app(settings: Settings) -> faust.App:
     )
     state = WorkerState(app, settings)
     batch = (settings.batch_max, settings.batch_within)
-    add_batch_agent(app, state, "index-documents", [settings.documents_topic], batch, lambda p: p.handle_changes)
-    add_batch_agent(app, state, "embed-chunks", [settings.embed_jobs_topic],
-                    (settings.embed_batch_max, settings.embed_batch_within), lambda p: p.handle_embed_jobs)
-    if settings.cache_enabled:
+    stages = {s.strip() for s in settings.worker_stages.split(",") if s.strip()}
+    unknown = stages - {"bm25", "vectors", "cache"}
+    if unknown:
+        raise ValueError(f"FLUXSTREAM_WORKER_STAGES: unknown stage(s) {sorted(unknown)}")
+    cdc = load_cdc_mapping(settings)
+    if "bm25" in stages:
+        add_batch_agent(app, state, "index-documents", [settings.documents_topic], batch,
+                        lambda p: p.handle_changes)
+        if cdc.topics:
+            add_batch_agent(app, state, "index-cdc", cdc.topics, batch, lambda p: p.handle_cdc)
+    if "vectors" in stages:
+        add_batch_agent(app, state, "embed-chunks", [settings.embed_jobs_topic],
+                        (settings.embed_batch_max, settings.embed_batch_within), lambda p: p.handle_embed_jobs)
+    if "cache" in stages and settings.cache_enabled:
         add_batch_agent(app, state, "invalidate-cache", [settings.index_updates_topic], batch,
                         lambda p: p.handle_index_updates)
-    cdc = load_cdc_mapping(settings)
-    if cdc.topics:
-        add_batch_agent(app, state, "index-cdc", cdc.topics, batch, lambda p: p.handle_cdc)
 
     @app.timer(interval=settings.gc_interval_seconds)
     async def collect_garbage() -> None:

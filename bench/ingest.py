@@ -1,0 +1,158 @@
+"""Ingest throughput, end to end (produced -> applied, from the IndexUpdate events), with references.
+
+    python -m bench.ingest [--docs 20000] [--full-docs 2000]
+
+* BM25 path: one worker running only the BM25 stage (``FLUXSTREAM_WORKER_STAGES=bm25``) indexes
+  ``--docs`` Vaswani abstracts (cycled with fresh ids). Reference in the same run, on the same
+  records: a plain aiokafka consumer plus the same tokenizing, chunking and Redis writes, pipelined,
+  without Faust, version checks or follow-up events (the "raw limit").
+* Full path: one worker with every stage and the local embedder indexes ``--full-docs`` abstracts
+  until their vectors are applied. Reference in the same run: the embedder alone on the same chunk
+  texts, in the worker's batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from datetime import datetime
+from itertools import cycle, islice
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from bench.common import load_vaswani_corpus, percentiles, running_stack, wait_until_indexed
+from fluxstream.client import publish_documents
+from fluxstream.settings import Settings
+from fluxstream.wiring import build_tokenizer, open_embedder
+from indexer.apply import DocumentBuilder
+from indexer.chunking import Chunker
+from indexer.postings import DocumentState, pack_posting
+from schemas.events import DocumentChange
+from streams.topic_range import TopicRange, read_range
+
+
+def workload(n: int, collection: str) -> list[dict[str, Any]]:
+    texts = list(load_vaswani_corpus().values())
+    return [{"doc_id": f"d{i}", "collection": collection, "version": 1, "text": text}
+            for i, text in enumerate(islice(cycle(texts), n))]
+
+
+async def index_updates(settings: Settings, collection: str, vectors: bool) -> list[dict[str, Any]]:
+    updates = []
+    async for batch in read_range(settings.kafka_url, TopicRange(settings.index_updates_topic)):
+        for record in batch:
+            update = orjson.loads(record.value)
+            if update["collection"] == collection and update["stages"]["vectors"] == vectors:
+                updates.append(update)
+    return updates
+
+
+async def produced_at(settings: Settings, collection: str) -> dict[tuple[int, int], float]:
+    """(partition, offset) -> produce time (s) of the collection's change events."""
+    stamps = {}
+    async for batch in read_range(settings.kafka_url, TopicRange(settings.documents_topic)):
+        for record in batch:
+            if collection.encode() in record.value:
+                stamps[(record.partition, record.offset)] = record.timestamp / 1000
+    return stamps
+
+
+async def measure_pipeline(settings: Settings, docs: int, vectors: bool) -> dict[str, Any]:
+    warmup = f"warm-{uuid.uuid4().hex[:6]}"
+    await publish_documents(settings, workload(100, warmup))
+    await wait_until_indexed(settings, warmup, 100, vectors=vectors)
+    collection = f"ingest-{uuid.uuid4().hex[:6]}"
+    started = time.time()
+    await publish_documents(settings, workload(docs, collection))
+    published = time.time() - started
+    await wait_until_indexed(settings, collection, docs, vectors=vectors)
+    updates = await index_updates(settings, collection, vectors)
+    stamps = await produced_at(settings, collection)
+    applied = [datetime.fromisoformat(u["applied_at"]).timestamp() for u in updates]
+    latencies = [(a - stamps[(u["source"]["partition"], u["source"]["offset"])]) * 1000
+                 for u, a in zip(updates, applied, strict=True)]
+    elapsed = max(applied) - started
+    return {"documents": docs, "updates": len(updates), "publish_seconds": round(published, 2),
+            "seconds": round(elapsed, 2), "docs_per_second": round(docs / elapsed, 1),
+            "produced_to_applied_ms": percentiles(latencies), "collection": collection}
+
+
+async def raw_limit(settings: Settings, collection: str) -> dict[str, Any]:
+    """Consume the same records with plain aiokafka; tokenize, chunk and write postings pipelined."""
+    tokenizer = build_tokenizer(settings)
+    builder = DocumentBuilder(Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer), tokenizer)
+    redis = aioredis.from_url(settings.redis_url)
+    base = f"fxraw:{{{collection}}}"
+    written = 0
+    started = time.perf_counter()
+    try:
+        async for batch in read_range(settings.kafka_url, TopicRange(settings.documents_topic)):
+            async with redis.pipeline(transaction=False) as pipe:
+                for record in batch:
+                    event = orjson.loads(record.value)
+                    if event.get("collection") != collection:
+                        continue
+                    change = DocumentChange.model_validate(event)
+                    chunks = builder.chunks(change, DocumentState(collection, change.doc_id))
+                    for chunk in chunks:
+                        for term, tf in chunk.tf.items():
+                            pipe.hset(f"{base}:p:{term}", chunk.chunk_id, pack_posting(tf, chunk.dl))
+                        pipe.hset(f"{base}:chunk:{chunk.chunk_id}", mapping={
+                            "doc_id": change.doc_id, "text": chunk.text, "hash": chunk.content_hash})
+                    pipe.hset(f"{base}:doc:{change.doc_id}", mapping={"version": change.version})
+                    pipe.hincrby(f"{base}:meta", "chunks", len(chunks))
+                    written += 1
+                await pipe.execute()
+        elapsed = time.perf_counter() - started
+    finally:
+        await redis.aclose()
+    return {"documents": written, "seconds": round(elapsed, 2), "docs_per_second": round(written / elapsed, 1)}
+
+
+async def embedder_alone(settings: Settings, docs: int) -> dict[str, Any]:
+    tokenizer = build_tokenizer(settings)
+    chunker = Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer)
+    texts = [c.text for d in workload(docs, "x") for c in chunker.split("", d["text"])]
+    embedder = await open_embedder(settings)
+    await embedder.embed(["warm up"])
+    started = time.perf_counter()
+    size = settings.embed_batch_size
+    for i in range(0, len(texts), size):
+        await embedder.embed(texts[i:i + size])
+    elapsed = time.perf_counter() - started
+    return {"documents": docs, "chunks": len(texts), "seconds": round(elapsed, 2),
+            "docs_per_second": round(docs / elapsed, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=20_000)
+    parser.add_argument("--full-docs", type=int, default=2_000)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/ingest.json"))
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    with running_stack(worker_stages="bm25") as settings:
+        results["bm25_path"] = asyncio.run(measure_pipeline(settings, args.docs, vectors=False))
+        results["raw_limit"] = asyncio.run(raw_limit(settings, results["bm25_path"]["collection"]))
+    if args.full_docs:
+        with running_stack() as settings:
+            results["full_path"] = asyncio.run(measure_pipeline(settings, args.full_docs, vectors=True))
+            results["embedder_alone"] = asyncio.run(embedder_alone(settings, args.full_docs))
+    bm25, raw = results["bm25_path"], results["raw_limit"]
+    results["bm25_vs_raw"] = round(bm25["docs_per_second"] / raw["docs_per_second"], 3)
+    if "full_path" in results:
+        results["full_vs_embedder"] = round(results["full_path"]["docs_per_second"]
+                                            / results["embedder_alone"]["docs_per_second"], 3)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Query latency and footprint as the index grows (synthetic corpus from a seeded generator).
+
+    python -m bench.latency [--sizes 10000,100000] [--vectors-up-to 100000] [--queries 200]
+
+One collection grows through each size in turn; BM25 postings are written by the live pipeline
+(a worker running the BM25 stage), vector rows are bulk-loaded with synthetic embeddings (their
+geometry follows the generator's topics; query embedding in the service is the real local model).
+At each size: BM25, hybrid (RRF) and cache-hit latency over HTTP at concurrency 1 and 8, Redis
+bytes per posting and PostgreSQL bytes per chunk. The reference in the same run is the service's
+``/healthz`` round trip (HTTP and event-loop overhead with no index work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+import redis.asyncio as aioredis
+from pgvector.psycopg import register_vector
+
+from bench.common import percentiles, running_stack, wait_until_indexed
+from fluxstream.client import publish_documents
+from fluxstream.settings import Settings
+from fluxstream.wiring import build_tokenizer
+from indexer.chunking import Chunker, make_chunk_id
+
+VOCABULARY = 30_000
+TOPICS = 300
+DIM = 384
+
+
+class Corpus:
+    """Documents of 60-140 words: a topic's own words mixed with Zipf-distributed common words."""
+
+    def __init__(self, seed: int = 11) -> None:
+        self.rng = np.random.default_rng(seed)
+        syllables = ["ka", "lo", "mi", "ran", "te", "su", "vor", "el", "qui", "zan", "po", "dri", "fen", "ux"]
+        words: set[str] = set()
+        while len(words) < VOCABULARY:
+            words.add("".join(self.rng.choice(syllables, size=int(self.rng.integers(2, 5)))))
+        self.words = sorted(words)
+        self.zipf = 1.0 / np.arange(1, VOCABULARY + 1) ** 1.1
+        self.zipf /= self.zipf.sum()
+        self.topic_words = [self.rng.choice(VOCABULARY, size=60, replace=False) for _ in range(TOPICS)]
+        self.centroids = self.rng.normal(size=(TOPICS, DIM)).astype(np.float32)
+
+    def document(self, i: int) -> tuple[str, int]:
+        rng = np.random.default_rng(i)
+        topic = int(rng.integers(TOPICS))
+        n = int(rng.integers(60, 140))
+        own = rng.choice(self.topic_words[topic], size=n // 3)
+        common = rng.choice(VOCABULARY, size=n - len(own), p=self.zipf)
+        ids = np.concatenate([own, common])
+        rng.shuffle(ids)
+        return " ".join(self.words[j] for j in ids), topic
+
+    def embedding(self, topic: int, i: int) -> np.ndarray:
+        noise = np.random.default_rng(i).normal(scale=0.8, size=DIM).astype(np.float32)
+        v = self.centroids[topic] + noise
+        return v / np.linalg.norm(v)
+
+    def queries(self, n: int) -> list[str]:
+        rng = np.random.default_rng(99)
+        out = []
+        for _ in range(n):
+            topic = int(rng.integers(TOPICS))
+            picked = rng.choice(self.topic_words[topic], size=int(rng.integers(2, 5)))
+            out.append(" ".join(self.words[j] for j in picked))
+        return out
+
+
+async def grow(settings: Settings, corpus: Corpus, collection: str, start: int, end: int, vectors: bool) -> None:
+    batch = 20_000
+    for lo in range(start, end, batch):
+        docs = [{"doc_id": f"s{i}", "collection": collection, "version": 1, "text": corpus.document(i)[0]}
+                for i in range(lo, min(end, lo + batch))]
+        await publish_documents(settings, docs)
+    await wait_until_indexed(settings, collection, end, vectors=False, timeout=7200)
+    if vectors:
+        load_vectors(settings, corpus, collection, start, end)
+
+
+def load_vectors(settings: Settings, corpus: Corpus, collection: str, start: int, end: int) -> None:
+    """Rows as the vector stage writes them (chunk id and content hash from the same chunker)."""
+    chunker = Chunker(settings.chunk_size, settings.chunk_overlap, build_tokenizer(settings))
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        register_vector(conn)
+        with conn.cursor().copy(
+            "COPY fluxstream_chunks (collection, chunk_id, doc_id, chunk_no, text, content_hash, model, embedding, "
+            "version) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["text", "text", "text", "int4", "text", "text", "text", "vector", "int8"])
+            for i in range(start, end):
+                text, topic = corpus.document(i)
+                for chunk in chunker.split("", text):
+                    copy.write_row((collection, make_chunk_id(f"s{i}", chunk.chunk_no), f"s{i}", chunk.chunk_no,
+                                    chunk.text, chunk.content_hash, "synthetic", corpus.embedding(topic, i), 1))
+
+
+async def latencies(http: httpx.AsyncClient, bodies: list[dict[str, Any]], concurrency: int) -> list[float]:
+    gate = asyncio.Semaphore(concurrency)
+    samples: list[float] = []
+
+    async def one(body: dict[str, Any]) -> None:
+        async with gate:
+            started = time.perf_counter()
+            resp = await (http.post("/v1/search", json=body) if body else http.get("/healthz"))
+            samples.append((time.perf_counter() - started) * 1000)
+            resp.raise_for_status()
+
+    await asyncio.gather(*(one(b) for b in bodies))
+    return samples
+
+
+async def footprint(settings: Settings, collection: str, before_redis: int) -> dict[str, Any]:
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        used = int((await redis.info("memory"))["used_memory"])
+    finally:
+        await redis.aclose()
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT count(*) FROM fluxstream_chunks WHERE collection = %s", (collection,)).fetchone()[0]
+        total = conn.execute("SELECT pg_total_relation_size('fluxstream_chunks')").fetchone()[0]
+    return {"redis_bytes": used - before_redis, "pg_rows": rows, "pg_bytes": total}
+
+
+async def measure(settings: Settings, sizes: list[int], vectors_up_to: int, n_queries: int) -> dict[str, Any]:
+    corpus = Corpus()
+    collection = f"scale-{uuid.uuid4().hex[:6]}"
+    tokenizer = build_tokenizer(settings)
+    redis = aioredis.from_url(settings.redis_url)
+    before_redis = int((await redis.info("memory"))["used_memory"])
+    await redis.aclose()
+    queries = corpus.queries(n_queries)
+    results: dict[str, Any] = {}
+    done = postings = 0
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=120) as http:
+        for size in sizes:
+            started = time.monotonic()
+            await grow(settings, corpus, collection, done, size, vectors=size <= vectors_up_to)
+            postings += sum(len(Counter(tokenizer.tokenize(corpus.document(i)[0]))) for i in range(done, size))
+            done = size
+            row: dict[str, Any] = {"index_seconds": round(time.monotonic() - started, 1)}
+            modes = {"bm25": {"mode": "bm25"}}
+            if size <= vectors_up_to:
+                modes["hybrid"] = {"mode": "hybrid", "fusion": "rrf"}
+            for concurrency in (1, 8):
+                row[f"healthz_c{concurrency}"] = percentiles(await latencies(http, [{}] * n_queries, concurrency))
+                for name, params in modes.items():
+                    bodies = [{"query": q, "collection": collection, "k": 10, "cache": False, **params}
+                              for q in queries]
+                    row[f"{name}_c{concurrency}"] = percentiles(await latencies(http, bodies, concurrency))
+                cached = [{"query": q, "collection": collection, "k": 10, "mode": "bm25"} for q in queries]
+                await latencies(http, cached, concurrency)  # fill
+                row[f"cache_hit_c{concurrency}"] = percentiles(await latencies(http, cached, concurrency))
+            space = await footprint(settings, collection, before_redis)
+            row["postings"] = postings
+            row["redis_bytes_per_posting"] = round(space["redis_bytes"] / postings, 1)
+            if space["pg_rows"]:
+                row["pg_bytes_per_chunk"] = round(space["pg_bytes"] / space["pg_rows"], 1)
+            results[str(size)] = row
+            print(json.dumps({size: row}), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--vectors-up-to", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latency.json"))
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    with running_stack(worker_stages="bm25", cache_enabled=True) as settings:
+        results = asyncio.run(measure(settings, sizes, args.vectors_up_to, args.queries))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
