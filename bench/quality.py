@@ -70,13 +70,29 @@ def scores(run: dict[str, list[str]], qrels: dict[str, dict[str, int]], queries:
     return {name: round(value, 4) for name, value in evaluate(run, qrels, 10, 100, queries).items()}
 
 
-async def evaluate_all(settings: Settings, corpus: dict[str, str], topics: dict[str, str],
-                       qrels: dict[str, dict[str, int]]) -> dict[str, Any]:
+async def index_corpus(settings: Settings, corpus: dict[str, str],
+                       vectors: bool = True) -> tuple[str, dict[str, float]]:
     collection = f"vaswani-{uuid.uuid4().hex[:6]}"
-    started = time.monotonic()
     await publish_documents(settings, ({"doc_id": d, "collection": collection, "version": 1, "text": t}
                                        for d, t in corpus.items()))
-    stages = await wait_until_indexed(settings, collection, len(corpus))
+    return collection, await wait_until_indexed(settings, collection, len(corpus), vectors=vectors)
+
+
+async def bm25_only(settings: Settings, corpus: dict[str, str], topics: dict[str, str],
+                    qrels: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """A tokenizer variant: BM25 through the service against bm25s with the same tokenizer."""
+    collection, _ = await index_corpus(settings, corpus, vectors=False)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=600) as http:
+        ours, _, _ = await run_queries(http, collection, topics, mode="bm25")
+    reference, _ = bm25s_run(settings, corpus, topics)
+    qids = list(topics)
+    return {"bm25": scores(ours, qrels, qids), "bm25s": scores(reference, qrels, qids)}
+
+
+async def evaluate_all(settings: Settings, corpus: dict[str, str], topics: dict[str, str],
+                       qrels: dict[str, dict[str, int]]) -> dict[str, Any]:
+    started = time.monotonic()
+    collection, stages = await index_corpus(settings, corpus)
     ingest = {"documents": len(corpus), "publish_and_index_seconds": round(time.monotonic() - started, 1),
               **{f"{k}_seconds": round(v, 1) for k, v in stages.items()}}
     qids = sorted(topics, key=int)
@@ -142,6 +158,7 @@ def markdown(results: dict[str, Any]) -> str:
     delta = results["bm25_vs_bm25s_ndcg10_delta"]
     lines += ["", f"BM25 vs bm25s nDCG@10 delta: {delta:+.4f} ({'within' if abs(delta) <= 0.005 else 'OUTSIDE'} 0.005)",
               f"auto strategies chosen: {results.get('auto_strategies')}", f"ingest: {results['ingest']}"]
+    lines += [f"{name}: {json.dumps(value)}" for name, value in results.items() if name.startswith("stemmer=")]
     return "\n".join(lines)
 
 
@@ -150,6 +167,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=VASWANI)
     parser.add_argument("--limit-docs", type=int, default=0, help="index only the first N documents (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
+    parser.add_argument("--stemmers", nargs="*", default=["english"], help="BM25-only tokenizer variants")
     args = parser.parse_args()
     corpus = load_vaswani_corpus(args.data)
     if args.limit_docs:
@@ -158,6 +176,9 @@ def main() -> None:
     qrels = load_qrels(args.data / "qrels")
     with running_stack(chunk_size=300) as settings:  # one chunk per abstract: documents are the unit, as in bm25s
         results = asyncio.run(evaluate_all(settings, corpus, topics, qrels))
+    for stemmer in args.stemmers:
+        with running_stack(chunk_size=300, stemmer=stemmer, worker_stages="bm25") as settings:
+            results[f"stemmer={stemmer}"] = asyncio.run(bm25_only(settings, corpus, topics, qrels))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(markdown(results))

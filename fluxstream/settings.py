@@ -66,6 +66,7 @@ class Settings:
     chunk_size: int = _env_field(200, "Chunk size in tokens.")
     chunk_overlap: int = _env_field(40, "Tokens shared by consecutive chunks.")
     stopwords: str = _env_field("english", "'english', 'none', or a comma-separated list.")
+    stemmer: str = _env_field("", "Snowball stemmer language for index terms (e.g. english); empty: none.")
 
     # --- BM25 ---
     bm25_k1: float = _env_field(1.2, "BM25 k1.")

@@ -18,7 +18,7 @@ from indexer.vector_store import VectorStore
 
 
 def build_tokenizer(settings: Settings) -> Tokenizer:
-    return Tokenizer(parse_stopwords(settings.stopwords))
+    return Tokenizer(parse_stopwords(settings.stopwords), settings.stemmer.strip().lower())
 
 
 async def open_embedder(settings: Settings) -> Embedder:

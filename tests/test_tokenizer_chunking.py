@@ -46,3 +46,11 @@ def test_title_goes_into_first_chunk_and_hash_tracks_text() -> None:
 def test_invalid_chunk_settings(size: int, overlap: int) -> None:
     with pytest.raises(ValueError):
         Chunker(size=size, overlap=overlap)
+
+
+def test_optional_snowball_stemming() -> None:
+    plain, stemmed = Tokenizer(), Tokenizer(stemmer="english")
+    assert plain.tokenize("Measurements of liquids") == ["measurements", "liquids"]
+    assert stemmed.tokenize("Measurements of liquids") == stemmed.tokenize("measurement liquid") == ["measur", "liquid"]
+    with pytest.raises(ValueError, match="unknown stemmer"):
+        Tokenizer(stemmer="klingon")
