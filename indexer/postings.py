@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
@@ -213,7 +214,7 @@ class PostingsStore:
                 "HSET", self.chunk_key(coll, chunk_id),
                 "doc_id", after.doc_id, "chunk_no", chunk.chunk_no, "title", after.title,
                 "text", chunk.text, "hash", chunk.content_hash,
-                "metadata", json.dumps(after.metadata), "version", after.version,
+                "metadata", _json(after.metadata), "version", after.version,
             )
         meta_key = self.meta_key(coll)
         delta_chunks = len(new) - len(old)
@@ -225,10 +226,10 @@ class PostingsStore:
         plan.op(
             "HSET", doc_key,
             "version", after.version, "deleted", int(after.deleted), "title", after.title,
-            "metadata", json.dumps(after.metadata),
-            "chunks", json.dumps([c.to_json() for c in after.chunks]),
-            "source", json.dumps(after.source), "updated_at", updated_at,
-            "row", json.dumps(after.row, default=str),
+            "metadata", _json(after.metadata),
+            "chunks", _json([c.to_json() for c in after.chunks]),
+            "source", _json(after.source), "updated_at", updated_at,
+            "row", _json(after.row),
         )
 
     # ---- reader side ----
@@ -355,6 +356,11 @@ class PostingsStore:
 
     async def get_document(self, collection: str, doc_id: str) -> DocumentState:
         return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
+
+
+def _json(value: Any) -> str:
+    """Compact JSON text for hash fields (orjson; values that are not JSON types become strings)."""
+    return orjson.dumps(value, default=str).decode()
 
 
 def key_pattern(prefix: str) -> str:

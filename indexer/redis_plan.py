@@ -56,7 +56,7 @@ class Plan:
         self.checks.append([self.key(key), field, "" if expected is None else str(expected)])
 
     def op(self, cmd: str, key: str, *args: Any) -> None:
-        self.ops.append([cmd, self.key(key), *(str(a) for a in args)])
+        self.ops.append([cmd, self.key(key), *map(str, args)])
 
     def encoded(self) -> bytes:
         return orjson.dumps({"checks": self.checks, "ops": self.ops})

@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 SCHEMA_VERSION = 1
@@ -30,8 +29,8 @@ class _Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def to_json(self) -> bytes:
-        """orjson bytes of the event, the wire format on every topic."""
-        return orjson.dumps(self.model_dump(mode="json"))
+        """JSON bytes of the event, the wire format on every topic (pydantic-core's serializer, in Rust)."""
+        return self.__pydantic_serializer__.to_json(self)
 
 
 class DocumentChange(_Event):
