@@ -196,20 +196,21 @@ class PostingsStore:
         plan.check(doc_key, "version", before.version)
         old = {c.chunk_id: c for c in before.chunks}
         new = {c.chunk_id: c for c in after.chunks}
+        postings = self.posting_key(coll, "")
         for chunk_id, chunk in old.items():
             replacement = new.get(chunk_id)
             if replacement is None or replacement.content_hash != chunk.content_hash:
-                for term in chunk.tf:
-                    plan.op("HDEL", self.posting_key(coll, term), chunk_id)
-                    changed_terms.add(term)
+                plan.hash_field_ops("HDEL", chunk_id, [postings + term for term in chunk.tf])
+                changed_terms.update(chunk.tf)
             if replacement is None:
                 plan.op("DEL", self.chunk_key(coll, chunk_id))
         for chunk_id, chunk in new.items():
             previous = old.get(chunk_id)
             if previous is None or previous.content_hash != chunk.content_hash:
-                for term, tf in chunk.tf.items():
-                    plan.op("HSET", self.posting_key(coll, term), chunk_id, pack_posting(tf, chunk.dl))
-                    changed_terms.add(term)
+                high = chunk.dl << TF_BITS
+                plan.hash_field_ops("HSET", chunk_id, [postings + term for term in chunk.tf],
+                                    [str(high | min(tf, TF_MASK)) for tf in chunk.tf.values()])
+                changed_terms.update(chunk.tf)
             plan.op(
                 "HSET", self.chunk_key(coll, chunk_id),
                 "doc_id", after.doc_id, "chunk_no", chunk.chunk_no, "title", after.title,
