@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from fluxstream.client import new_producer
+from fluxstream.kafka import new_producer
 from fluxstream.settings import Settings
 from fluxstream.stack import Stack, free_port
 
@@ -50,7 +50,7 @@ async def measure(
                                 auto_offset_reset="latest", fetch_max_wait_ms=100)
     await consumer.start()
     await asyncio.sleep(1.0)
-    producer = new_producer(settings.kafka_url)
+    producer = new_producer(settings)
     await producer.start()
     sent: dict[str, float] = {}
     latencies: dict[str, list[float]] = {name: [] for name in series}

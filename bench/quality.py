@@ -168,20 +168,23 @@ def main() -> None:
     parser.add_argument("--limit-docs", type=int, default=0, help="index only the first N documents (smoke run)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/quality.json"))
     parser.add_argument("--stemmers", nargs="*", default=["english"], help="BM25-only tokenizer variants")
+    parser.add_argument("--variants-only", action="store_true", help="only the tokenizer variants")
     args = parser.parse_args()
     corpus = load_vaswani_corpus(args.data)
     if args.limit_docs:
         corpus = dict(list(corpus.items())[: args.limit_docs])
     topics = load_trec_topics(args.data / "query-text.trec")
     qrels = load_qrels(args.data / "qrels")
-    with running_stack(chunk_size=300) as settings:  # one chunk per abstract: documents are the unit, as in bm25s
-        results = asyncio.run(evaluate_all(settings, corpus, topics, qrels))
+    results: dict[str, Any] = {}
+    if not args.variants_only:
+        with running_stack(chunk_size=300) as settings:  # one chunk per abstract: documents are the unit, as in bm25s
+            results = asyncio.run(evaluate_all(settings, corpus, topics, qrels))
     for stemmer in args.stemmers:
         with running_stack(chunk_size=300, stemmer=stemmer, worker_stages="bm25") as settings:
             results[f"stemmer={stemmer}"] = asyncio.run(bm25_only(settings, corpus, topics, qrels))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print(markdown(results))
+    print(markdown(results) if not args.variants_only else json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

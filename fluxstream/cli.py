@@ -151,7 +151,7 @@ def cmd_create_topics(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _require(settings, "kafka_url")
-    created = asyncio.run(create_topics(settings, settings.kafka_url))
+    created = asyncio.run(create_topics(settings))
     print(f"created: {', '.join(created) or 'nothing (all exist)'}")
     return 0
 
@@ -373,6 +373,15 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 1 if stale else 0
 
 
+def cmd_api_key(args: argparse.Namespace) -> int:
+    """Print a new key (give it to the client) and its entry (append it to FLUXSTREAM_API_KEYS)."""
+    from query.auth import new_key
+
+    key, entry = new_key([s.strip() for s in args.scopes.split(",") if s.strip()])
+    print(f"key:   {key}\nentry: {entry}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.markdown:
         sys.stdout.write(markdown_reference())
@@ -436,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="check (default) or --write the JSON Schemas")
     schemas.add_argument("--write", action="store_true")
     schemas.set_defaults(func=cmd_schemas)
+    keys = sub.add_parser("api-key", help="make an API key and its FLUXSTREAM_API_KEYS entry (only the hash is kept)")
+    keys.add_argument("--scopes", default="search", help="comma-separated: search, admin")
+    keys.set_defaults(func=cmd_api_key)
     config = sub.add_parser("config", help="list environment variables and defaults")
     config.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
     config.set_defaults(func=cmd_config)

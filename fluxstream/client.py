@@ -9,8 +9,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
+from fluxstream.kafka import new_producer
 from fluxstream.settings import Settings
 from schemas.events import DocumentChange, SourcePosition
 
@@ -21,15 +20,9 @@ def to_change(doc: Mapping[str, Any]) -> DocumentChange:
     return DocumentChange.model_validate(payload)
 
 
-def new_producer(bootstrap: str) -> AIOKafkaProducer:
-    # acks=all for durability; no idempotence (Tansu rejects it, and versions make duplicates harmless).
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
-                            linger_ms=5, max_batch_size=1 << 20)
-
-
 async def publish_documents(settings: Settings, docs: Iterable[Mapping[str, Any]]) -> list[SourcePosition]:
     changes = [to_change(doc) for doc in docs]  # validate everything before sending anything
-    producer = new_producer(settings.kafka_url)
+    producer = new_producer(settings)
     await producer.start()
     try:
         futures = [

@@ -16,3 +16,5 @@ SEARCHES = Counter("fluxstream_searches_total", "Search requests", ["mode", "sta
 SEARCH_SECONDS = Histogram("fluxstream_search_seconds", "Search latency", ["mode"],
                            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
 CACHE_INVALIDATIONS = Counter("fluxstream_cache_invalidations_total", "Cache entries deleted by index updates")
+IN_FLIGHT = Gauge("fluxstream_http_requests_in_flight", "HTTP requests being served")
+RATE_LIMITED = Counter("fluxstream_rate_limited_total", "Requests refused by the rate limit")

@@ -10,8 +10,9 @@ import asyncio
 import uuid
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
+from fluxstream.kafka import new_consumer, new_producer
 from fluxstream.settings import Settings
 from schemas.api import TopicSearchReply, TopicSearchRequest
 
@@ -21,12 +22,12 @@ class SearchTimeout(TimeoutError):
 
 
 class KafkaSearchClient:
-    def __init__(self, settings: Settings, reply_to: str | None = None) -> None:
+    def __init__(self, settings: Settings, reply_to: str | None = None, api_key: str | None = None) -> None:
         self.settings = settings
         self.reply_to = reply_to or settings.search_replies_topic
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_url, acks="all", enable_idempotence=False)
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_url, group_id=None,
-                                         enable_auto_commit=False, fetch_max_wait_ms=100)
+        self.headers = [("fluxstream-api-key", api_key.encode())] if api_key else None
+        self.producer = new_producer(settings, linger_ms=0)
+        self.consumer = new_consumer(settings, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100)
         self._waiting: dict[str, asyncio.Future[TopicSearchReply]] = {}
         self._reader: asyncio.Task[None] | None = None
 
@@ -67,7 +68,8 @@ class KafkaSearchClient:
         """Send an already-encoded request (also used to test how bad requests are answered)."""
         future: asyncio.Future[TopicSearchReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
-        await self.producer.send_and_wait(self.settings.search_requests_topic, key=request_id.encode(), value=value)
+        await self.producer.send_and_wait(self.settings.search_requests_topic, key=request_id.encode(), value=value,
+                                          headers=self.headers)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:

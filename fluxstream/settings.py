@@ -27,6 +27,20 @@ class Settings:
     kafka_url: str = _env_field("", "Kafka bootstrap servers, host:port[,host:port].")
     redis_url: str = _env_field("", "Redis/Valkey URL, e.g. redis://localhost:6379/0.")
     database_url: str = _env_field("", "PostgreSQL URL with pgvector available.")
+    kafka_security_protocol: str = _env_field(
+        "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (every Kafka client, worker included).")
+    kafka_sasl_mechanism: str = _env_field("PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str = _env_field("", "SASL user name.")
+    kafka_sasl_password: str = _env_field("", "SASL password (from a secret).")
+    kafka_ssl_cafile: str = _env_field("", "CA bundle to verify the brokers (default: system CAs).")
+    kafka_ssl_certfile: str = _env_field("", "Client certificate for mutual TLS.")
+    kafka_ssl_keyfile: str = _env_field("", "Client key for mutual TLS.")
+    api_keys: str = _env_field(
+        "", "API keys as <sha256 hex>:<scope>[+<scope>], comma-separated (scopes: search, admin); empty: open. "
+        "`fluxstream api-key` makes one.")
+    rate_limit_per_second: float = _env_field(0.0, "Requests per second per API key (or client address); 0: off.")
+    rate_limit_burst: int = _env_field(20, "Requests a client may make at once before the rate applies.")
+    max_request_bytes: int = _env_field(1_048_576, "Largest HTTP request body; larger ones get 413.")
     http_host: str = _env_field("127.0.0.1", "Query service bind address.")
     http_port: int = _env_field(8000, "Query service port.")
     state_dir: str = _env_field(".fluxstream", "Directory holding the embedded stack's state.")
@@ -88,9 +102,9 @@ class Settings:
     hnsw_ef_search: int = _env_field(0, "Default hnsw.ef_search per query; 0 takes the preset's.")
 
     # --- query ---
-    rrf_k: int = _env_field(60, "Reciprocal-rank-fusion constant.")
-    weight_bm25: float = _env_field(0.5, "Weighted fusion: weight of normalised BM25 score.")
-    weight_vector: float = _env_field(0.5, "Weighted fusion: weight of normalised vector score.")
+    rrf_k: int = _env_field(40, "Reciprocal-rank-fusion constant (tuned on Vaswani, docs/benchmarks.md).")
+    weight_bm25: float = _env_field(0.3, "Score fusions: weight of the normalised BM25 score (tuned on Vaswani).")
+    weight_vector: float = _env_field(0.7, "Score fusions: weight of the normalised vector score (tuned on Vaswani).")
     min_position_timeout_ms: int = _env_field(5000, "Default wait for a search's min_position (read-your-writes).")
     candidate_pool: int = _env_field(100, "Candidates fetched from each retriever before fusion.")
 

@@ -252,7 +252,7 @@ class Stack:
             settings = self.services.settings(replace(self.base, state_dir=str(state_dir)))
             if settings.worker_web_port == 6066 and "FLUXSTREAM_WORKER_WEB_PORT" not in os.environ:
                 settings = replace(settings, worker_web_port=free_port())
-            asyncio.run(create_topics(settings, settings.kafka_url))
+            asyncio.run(create_topics(settings))
             self.settings = settings
             self.apps = AppProcesses(settings, state_dir, self.workers)
             self.apps.start()

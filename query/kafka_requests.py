@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from fluxstream import metrics
+from fluxstream.kafka import new_consumer, new_producer
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from schemas.api import ErrorResponse, SearchRequest, SearchResponse, TopicSearchReply, TopicSearchRequest
@@ -26,7 +27,10 @@ from streams.decoding import Rejected, dead_letter
 
 log = get_logger("fluxstream.search_requests")
 
+API_KEY_HEADER = "fluxstream-api-key"
+
 SearchFn = Callable[[SearchRequest], Awaitable[SearchResponse | ErrorResponse]]
+AuthorizeFn = Callable[[str | None, int], ErrorResponse | None]  # (API key, request count) -> refusal
 
 
 def _error(code: str, message: str, details: list[dict[str, Any]] | None = None) -> ErrorResponse:
@@ -34,16 +38,17 @@ def _error(code: str, message: str, details: list[dict[str, Any]] | None = None)
 
 
 class SearchRequestServer:
-    def __init__(self, settings: Settings, search: SearchFn) -> None:
+    def __init__(self, settings: Settings, search: SearchFn, authorize: AuthorizeFn | None = None) -> None:
         self.settings = settings
         self.search = search
-        self.consumer = AIOKafkaConsumer(
-            settings.search_requests_topic, bootstrap_servers=settings.kafka_url, group_id=f"{settings.app_id}-query",
+        self.authorize = authorize
+        self.consumer = new_consumer(
+            settings, settings.search_requests_topic, group_id=f"{settings.app_id}-query",
             enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=settings.fetch_max_wait_ms,
             session_timeout_ms=int(settings.session_timeout * 1000),
             heartbeat_interval_ms=int(max(settings.session_timeout / 10, 0.5) * 1000),
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_url, acks="all", enable_idempotence=False)
+        self.producer = new_producer(settings, linger_ms=0)
         self.gate = asyncio.Semaphore(settings.search_concurrency)
         self._task: asyncio.Task[None] | None = None
 
@@ -84,7 +89,12 @@ class SearchRequestServer:
         if not isinstance(payload, dict) or not payload.get("request_id") or not payload.get("reply_to"):
             return await self._dead_letter(record, Rejected("invalid_request", "request_id and reply_to are required"))
         request_id, reply_to = str(payload["request_id"]), str(payload["reply_to"])
-        reply = await self._reply_for(payload, record.timestamp)
+        key = next((v.decode(errors="replace") for k, v in record.headers or () if k == API_KEY_HEADER), None)
+        refusal = self.authorize(key, 1) if self.authorize is not None else None
+        if refusal is not None:
+            reply = TopicSearchReply(request_id=request_id, status="error", error=refusal)
+        else:
+            reply = await self._reply_for(payload, record.timestamp)
         metrics.SEARCHES.labels(payload.get("mode", "hybrid"), reply.status if reply.error is None
                                 else reply.error.error).inc()
         return await self.producer.send(reply_to, key=request_id.encode(), value=reply.model_dump_json().encode())

@@ -28,9 +28,9 @@ from schemas.api import RetrieverScore, SearchHit, SearchRequest, SearchResponse
 
 @dataclass(frozen=True)
 class SearchDefaults:
-    rrf_k: int = 60
-    weight_bm25: float = 0.5
-    weight_vector: float = 0.5
+    rrf_k: int = 40
+    weight_bm25: float = 0.3
+    weight_vector: float = 0.7
     candidate_pool: int = 100
     ef_search: int = 100
 

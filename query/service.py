@@ -7,13 +7,16 @@ branch on ``error`` without parsing messages.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI, Query, Request
+import structlog
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,8 +30,9 @@ from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder
 from indexer.bm25 import BM25Params
 from indexer.generations import GenerationRegistry
 from indexer.positions import Positions
-from indexer.postings import PostingsStore
+from indexer.postings import PostingsStore, unlink_prefix
 from indexer.vector_store import VectorStore
+from query.auth import ApiKeys, AuthError, Principal, RateLimiter, key_from_headers
 from query.cache import CacheConfig, SemanticCache
 from query.cached_search import CachedSearcher
 from query.kafka_requests import SearchRequestServer
@@ -42,13 +46,65 @@ from schemas.api import (
     SearchRequest,
     SearchResponse,
 )
+from schemas.events import CollectionName
+from streams.status import collection_status
 
 log = get_logger("fluxstream.query")
 
 
-def error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+def error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
     body = ErrorResponse(error=code, message=message, details=details)
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+
+
+class Gatekeeper:
+    """API-key scopes and per-client rate limits, shared by HTTP routes and topic requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.keys = ApiKeys.parse(settings.api_keys)
+        self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+
+    def admit(self, key: str | None, scope: str, client: str, cost: int = 1) -> Principal:
+        principal = self.keys.authenticate(key, scope)
+        wait = self.limiter.check(principal.name if self.keys.enabled else client, cost)
+        if wait > 0:
+            metrics.RATE_LIMITED.inc()
+            raise RateLimited(wait)
+        return principal
+
+    def for_topic(self, key: str | None, cost: int) -> ErrorResponse | None:
+        try:
+            self.admit(key, "search", "topic", cost)
+        except AuthError as exc:
+            return ErrorResponse(error=exc.code, message=exc.message)
+        except RateLimited as exc:
+            return ErrorResponse(error="rate_limited", message=f"too many requests; retry in {exc.wait:.1f} s")
+        return None
+
+
+class RateLimited(Exception):
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"retry in {wait:.2f} s")
+        self.wait = wait
+
+
+def _scoped(scope: str) -> Any:
+    """A dependency admitting requests whose API key has ``scope`` (and is within its rate)."""
+
+    async def admit(request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+                    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None) -> Principal:
+        gate: Gatekeeper = request.app.state.gate
+        client = request.client.host if request.client else "unknown"
+        principal = gate.admit(key_from_headers(authorization, x_api_key), scope, client)
+        structlog.contextvars.bind_contextvars(principal=principal.name)
+        return principal
+
+    return Depends(admit)
+
+
+SearchKey = Annotated[Principal, _scoped("search")]
+AdminKey = Annotated[Principal, _scoped("admin")]
 
 
 class QueryState:
@@ -111,13 +167,52 @@ async def current_position(positions: Positions, req: SearchRequest) -> dict[str
                                                                             token.partition)}
 
 
+class BodyLimit:
+    """ASGI middleware: bodies above ``limit`` bytes get a 413 JSON error before any parsing."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        response = error(413, "request_too_large", f"the request body exceeds {self.limit} bytes")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def create_app(settings: Settings) -> FastAPI:
     state = QueryState(settings)
+    gate = Gatekeeper(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.open()
-        requests = SearchRequestServer(settings, search_or_error) if settings.kafka_url else None
+        requests = SearchRequestServer(settings, search_or_error, gate.for_topic) if settings.kafka_url else None
         if requests is not None:
             await requests.start()
         log.info("query_service_ready", port=settings.http_port, topic_requests=requests is not None)
@@ -127,7 +222,35 @@ def create_app(settings: Settings) -> FastAPI:
         await state.close()
 
     app = FastAPI(title="fluxstream query service", version="1", lifespan=lifespan,
-                  responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+                  responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
+                             403: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                             422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.state.gate = gate
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        """A request id on every log line and response; in-flight requests as a gauge."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id[:64])
+        metrics.IN_FLIGHT.inc()
+        try:
+            response = await call_next(request)
+        finally:
+            metrics.IN_FLIGHT.dec()
+        response.headers["x-request-id"] = request_id[:64]
+        return response
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error(exc.status, exc.code, exc.message, headers=headers)
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
+        return error(429, "rate_limited", f"too many requests; retry in {exc.wait:.1f} s",
+                     headers={"Retry-After": str(max(1, math.ceil(exc.wait)))})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -177,7 +300,7 @@ def create_app(settings: Settings) -> FastAPI:
         return as_asked(req, await state.cached.search(routed), generation)
 
     @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
-    async def search(req: SearchRequest) -> Any:
+    async def search(req: SearchRequest, principal: SearchKey) -> Any:
         started = time.perf_counter()
         result = await search_or_error(req)
         if isinstance(result, ErrorResponse):
@@ -187,9 +310,11 @@ def create_app(settings: Settings) -> FastAPI:
         return result
 
     @app.post("/v1/search/batch", response_model=BatchSearchResponse)
-    async def search_batch(batch: BatchSearchRequest) -> Any:
+    async def search_batch(batch: BatchSearchRequest, principal: SearchKey) -> Any:
         """Read-your-writes tokens are waited for first; then one embedding call serves every query."""
         assert state.searcher is not None
+        if len(batch.requests) > 1 and (wait := gate.limiter.check(principal.name, len(batch.requests) - 1)):
+            raise RateLimited(wait)  # a batch costs one token per search
         started = time.perf_counter()
         routed = [await on_serving_generation(req) for req in batch.requests]
         for req, _ in routed:
@@ -205,7 +330,8 @@ def create_app(settings: Settings) -> FastAPI:
                                    timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)})
 
     @app.get("/v1/documents/{doc_id:path}", response_model=DocumentResponse)
-    async def get_document(doc_id: str, collection: str = Query("default", max_length=64)) -> Any:
+    async def get_document(doc_id: str, principal: SearchKey,
+                           collection: Annotated[CollectionName, Query()] = "default") -> Any:
         assert state.searcher is not None and state.vectors is not None and state.generations is not None
         postings = state.searcher.postings
         asked = collection
@@ -224,10 +350,25 @@ def create_app(settings: Settings) -> FastAPI:
                                 title=doc.title, metadata=doc.metadata, chunks=chunks)
 
     @app.get("/v1/cache/stats")
-    async def cache_stats() -> dict[str, Any]:
+    async def cache_stats(principal: AdminKey) -> dict[str, Any]:
         if state.cache is None:
             return {"enabled": False}
         return {"enabled": True, **await state.cache.stats()}
+
+    @app.get("/v1/admin/collections")
+    async def admin_collections(principal: AdminKey) -> dict[str, Any]:
+        """Per collection: serving generation, counts, a rebuild in progress (as `fluxstream status`)."""
+        assert state.redis is not None
+        return await collection_status(state.redis)
+
+    @app.delete("/v1/admin/cache/{collection}")
+    async def admin_clear_cache(collection: CollectionName, principal: AdminKey) -> dict[str, Any]:
+        """Drop every cached answer of a collection's serving generation."""
+        assert state.redis is not None and state.generations is not None
+        index, _ = await state.generations.serving_index(collection)
+        removed = await unlink_prefix(state.redis, SemanticCache.base(index) + ":")
+        log.info("cache_cleared", collection=collection, keys=removed)
+        return {"collection": collection, "removed_keys": removed}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -27,9 +27,10 @@ class SearchRequest(BaseModel):
     collection: CollectionName = "default"
     k: Annotated[int, Field(ge=1, le=100)] = 10
     mode: Literal["bm25", "vector", "hybrid"] = "hybrid"
-    fusion: Literal["rrf", "weighted", "product", "max", "harmonic", "auto"] = "rrf"
-    """How hybrid mode fuses: reciprocal ranks, or normalised scores (weighted sum, weighted product,
-    maximum, harmonic mean), or ``auto`` (weighted, weights chosen from the query's shape)."""
+    fusion: Literal["rrf", "weighted", "product", "max", "harmonic", "auto"] = "weighted"
+    """How hybrid mode fuses: normalised scores (weighted sum, the measured best on Vaswani; weighted
+    product, maximum, harmonic mean), reciprocal ranks (rrf), or ``auto`` (weighted, weights chosen from
+    the query's shape)."""
     rrf_k: Annotated[int, Field(ge=1, le=10_000)] | None = None
     weights: FusionWeights | None = None
     ef_search: Annotated[int, Field(ge=1, le=1000)] | None = None

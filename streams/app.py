@@ -18,6 +18,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fluxstream import metrics
+from fluxstream.kafka import faust_credentials
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from indexer.retirement import Retirement
@@ -140,6 +141,7 @@ def build_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=kafka_broker_url(settings.kafka_url),
+        broker_credentials=faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",

@@ -24,7 +24,7 @@ from typing import Any
 
 from aiokafka import ConsumerRecord
 
-from fluxstream.client import new_producer
+from fluxstream.kafka import new_producer
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from indexer.generations import GenerationRegistry, index_name
@@ -136,7 +136,7 @@ async def rebuild(settings: Settings, plan: RebuildPlan, cdc: CdcMapping | None 
     cdc = cdc or CdcMapping()
     resources = await Resources.open(settings, settings.redis_url, settings.database_url)
     registry = GenerationRegistry(resources.redis)
-    producer = new_producer(settings.kafka_url)
+    producer = new_producer(settings)
     await producer.start()
     generation = await registry.begin(plan.collection, {"phase": "starting", "started_at": time.time()})
     report = RebuildReport(plan.collection, generation, index_name(plan.collection, generation))
@@ -156,7 +156,7 @@ async def rebuild(settings: Settings, plan: RebuildPlan, cdc: CdcMapping | None 
         if plan.replay_topics:
             for topic in plan.topics or source_topics(settings, cdc, plan.collection):
                 window = TopicRange(topic, plan.partitions, start=plan.start, start_ms=plan.start_ms)
-                async for records in read_range(settings.kafka_url, window):
+                async for records in read_range(settings, window):
                     for i in range(0, len(records), BATCH):
                         await _apply(handlers, [ReplayedRecord.from_kafka(r) for r in records[i:i + BATCH]], meter)
         await producer.flush()

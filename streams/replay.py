@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from fluxstream.client import new_producer
+from fluxstream.kafka import new_producer
 from fluxstream.settings import Settings
 from streams.decoding import Rejected, decode_change
 from streams.eventlog import BadLine, LogRecord, encode, open_log, read_log
@@ -90,7 +90,7 @@ async def replay(settings: Settings, paths: Iterable[str], *, topic: str | None 
     if dry_run or report.bad:
         return report
     meter = Progress("replay", len(records)) if progress else None
-    producer = new_producer(settings.kafka_url)
+    producer = new_producer(settings)
     await producer.start()
     try:
         started = time.monotonic()
@@ -116,7 +116,7 @@ async def export(settings: Settings, window: TopicRange, out: str, *, progress: 
     written = 0
     meter = Progress("export") if progress else None
     with open_log(out, "wb") as sink:
-        async for batch in read_range(settings.kafka_url, window):
+        async for batch in read_range(settings, window):
             for rec in batch:
                 sink.write(encode(LogRecord(0, rec.key, rec.value, rec.topic, rec.partition, rec.offset,
                                             rec.timestamp)))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
+from fluxstream.kafka import new_admin, new_consumer
 from fluxstream.settings import Settings
 from indexer.generations import GenerationRegistry, index_name, parse_index_name
 from indexer.positions import APPLIED_KEY
@@ -16,8 +16,8 @@ from indexer.postings import PostingsStore
 
 async def group_offsets(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:
     """(committed offset of the worker group, end offset) per partition of ``topic``."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_url)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_url)
+    admin = new_admin(settings)
+    consumer = new_consumer(settings)
     await admin.start()
     await consumer.start()
     try:

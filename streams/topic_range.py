@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from fluxstream.kafka import new_consumer
+from fluxstream.settings import Settings
+
 
 @dataclass(frozen=True)
 class TopicRange:
@@ -29,9 +32,9 @@ class TopicRange:
                 and (self.end_ms is None or record.timestamp < self.end_ms))
 
 
-async def read_range(kafka_url: str, window: TopicRange) -> AsyncIterator[list[ConsumerRecord]]:
+async def read_range(settings: Settings, window: TopicRange) -> AsyncIterator[list[ConsumerRecord]]:
     """Batches of records in ``window``, each from one partition and in offset order."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka_url, group_id=None, enable_auto_commit=False)
+    consumer = new_consumer(settings, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         await consumer.topics()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from fluxstream.kafka import new_admin
 from fluxstream.settings import Settings
 
 
@@ -26,9 +27,9 @@ def topic_names(settings: Settings) -> list[str]:
     ]
 
 
-async def create_topics(settings: Settings, bootstrap: str) -> list[str]:
+async def create_topics(settings: Settings) -> list[str]:
     """Create missing topics; returns the names that were created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = new_admin(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

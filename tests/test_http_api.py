@@ -74,7 +74,7 @@ async def test_batch_search_matches_single_searches(http: httpx.AsyncClient, sta
     resp = await http.post("/v1/search/batch", json={"requests": requests})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert len(body["responses"]) == len(requests) and body["strategies"][2] == "hybrid/rrf"
+    assert len(body["responses"]) == len(requests) and body["strategies"][2] == "hybrid/weighted"
     for req, batched in zip(requests, body["responses"], strict=True):
         single = (await http.post("/v1/search", json=req)).json()
         assert [(h["chunk_id"], round(h["score"], 5)) for h in batched["hits"]] == [

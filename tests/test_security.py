@@ -1,0 +1,101 @@
+"""API keys with scopes, rate limits and request size limits, on a query service started with them
+(HTTP and topic requests), against the session's real Redis, PostgreSQL and Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import httpx
+import pytest
+import uvicorn
+
+from fluxstream.search_client import KafkaSearchClient
+from fluxstream.settings import Settings
+from fluxstream.stack import free_port
+from query.auth import ApiKeys, new_key
+from query.service import create_app
+from streams.topics import create_topics
+
+SEARCH_KEY, SEARCH_ENTRY = new_key(["search"])
+ADMIN_KEY, ADMIN_ENTRY = new_key(["search", "admin"])
+
+
+@pytest.fixture
+async def guarded(stack: Settings) -> AsyncIterator[tuple[Settings, httpx.AsyncClient]]:
+    run = uuid.uuid4().hex[:8]
+    settings = replace(stack, api_keys=f"{SEARCH_ENTRY},{ADMIN_ENTRY}", rate_limit_per_second=2.0,
+                       rate_limit_burst=5, max_request_bytes=2048, http_port=free_port(),
+                       search_requests_topic=f"sec-req-{run}", search_replies_topic=f"sec-rep-{run}")
+    await create_topics(settings)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=30) as client:
+        yield settings, client
+    server.should_exit = True
+    await task
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_keys_and_scopes(guarded: tuple[Settings, httpx.AsyncClient]) -> None:
+    _, http = guarded
+    body = {"query": "anything", "collection": "nothing-here", "mode": "bm25"}
+    missing = await http.post("/v1/search", json=body)
+    assert missing.status_code == 401 and missing.json()["error"] == "unauthorized"
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = await http.post("/v1/search", json=body, headers=auth("fx_not-a-key"))
+    assert wrong.status_code == 401
+    ok = await http.post("/v1/search", json=body, headers={"X-API-Key": SEARCH_KEY, "X-Request-ID": "req-42"})
+    assert ok.status_code == 200 and ok.headers["x-request-id"] == "req-42"
+    forbidden = await http.get("/v1/admin/collections", headers=auth(SEARCH_KEY))
+    assert forbidden.status_code == 403 and forbidden.json()["error"] == "forbidden"
+    admin = await http.get("/v1/admin/collections", headers=auth(ADMIN_KEY))
+    assert admin.status_code == 200 and "collections" in admin.json()
+    cleared = await http.delete("/v1/admin/cache/nothing-here", headers=auth(ADMIN_KEY))
+    assert cleared.status_code == 200 and cleared.json()["removed_keys"] == 0
+    for public in ("/healthz", "/metrics", "/openapi.json"):
+        assert (await http.get(public)).status_code == 200
+
+
+async def test_rate_limit_and_body_size(guarded: tuple[Settings, httpx.AsyncClient]) -> None:
+    _, http = guarded
+    body = {"query": "q", "collection": "nothing-here", "mode": "bm25"}
+    statuses = [(await http.post("/v1/search", json=body, headers=auth(SEARCH_KEY))).status_code for _ in range(8)]
+    assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+    limited = await http.post("/v1/search", json=body, headers=auth(SEARCH_KEY))
+    assert limited.status_code == 429 and limited.json()["error"] == "rate_limited"
+    assert int(limited.headers["retry-after"]) >= 1
+    # Another key has its own bucket.
+    assert (await http.post("/v1/search", json=body, headers=auth(ADMIN_KEY))).status_code == 200
+    huge = await http.post("/v1/search", content=b'{"query": "' + b"x" * 5000 + b'"}',
+                           headers={**auth(ADMIN_KEY), "content-type": "application/json"})
+    assert huge.status_code == 413 and huge.json()["error"] == "request_too_large"
+    await asyncio.sleep(1.0)  # tokens refill at 2/s
+    assert (await http.post("/v1/search", json=body, headers=auth(SEARCH_KEY))).status_code == 200
+
+
+async def test_topic_requests_need_a_key(guarded: tuple[Settings, httpx.AsyncClient]) -> None:
+    settings, _ = guarded
+    async with KafkaSearchClient(settings) as anonymous:
+        refused = await anonymous.search("anything", collection="nothing-here", mode="bm25", timeout=30)
+    assert refused.status == "error" and refused.error is not None and refused.error.error == "unauthorized"
+    async with KafkaSearchClient(settings, api_key=SEARCH_KEY) as client:
+        answered = await client.search("anything", collection="nothing-here", mode="bm25", timeout=30)
+    assert answered.status == "ok", answered
+
+
+def test_key_entries_are_validated() -> None:
+    assert ApiKeys.parse(f"{SEARCH_ENTRY}, {ADMIN_ENTRY}").authenticate(ADMIN_KEY, "admin").scopes == {
+        "search", "admin"}
+    with pytest.raises(ValueError, match="sha256"):
+        ApiKeys.parse("plain-text-key:search")
+    with pytest.raises(ValueError, match="scopes"):
+        ApiKeys.parse(SEARCH_ENTRY.replace("search", "root"))
