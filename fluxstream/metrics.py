@@ -1,20 +1,85 @@
-"""Prometheus metrics shared by the worker and the query service (one registry per process)."""
+"""Prometheus metrics of the worker and the query service (one registry per process).
+
+Conventions: counters end in ``_total``, durations are ``_seconds`` histograms, and every label
+has a bounded set of values (topics and stages come from configuration, never from data).
+Worker metrics are served on the Faust web port (``/metrics``), query-service metrics on the
+HTTP port. docs/operations.md lists the alerts built on them.
+"""
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
 
-EVENTS = Counter("fluxstream_change_events_total", "Change events by result", ["result"])
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+FRESHNESS_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+# --- worker ---
+EVENTS = Counter("fluxstream_events_total", "Change events by topic and result "
+                 "(consumed, applied, skipped = stale or duplicate, dead_lettered, tombstone)", ["topic", "result"])
 EMBED_JOBS = Counter("fluxstream_embed_jobs_total", "Embed jobs by result", ["result"])
 CHUNKS_EMBEDDED = Counter("fluxstream_chunks_embedded_total", "Chunks sent to the embedder")
 CHUNKS_REUSED = Counter("fluxstream_chunks_reused_total", "Chunks whose stored embedding was reused")
 DEAD_LETTERS = Counter("fluxstream_dead_letters_total", "Records sent to the dead-letter topic", ["reason"])
-STAGE_SECONDS = Histogram("fluxstream_stage_seconds", "Batch apply time per stage", ["stage"])
+STAGE_SECONDS = Histogram("fluxstream_stage_batch_seconds", "Batch apply time per stage", ["stage"],
+                          buckets=LATENCY_BUCKETS)
 STAGE_RETRIES = Counter("fluxstream_stage_retries_total", "Batch retries after a dependency failure", ["stage"])
-READY = Gauge("fluxstream_ready", "1 when the process can reach all its dependencies")
-SEARCHES = Counter("fluxstream_searches_total", "Search requests", ["mode", "status"])
-SEARCH_SECONDS = Histogram("fluxstream_search_seconds", "Search latency", ["mode"],
-                           buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+SEARCHABLE_SECONDS = Histogram("fluxstream_event_to_searchable_seconds",
+                               "From the change event's Kafka timestamp to its stage being applied", ["stage"],
+                               buckets=FRESHNESS_BUCKETS)
+EMBED_BATCH_SIZE = Histogram("fluxstream_embedding_batch_size", "Texts per embedding call",
+                             buckets=(1, 4, 16, 32, 64, 128, 256, 512, 1024))
+EMBED_SECONDS = Histogram("fluxstream_embedding_seconds", "Embedding call latency", buckets=LATENCY_BUCKETS)
+CONSUMER_LAG = Gauge("fluxstream_consumer_lag", "End offset minus the worker group's committed offset",
+                     ["topic", "partition"])
 CACHE_INVALIDATIONS = Counter("fluxstream_cache_invalidations_total", "Cache entries deleted by index updates")
+GENERATIONS_DROPPED = Counter("fluxstream_generations_dropped_total", "Index generations garbage-collected")
+
+# --- both ---
+READY = Gauge("fluxstream_ready", "1 when the process can reach all its dependencies and is not rebalancing")
+STORE_SECONDS = Histogram("fluxstream_store_call_seconds", "Redis and PostgreSQL call latency",
+                          ["store", "operation"], buckets=LATENCY_BUCKETS)
+
+# --- query service ---
+SEARCHES = Counter("fluxstream_searches_total", "Search requests", ["mode", "status"])
+SEARCH_SECONDS = Histogram("fluxstream_search_seconds", "Search latency", ["mode"], buckets=LATENCY_BUCKETS)
+CACHE_LOOKUPS = Counter("fluxstream_cache_lookups_total", "Semantic-cache lookups by result "
+                        "(exact, semantic, miss, bypass)", ["result"])
 IN_FLIGHT = Gauge("fluxstream_http_requests_in_flight", "HTTP requests being served")
 RATE_LIMITED = Counter("fluxstream_rate_limited_total", "Requests refused by the rate limit")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def timed(store: str, operation: str) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Decorate an async store call to observe its latency in ``fluxstream_store_call_seconds``."""
+    histogram = STORE_SECONDS.labels(store, operation)
+
+    def wrap(call: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(call)
+        async def observed(*args: P.args, **kwargs: P.kwargs) -> R:
+            started = time.perf_counter()
+            try:
+                return await call(*args, **kwargs)
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        return observed
+
+    return wrap
+
+
+def observe_freshness(stage: str, event_times: list[float | None], now: float | None = None) -> None:
+    """Event timestamps (epoch seconds) -> the event-to-searchable histogram of ``stage``."""
+    now = time.time() if now is None else now
+    histogram = SEARCHABLE_SECONDS.labels(stage)
+    for event_time in event_times:
+        if event_time:
+            histogram.observe(max(0.0, now - event_time))
+
+

@@ -50,6 +50,7 @@ class BatchOutcome:
     applied: int = 0
     skipped: int = 0
     conflicts: int = 0
+    results: list[tuple[SourcedChange, bool]] = field(default_factory=list)  # (change, applied?) in batch order
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,11 @@ class BM25Stage:
             state = current[ref]
             if change.op == "upsert" and change.version <= truncated[change.collection]:
                 outcome.skipped += 1  # older than a truncate of its collection: must not come back
+                outcome.results.append((item, False))
                 continue
             if state.version is not None and change.version <= state.version:
                 outcome.skipped += 1
+                outcome.results.append((item, False))
                 if change.version == state.version and ref not in touched:
                     # A redelivery of the applied version: re-emit its embed job and index update,
                     # because a crash may have hit between the Redis write and their delivery.
@@ -125,6 +128,7 @@ class BM25Stage:
             touched.add(ref)
             latest_source[ref] = item.source
             outcome.applied += 1
+            outcome.results.append((item, True))
             outcome.index_updates.append(_index_update(current[ref], item.source, vectors=False, previous=state))
         writes = [(before[ref], current[ref]) for ref in refs if ref in touched]
         try:

@@ -28,6 +28,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from fluxstream import metrics
 from indexer.redis_plan import HashFieldRaiser, Plan, PlanRunner
 
 TF_BITS = 16
@@ -152,6 +153,7 @@ class PostingsStore:
         return f"{self._base(collection)}:pending:{topic}:{partition}"
 
     # ---- writer side ----
+    @metrics.timed("redis", "read_documents")
     async def read_documents(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DocumentState]:
         """Current states of (collection, doc_id) pairs, one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -160,6 +162,7 @@ class PostingsStore:
             rows = await pipe.execute()
         return {ref: _decode_document(ref, row) for ref, row in zip(refs, rows, strict=True)}
 
+    @metrics.timed("redis", "write_documents")
     async def write_documents(
         self, changes: Iterable[tuple[DocumentState, DocumentState]], *, updated_at: str
     ) -> None:
@@ -266,6 +269,7 @@ class PostingsStore:
     async def stats(self, collection: str) -> CollectionStats:
         return _decode_stats(await self.redis.hmget(self.meta_key(collection), "chunks", "total_len", "docs"))
 
+    @metrics.timed("redis", "postings")
     async def postings(
         self, collection: str, terms: Sequence[str]
     ) -> tuple[CollectionStats, dict[str, dict[str, int]], dict[str, int]]:
@@ -323,6 +327,7 @@ class PostingsStore:
             return {}
         return _counters(terms, await self.redis.hmget(self.term_versions_key(collection), *terms))
 
+    @metrics.timed("redis", "fetch_chunks")
     async def fetch_chunks(self, collection: str, chunk_ids: Sequence[str]) -> list[StoredChunk | None]:
         """Chunk records in the order asked; None for chunks that no longer exist."""
         fields = ("doc_id", "chunk_no", "title", "text", "hash", "metadata", "version")

@@ -7,11 +7,13 @@ A job at or below the document's applied vector version is skipped.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fluxstream import metrics
 from indexer.embedders.base import Embedder, EmbeddingError
 from indexer.vector_store import VectorRow, VectorStore
 from schemas.events import EmbedJob, IndexUpdate, Stages
@@ -77,6 +79,14 @@ class VectorStage:
                 outcome.skipped += 1
         return outcome
 
+    async def _embed(self, texts: list[str]) -> np.ndarray:
+        metrics.EMBED_BATCH_SIZE.observe(len(texts))
+        started = time.perf_counter()
+        try:
+            return await self.embedder.embed(texts)
+        finally:
+            metrics.EMBED_SECONDS.observe(time.perf_counter() - started)
+
     async def _embeddings_for(self, jobs: list[EmbedJob], outcome: VectorOutcome) -> dict[str, np.ndarray]:
         """Stored embeddings for known hashes, fresh ones for the rest (one batched call).
 
@@ -90,7 +100,7 @@ class VectorStage:
         if not missing:
             return vectors
         try:
-            fresh = await self.embedder.embed([texts[h] for h in missing])
+            fresh = await self._embed([texts[h] for h in missing])
         except EmbeddingError as exc:
             if not exc.permanent:
                 raise
@@ -108,7 +118,7 @@ class VectorStage:
                 continue
             by_hash = {c.content_hash: c.text for c in job.chunks}
             try:
-                fresh = await self.embedder.embed([by_hash[h] for h in missing])
+                fresh = await self._embed([by_hash[h] for h in missing])
             except EmbeddingError as exc:
                 if not exc.permanent:
                     raise

@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from fluxstream import metrics
 from indexer.hnsw import DEFAULT_HNSW, HNSWParams
 
 CHUNKS_TABLE = "fluxstream_chunks"
@@ -123,6 +124,7 @@ class VectorStore:
                 f"{CHUNKS_TABLE}.embedding has {typmod} dimensions but the embedder gives {self.dimensions}"
             )
 
+    @metrics.timed("postgres", "applied_versions")
     async def applied_versions(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         if not refs:
             return {}
@@ -134,6 +136,7 @@ class VectorStore:
             )
             return {(c, d): v for c, d, v in await cur.fetchall()}
 
+    @metrics.timed("postgres", "known_embeddings")
     async def known_embeddings(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
         """Embeddings already stored for these content hashes with the current model."""
         if not hashes:
@@ -146,6 +149,7 @@ class VectorStore:
             )
             return {h: _as_array(e) for h, e in await cur.fetchall()}
 
+    @metrics.timed("postgres", "replace_documents")
     async def replace_documents(
         self, documents: Sequence[tuple[str, str, int, bool, Sequence[VectorRow]]]
     ) -> list[bool]:
@@ -193,6 +197,7 @@ class VectorStore:
                 applied.append(True)
         return applied
 
+    @metrics.timed("postgres", "search")
     async def search(
         self, collection: str, query: np.ndarray, *, limit: int, filters: dict[str, Any] | None = None,
         ef_search: int = 100,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fluxstream import metrics
 from query.cache import SemanticCache
 from query.search import Searcher
 from schemas.api import CacheInfo, SearchRequest, SearchResponse
@@ -14,6 +15,7 @@ class CachedSearcher:
 
     async def search(self, req: SearchRequest) -> SearchResponse:
         if self.cache is None or not req.cache:
+            metrics.CACHE_LOOKUPS.labels("bypass").inc()
             response = await self.searcher.search(req)
             return response.model_copy(update={"cache": CacheInfo(status="bypass")})
         lookup = await self.cache.lookup(req, self.searcher.embedder.embed)
@@ -22,10 +24,12 @@ class CachedSearcher:
             replayed = req if hit.kind == "exact" else req.model_copy(update={"query": hit.query})
             response, _ = await self.searcher.search_with_retrieval(replayed, replay=hit.retrieval)
             await self.cache.record("hits" if hit.kind == "exact" else "semantic_hits")
+            metrics.CACHE_LOOKUPS.labels(hit.kind).inc()
             info = CacheInfo(status=hit.kind, cached_query=hit.query, similarity=round(hit.similarity, 6))
             return response.model_copy(update={"query": req.query, "cache": info})
         response, retrieval = await self.searcher.search_with_retrieval(req, query_vector=lookup.query_vector)
         await self.cache.record("misses")
+        metrics.CACHE_LOOKUPS.labels("miss").inc()
         if retrieval.collection_found:
             await self.cache.store(req, retrieval, response, self.searcher.pool(req))
         return response.model_copy(update={"cache": CacheInfo(status="miss")})

@@ -51,6 +51,8 @@ from streams.status import collection_status
 
 log = get_logger("fluxstream.query")
 
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes are not logged
+
 
 def error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
           headers: dict[str, str] | None = None) -> JSONResponse:
@@ -235,11 +237,15 @@ def create_app(settings: Settings) -> FastAPI:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id[:64])
         metrics.IN_FLIGHT.inc()
+        started = time.perf_counter()
         try:
             response = await call_next(request)
         finally:
             metrics.IN_FLIGHT.dec()
         response.headers["x-request-id"] = request_id[:64]
+        if request.url.path not in QUIET_PATHS:  # no query text or body: they may be confidential
+            log.info("http_request", method=request.method, path=request.url.path, status=response.status_code,
+                     ms=round((time.perf_counter() - started) * 1000, 2))
         return response
 
     @app.exception_handler(AuthError)

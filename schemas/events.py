@@ -57,6 +57,8 @@ class SourcePosition(_Event):
     topic: str
     partition: int
     offset: int
+    timestamp_ms: int | None = None
+    """The record's Kafka timestamp, when known: event-to-searchable latency is measured from it."""
 
 
 class Stages(_Event):

@@ -24,8 +24,11 @@ from fluxstream.settings import Settings
 from indexer.retirement import Retirement
 from streams.cdc_mapping import CdcMapping
 from streams.pipeline import TRANSIENT_ERRORS, Pipeline, Resources
+from streams.status import group_offsets
 
 log = get_logger("fluxstream.worker")
+
+SHUTDOWN_GRACE_SECONDS = 20.0  # below Kubernetes' default 30 s termination grace period
 
 
 def load_cdc_mapping(settings: Settings) -> CdcMapping:
@@ -67,11 +70,15 @@ class WorkerState:
         return await self.app.producer.send(topic, key, value, None, None, headers)
 
     async def readiness(self) -> dict[str, Any]:
+        """Not ready while starting, while a dependency is down or a batch retries, and while rebalancing."""
         if self._pipeline is None:
-            return {"ready": False, "redis": False, "postgres": False, "stages": "starting"}
+            return {"ready": False, "redis": False, "postgres": False, "stages": "starting", "rebalancing": False}
         checks = await self._pipeline.resources.ping()
-        return {"ready": all(checks.values()) and self._pipeline.ready, **checks,
-                "stages": "ok" if self._pipeline.ready else "retrying"}
+        rebalancing = bool(getattr(self.app, "rebalancing", False))
+        ready = all(checks.values()) and self._pipeline.ready and not rebalancing
+        metrics.READY.set(int(ready))
+        return {"ready": ready, **checks, "stages": "ok" if self._pipeline.ready else "retrying",
+                "rebalancing": rebalancing}
 
     async def close(self) -> None:
         if self._pipeline is not None:
@@ -88,9 +95,19 @@ async def handle_then_ack(stream: faust.StreamT, events: list[Any],
     """
     delay = 0.2
     while True:
+        attempt = asyncio.ensure_future(handler([e.message for e in events]))
         try:
-            await handler([e.message for e in events])
+            await asyncio.shield(attempt)
             break
+        except asyncio.CancelledError:
+            # Shutting down (SIGTERM, rebalance): finish the batch in hand and ack it, so the offsets
+            # Faust commits on stop include it; a batch that cannot finish in time is redelivered.
+            log.info("finishing_batch_before_stop", size=len(events))
+            done, _ = await asyncio.wait([attempt], timeout=SHUTDOWN_GRACE_SECONDS)
+            if attempt in done and attempt.exception() is None:
+                for event in events:
+                    await stream.ack(event)
+            raise
         except Exception as exc:
             metrics.STAGE_RETRIES.labels("publish").inc()
             log.exception("batch_retry", error=repr(exc), size=len(events), retry_in=delay)
@@ -177,12 +194,25 @@ def build_app(settings: Settings) -> faust.App:
         add_batch_agent(app, state, "invalidate-cache", [settings.index_updates_topic], batch,
                         lambda p: p.handle_index_updates)
 
+    @app.timer(interval=15.0)
+    async def report_lag() -> None:
+        """Consumer lag per partition of every topic this worker group reads (take max() across workers)."""
+        topics = [settings.documents_topic, settings.embed_jobs_topic, *cdc.topics]
+        try:
+            for topic in topics:
+                committed, ends = await group_offsets(settings, topic)
+                for partition, end in ends.items():
+                    metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, end - committed[partition]))
+        except Exception as exc:  # Kafka unreachable: the lag is unknown, not zero
+            log.warning("lag_report_failed", error=repr(exc))
+
     @app.timer(interval=settings.gc_interval_seconds)
     async def collect_garbage() -> None:
         """Every worker sweeps (idempotent): retired generations past their grace period, orphans."""
         pipeline = await state.pipeline()
         try:
-            await Retirement(pipeline.resources.postings, pipeline.resources.vectors).collect_garbage()
+            dropped = await Retirement(pipeline.resources.postings, pipeline.resources.vectors).collect_garbage()
+            metrics.GENERATIONS_DROPPED.inc(len(dropped))
         except TRANSIENT_ERRORS as exc:
             log.warning("garbage_collection_deferred", error=repr(exc))
 

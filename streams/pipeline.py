@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
@@ -30,7 +31,7 @@ from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder
 from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
 from indexer.chunking import Chunker
 from indexer.embedders.base import Embedder, EmbeddingError
-from indexer.generations import GenerationRegistry
+from indexer.generations import GenerationRegistry, parse_index_name
 from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_stage import VectorStage
@@ -129,6 +130,7 @@ class Pipeline:
         """Native DocumentChange events."""
         valid: list[SourcedChange] = []
         sends: list[Awaitable[object]] = []
+        _count_consumed(records)
         for record in records:
             source = _position(record)
             result = decode_change(record.value, self.settings.max_text_bytes)
@@ -143,12 +145,13 @@ class Pipeline:
         """Debezium events; a truncate first applies what precedes it, so it sees those documents."""
         pending: list[SourcedChange] = []
         sends: list[Awaitable[object]] = []
+        _count_consumed(records)
         for record in records:
             source = _position(record)
             timestamp_ms = int(record.timestamp * 1000) if record.timestamp else None
             parsed = debezium.parse(record.topic, record.offset, timestamp_ms, record.key, record.value, self.cdc)
             if parsed is None:
-                metrics.EVENTS.labels("tombstone").inc()
+                metrics.EVENTS.labels(record.topic, "tombstone").inc()
             elif isinstance(parsed, Rejected):
                 sends.append(await self._dead_letter(parsed, source, record.key, record.value))
             elif isinstance(parsed, debezium.TruncateEvent):
@@ -218,9 +221,15 @@ class Pipeline:
             original = originals[item.source]
             sends.append(await self._dead_letter(Rejected("apply_failed", error), item.source,
                                                  original.key, original.value))
+        primary = {c: indexes[0] for c, indexes in targets.items() if indexes}
         for outcome in outcomes:
-            metrics.EVENTS.labels("applied").inc(outcome.applied)
-            metrics.EVENTS.labels("skipped").inc(outcome.skipped)
+            applied_times = []
+            for item, applied in outcome.results:
+                if primary.get(parse_index_name(item.change.collection)[0]) == item.change.collection:  # once
+                    metrics.EVENTS.labels(item.source.topic, "applied" if applied else "skipped").inc()
+                    if applied and item.source.timestamp_ms:
+                        applied_times.append(item.source.timestamp_ms / 1000)
+            metrics.observe_freshness("bm25", applied_times)
             await self.positions.mark_pending(outcome.embed_jobs)
             for job in outcome.embed_jobs:
                 sends.append(await self.publish(self.settings.embed_jobs_topic, job.doc_id.encode(), job.to_json()))
@@ -243,6 +252,8 @@ class Pipeline:
         metrics.STAGE_SECONDS.labels("vectors").observe(time.perf_counter() - started)
         failed = [(job, f"apply_failed: {error}") for job, error in failures]
         for outcome in outcomes:
+            metrics.observe_freshness("vectors", [u.source.timestamp_ms / 1000 for u in outcome.index_updates
+                                                  if u.source.timestamp_ms])
             metrics.EMBED_JOBS.labels("applied").inc(outcome.applied)
             metrics.EMBED_JOBS.labels("skipped").inc(outcome.skipped)
             metrics.CHUNKS_EMBEDDED.inc(outcome.embedded)
@@ -300,6 +311,12 @@ class Pipeline:
     async def _dead_letter(
         self, rejected: Rejected, source: SourcePosition, key: bytes | None, value: bytes | None
     ) -> Awaitable[object]:
+        metrics.EVENTS.labels(source.topic, "dead_lettered").inc()
+        return await self._send_dead_letter(rejected, source, key, value)
+
+    async def _send_dead_letter(
+        self, rejected: Rejected, source: SourcePosition, key: bytes | None, value: bytes | None
+    ) -> Awaitable[object]:
         """Original key and bytes as the record, the reason in headers (see schemas.events.DeadLetter).
 
         Outside the live scope (a rebuild replaying history) the worker already dead-lettered the
@@ -338,5 +355,12 @@ class Pipeline:
             return result
 
 
+def _count_consumed(records: Sequence[Record]) -> None:
+    for topic, count in Counter(r.topic for r in records).items():
+        metrics.EVENTS.labels(topic, "consumed").inc(count)
+
+
 def _position(record: Record) -> SourcePosition:
-    return SourcePosition(topic=record.topic, partition=record.partition, offset=record.offset)
+    timestamp_ms = int(record.timestamp * 1000) if record.timestamp else None
+    return SourcePosition(topic=record.topic, partition=record.partition, offset=record.offset,
+                          timestamp_ms=timestamp_ms)

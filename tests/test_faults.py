@@ -53,8 +53,8 @@ async def clients(faulty: Stack) -> AsyncIterator[tuple[AIOKafkaProducer, aiored
 
 async def applied_count(url: str) -> float:
     text = (await httpx.AsyncClient().get(url + "/metrics", timeout=5)).text
-    match = re.search(r'^fluxstream_change_events_total\{result="applied"\} (\S+)$', text, flags=re.M)
-    return float(match.group(1)) if match else 0.0
+    found = re.findall(r'^fluxstream_events_total\{result="applied",topic="[^"]+"\} (\S+)$', text, flags=re.M)
+    return sum(float(v) for v in found)
 
 
 async def trickle(producer: AIOKafkaProducer, topic: str, collection: str, events: list[dict],

@@ -1,0 +1,61 @@
+"""Prometheus metrics of the worker and the query service, and request ids in the query service's logs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from fluxstream.settings import Settings
+from tests.conftest import TopicReader, change, eventually, send
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text format (labels matched as a subset)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split(" ")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_worker_and_query_metrics(stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient,
+                                        collection: str) -> None:
+    async with TopicReader(stack, stack.index_updates_topic) as updates:
+        await send(producer, stack.documents_topic, change("m1", collection, "metrics make operators happy"))
+        await send(producer, stack.documents_topic, b"{broken", key=b"m2")
+        await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"])
+    worker = f"http://127.0.0.1:{stack.worker_web_port}/metrics"
+
+    async def worker_metrics() -> str | None:
+        text = (await http.get(worker)).text
+        return text if sample(text, "fluxstream_consumer_lag", topic=stack.documents_topic) is not None else None
+
+    text = await eventually(worker_metrics, timeout=40, interval=1.0)  # lag is reported every 15 s
+    topic = stack.documents_topic
+    assert sample(text, "fluxstream_events_total", topic=topic, result="consumed") >= 2
+    assert sample(text, "fluxstream_events_total", topic=topic, result="applied") >= 1
+    assert sample(text, "fluxstream_events_total", topic=topic, result="dead_lettered") >= 1
+    assert sample(text, "fluxstream_event_to_searchable_seconds_count", stage="bm25") >= 1
+    assert sample(text, "fluxstream_event_to_searchable_seconds_count", stage="vectors") >= 1
+    assert sample(text, "fluxstream_embedding_batch_size_count") >= 1
+    assert sample(text, "fluxstream_store_call_seconds_count", store="redis", operation="write_documents") >= 1
+    assert sample(text, "fluxstream_store_call_seconds_count", store="postgres", operation="replace_documents") >= 1
+    assert sample(text, "fluxstream_ready") == 1.0
+    ready = await http.get(f"http://127.0.0.1:{stack.worker_web_port}/readyz")
+    assert ready.status_code == 200 and ready.json()["rebalancing"] is False
+
+    resp = await http.post("/v1/search", json={"query": "operators", "collection": collection},
+                           headers={"X-Request-ID": "trace-me-123"})
+    assert resp.status_code == 200 and resp.headers["x-request-id"] == "trace-me-123"
+    text = (await http.get("/metrics")).text
+    assert sample(text, "fluxstream_search_seconds_count", mode="hybrid") >= 1
+    assert sample(text, "fluxstream_cache_lookups_total", result="miss") >= 1
+    assert sample(text, "fluxstream_http_requests_in_flight") is not None
+    log = Path(stack.state_dir) / "query.log"
+    lines = [line for line in log.read_text().splitlines() if "trace-me-123" in line]
+    assert lines and "http_request" in lines[0] and "operators" not in lines[0]  # no query text in logs
