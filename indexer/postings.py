@@ -346,6 +346,15 @@ class PostingsStore:
             )
         return out
 
+    @metrics.timed("redis", "chunk_facts")
+    async def chunk_facts(self, collection: str, chunk_ids: Sequence[str]) -> list[tuple[str, dict[str, Any]] | None]:
+        """(content hash, metadata) per chunk, None where gone: what filters and stale checks need."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chunk_id in chunk_ids:
+                pipe.hmget(self.chunk_key(collection, chunk_id), "hash", "metadata")
+            rows = await pipe.execute()
+        return [(h.decode(), orjson.loads(m)) if h is not None else None for h, m in rows]
+
     async def document_ids(self, collection: str) -> list[str]:
         """Every document id the collection has a record for (tombstones included); for truncation."""
         return await self.scan_suffixes(self.doc_key(collection, ""))

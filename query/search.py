@@ -9,6 +9,7 @@ while the vector stage catches up.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from query.filters import matches
 from query.fusion import rrf, score_fusion
 from query.strategy import AutoStrategy
 from schemas.api import RetrieverScore, SearchHit, SearchRequest, SearchResponse
+
+SPARE_HITS = 5  # extra fused candidates fetched in case a chunk was deleted meanwhile
 
 
 @dataclass(frozen=True)
@@ -97,19 +100,24 @@ class Searcher:
             retrieval.collection_found = False
             return self._response(req, [], timer), retrieval
         rankings: dict[str, list[tuple[str, float]]] = {}
-        records: dict[str, StoredChunk] = {}
         if req.mode in ("bm25", "hybrid"):
-            rankings["bm25"] = await self._bm25(req, pool, records, timer, retrieval, replay)
+            rankings["bm25"] = await self._bm25(req, pool, timer, retrieval, replay)
         if req.mode in ("vector", "hybrid"):
-            rankings["vector"] = await self._vector(req, pool, records, timer, retrieval, replay)
+            rankings["vector"] = await self._vector(req, pool, timer, retrieval, replay)
         started = time.perf_counter()
         strategy = None
         if req.mode == "hybrid":
             fused, strategy = self._fuse(req, rankings)
         else:
             fused = rankings[req.mode]
-        hits = [self._hit(chunk_id, score, rankings, records[chunk_id]) for chunk_id, score in fused[: req.k]]
-        timer.mark("fusion", started)
+        started = timer.mark("fusion", started)
+        # Full records (text, title, metadata) only for what is returned; a chunk deleted since the
+        # retrievers ran is skipped, and the few spare candidates fill its place.
+        top = fused[: req.k + SPARE_HITS]
+        records = await self.postings.fetch_chunks(req.collection, [chunk_id for chunk_id, _ in top])
+        hits = [self._hit(chunk_id, score, rankings, record)
+                for (chunk_id, score), record in zip(top, records, strict=True) if record is not None][: req.k]
+        timer.mark("fetch", started)
         return self._response(req, hits, timer).model_copy(update={"strategy": strategy}), retrieval
 
     def _fuse(self, req: SearchRequest, rankings: dict[str, list[tuple[str, float]]]
@@ -129,8 +137,8 @@ class Searcher:
         """Candidates asked of each retriever before filters and fusion."""
         return max(self.defaults.candidate_pool, req.k)
 
-    async def _bm25(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk], timer: Timer,
-                    retrieval: Retrieval, replay: Retrieval | None) -> list[tuple[str, float]]:
+    async def _bm25(self, req: SearchRequest, pool: int, timer: Timer, retrieval: Retrieval,
+                    replay: Retrieval | None) -> list[tuple[str, float]]:
         started = time.perf_counter()
         terms = self.tokenizer.tokenize(req.query)
         retrieval.postings = {}
@@ -143,24 +151,25 @@ class Searcher:
                 req.collection, list(dict.fromkeys(terms)))
         retrieval.postings = postings
         scores = score_postings(terms, stats, postings, self.bm25)
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        if not req.filters:
+            timer.mark("bm25", started)
+            return heapq.nsmallest(pool, scores.items(), key=_best_first)
+        ranked = sorted(scores.items(), key=_best_first)
         started = timer.mark("bm25", started)
         # Walk the exact ranking in pages until `pool` chunks pass the filters (usually one page).
         kept: list[tuple[str, float]] = []
         for offset in range(0, len(ranked), pool):
             page = ranked[offset : offset + pool]
-            fetched = await self.postings.fetch_chunks(req.collection, [c for c, _ in page])
-            for (chunk_id, score), record in zip(page, fetched, strict=True):
-                if record is not None and matches(record.metadata, req.filters):
-                    records[chunk_id] = record
-                    kept.append((chunk_id, score))
-            if len(kept) >= pool or not req.filters:
+            facts = await self.postings.chunk_facts(req.collection, [c for c, _ in page])
+            kept += [(chunk_id, score) for (chunk_id, score), fact in zip(page, facts, strict=True)
+                     if fact is not None and matches(fact[1], req.filters)]
+            if len(kept) >= pool:
                 break
-        timer.mark("bm25_fetch", started)
+        timer.mark("bm25_filter", started)
         return kept[:pool]
 
-    async def _vector(self, req: SearchRequest, pool: int, records: dict[str, StoredChunk], timer: Timer,
-                      retrieval: Retrieval, replay: Retrieval | None) -> list[tuple[str, float]]:
+    async def _vector(self, req: SearchRequest, pool: int, timer: Timer, retrieval: Retrieval,
+                      replay: Retrieval | None) -> list[tuple[str, float]]:
         started = time.perf_counter()
         if replay is not None and replay.vector_hits is not None:
             hits = replay.vector_hits
@@ -174,15 +183,12 @@ class Searcher:
                                              ef_search=req.ef_search or self.defaults.ef_search)
             started = timer.mark("vector", started)
         retrieval.vector_hits = hits
-        missing = [h.chunk_id for h in hits if h.chunk_id not in records]
-        for chunk_id, record in zip(missing, await self.postings.fetch_chunks(req.collection, missing), strict=True):
-            if record is not None:
-                records[chunk_id] = record
-        timer.mark("vector_fetch", started)
+        # A vector whose chunk is gone or whose text changed since it was embedded is stale: dropped.
+        facts = await self.postings.chunk_facts(req.collection, [h.chunk_id for h in hits])
+        timer.mark("vector_check", started)
         return [
-            (h.chunk_id, h.score) for h in hits
-            if (r := records.get(h.chunk_id)) is not None and r.content_hash == h.content_hash
-            and matches(r.metadata, req.filters)
+            (h.chunk_id, h.score) for h, fact in zip(hits, facts, strict=True)
+            if fact is not None and fact[0] == h.content_hash and matches(fact[1], req.filters)
         ]
 
     async def search_many(self, requests: list[SearchRequest], concurrency: int = 8) -> list[SearchResponse]:
@@ -211,6 +217,11 @@ class Searcher:
             query=req.query, collection=req.collection, mode=req.mode,
             fusion=req.fusion if req.mode == "hybrid" else None, hits=hits, timings_ms=timer.total(),
         )
+
+
+def _best_first(item: tuple[str, float]) -> tuple[float, str]:
+    """Highest score first; ties by id, so results are deterministic."""
+    return -item[1], item[0]
 
 
 def _rank_of(chunk_id: str, ranking: Sequence[tuple[str, float]]) -> RetrieverScore | None:

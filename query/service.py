@@ -28,6 +28,7 @@ from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 from indexer.bm25 import BM25Params
+from indexer.embedders.coalescing import CoalescingEmbedder
 from indexer.generations import GenerationRegistry
 from indexer.positions import Positions
 from indexer.postings import PostingsStore, unlink_prefix
@@ -122,7 +123,7 @@ class QueryState:
 
     async def open(self) -> None:
         s = self.settings
-        embedder = await open_embedder(s)
+        embedder = CoalescingEmbedder(await open_embedder(s))
         await embedder.embed(["warm up"])  # load the model now, not on the first request
         self.redis = open_redis(s.redis_url)
         self.vectors = await VectorStore.connect(s.database_url, dimensions=embedder.dimensions,

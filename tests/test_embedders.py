@@ -436,3 +436,34 @@ def test_openai_without_key_for_api_openai_com_is_refused(monkeypatch: pytest.Mo
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ValueError, match="FLUXSTREAM_OPENAI_API_KEY"):
         create_embedder("openai")
+
+
+class _CountingEmbedder:
+    """The real local model, counting how often (and with how many texts) it is called."""
+
+    def __init__(self, inner: LocalMiniLMEmbedder) -> None:
+        self.inner, self.model_id, self.dimensions = inner, inner.model_id, inner.dimensions
+        self.calls: list[int] = []
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(len(texts))
+        return await self.inner.embed(texts)
+
+
+async def test_coalescing_embedder_batches_concurrent_queries(local: LocalMiniLMEmbedder) -> None:
+    from indexer.embedders.coalescing import CoalescingEmbedder
+
+    counting = _CountingEmbedder(local)
+    coalescing = CoalescingEmbedder(counting, remember=4)
+    queries = [f"question number {i} about streaming indexes" for i in range(12)]
+    results = await asyncio.gather(*(coalescing.embed([q]) for q in queries))
+    direct = await local.embed(queries)
+    for got, want in zip(results, direct, strict=True):
+        assert got.shape == (1, local.dimensions)
+        assert float(got[0] @ want) > 0.99999
+    assert sum(counting.calls) == 12 and len(counting.calls) < 12  # at most one call per waiting group
+    calls = len(counting.calls)
+    again = await coalescing.embed([queries[-1]])  # recent: from the LRU, no model call
+    assert len(counting.calls) == calls and float(again[0] @ direct[-1]) > 0.99999
+    await coalescing.embed([queries[0]])  # evicted (remember=4): embedded again
+    assert len(counting.calls) == calls + 1
