@@ -68,8 +68,9 @@ class Corpus:
         v = self.centroids[topic] + noise
         return v / np.linalg.norm(v)
 
-    def queries(self, n: int) -> list[str]:
-        rng = np.random.default_rng(99)
+    def queries(self, n: int, seed: int = 99) -> list[str]:
+        """Fresh texts per seed: the query service remembers recent query embeddings."""
+        rng = np.random.default_rng(seed)
         out = []
         for _ in range(n):
             topic = int(rng.integers(TOPICS))
@@ -146,7 +147,6 @@ async def measure(settings: Settings, sizes: list[int], vectors_up_to: int, n_qu
     redis = aioredis.from_url(settings.redis_url)
     before_redis = int((await redis.info("memory"))["used_memory"])
     await redis.aclose()
-    queries = corpus.queries(n_queries)
     results: dict[str, Any] = {}
     done = postings = 0
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=120) as http:
@@ -156,6 +156,7 @@ async def measure(settings: Settings, sizes: list[int], vectors_up_to: int, n_qu
             postings += sum(len(Counter(tokenizer.tokenize(corpus.document(i)[0]))) for i in range(done, size))
             done = size
             row: dict[str, Any] = {"index_seconds": round(time.monotonic() - started, 1)}
+            queries = corpus.queries(n_queries, seed=size)
             modes = {"bm25": {"mode": "bm25"}}
             if size <= vectors_up_to:
                 modes["hybrid"] = {"mode": "hybrid", "fusion": "rrf"}

@@ -361,6 +361,39 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0 if resp.status_code == 200 else 1
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Precision, recall, F1, MRR and nDCG@k of the running query service against judged queries."""
+    import httpx
+
+    from query.evaluation import evaluate, load_qrels, load_queries
+
+    settings = _settings(args)
+    qrels, queries = load_qrels(args.qrels), load_queries(args.queries)
+    queries = {q: text for q, text in queries.items() if q in qrels}
+    if not queries:
+        sys.exit("fluxstream eval: no query has judgments in the qrels file")
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    run: dict[str, list[str]] = {}
+    url = args.url or f"http://127.0.0.1:{settings.http_port}"
+    items = list(queries.items())
+    for i in range(0, len(items), 100):  # the batch endpoint takes up to 100 searches
+        body = {"requests": [{"query": text, "collection": args.collection, "k": args.depth, "mode": args.mode,
+                              "cache": False} for _, text in items[i:i + 100]]}
+        resp = httpx.post(f"{url}/v1/search/batch", json=body, headers=headers, timeout=300)
+        if resp.status_code != 200:
+            sys.exit(f"fluxstream eval: {resp.status_code} {resp.text[:500]}")
+        for (qid, _), response in zip(items[i:i + 100], resp.json()["responses"], strict=True):
+            run[qid] = [hit["doc_id"] for hit in response["hits"]]
+    scores = evaluate(run, qrels, args.k, args.depth, queries)
+    if args.json:
+        sys.stdout.write(orjson.dumps({"queries": len(queries), **scores}, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(f"{len(queries)} queries, mode {args.mode}, collection {args.collection}")
+        for name, value in scores.items():
+            print(f"{name:12} {value:.4f}")
+    return 0
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from schemas.registry import ALL_MODELS, render, schema_path, write_all
 
@@ -442,6 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--k", type=int, default=5)
     search.add_argument("--mode", default="hybrid", choices=["bm25", "vector", "hybrid"])
     search.set_defaults(func=cmd_search)
+    ev = sub.add_parser("eval", help="precision, recall, F1, MRR, nDCG@k of the live service against qrels")
+    ev.add_argument("qrels", help="TREC qrels: qid iteration docid relevance")
+    ev.add_argument("queries", help="TREC topics or qid<TAB>text lines")
+    ev.add_argument("--collection", default="default")
+    ev.add_argument("--mode", default="hybrid", choices=["bm25", "vector", "hybrid"])
+    ev.add_argument("--k", type=int, default=10, help="cut-off for P, R, F1, MRR and nDCG")
+    ev.add_argument("--depth", type=int, default=100, help="results retrieved per query (recall depth)")
+    ev.add_argument("--url", help="query service base URL (default: local FLUXSTREAM_HTTP_PORT)")
+    ev.add_argument("--api-key")
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)
     schemas = sub.add_parser("schemas", help="check (default) or --write the JSON Schemas")
     schemas.add_argument("--write", action="store_true")
     schemas.set_defaults(func=cmd_schemas)

@@ -40,6 +40,19 @@ def load_trec_topics(path: str | Path) -> dict[str, str]:
     return topics
 
 
+def load_queries(path: str | Path) -> dict[str, str]:
+    """TREC topics (``<top>...``) or one ``qid<TAB>text`` per line."""
+    text = Path(path).read_text(errors="replace")
+    if "<top>" in text:
+        return load_trec_topics(path)
+    queries = {}
+    for line in text.splitlines():
+        qid, sep, query = line.partition("\t")
+        if sep and qid.strip() and query.strip():
+            queries[qid.strip()] = query.strip()
+    return queries
+
+
 def ndcg_at(ranked: Sequence[str], judged: Mapping[str, int], k: int) -> float:
     dcg = sum(judged.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]))
     ideal = sorted((g for g in judged.values() if g > 0), reverse=True)[:k]
