@@ -409,7 +409,7 @@ def test_factory_kinds(base_url: str) -> None:
         "openai", openai_base_url=base_url, openai_model="m", dimensions=256, max_retries=3
     )
     assert isinstance(remote, OpenAICompatibleEmbedder)
-    assert (remote.model_id, remote.dimensions, remote.max_retries) == ("openai:m@256", 256, 3)
+    assert (remote.model_id, remote.dimensions, remote.retry_policy.max_retries) == ("openai:m@256", 256, 3)
     for embedder in (local, remote):
         assert isinstance(embedder, Embedder)
     with pytest.raises(ValueError, match="local, openai"):
@@ -429,7 +429,7 @@ def test_factory_from_settings(base_url: str) -> None:
     embedder = embedder_from_settings(settings)  # type: ignore[arg-type]
     assert isinstance(embedder, OpenAICompatibleEmbedder)
     assert embedder.model_id == "openai:text-embedding-3-small"
-    assert (embedder.dimensions, embedder.batch_size, embedder.max_retries) == (0, 16, 4)
+    assert (embedder.dimensions, embedder.batch_size, embedder.retry_policy.max_retries) == (0, 16, 4)
 
 
 def test_openai_without_key_for_api_openai_com_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

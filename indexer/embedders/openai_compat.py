@@ -1,40 +1,24 @@
 """Embeddings from an OpenAI-compatible ``/v1/embeddings`` endpoint (OpenAI, vLLM, Ollama, TEI...).
 
-The openai client's own retries are disabled (``max_retries=0``) so that one loop here decides
-what is transient (connection errors, timeouts, 408/409/429/5xx: back off and retry) and what
-is permanent (other 4xx such as 400 "input too long": raise at once so the caller can
-dead-letter), and so the caller sees a single :class:`EmbeddingError` type.
+Retries follow ``fluxstream.provider_calls``: transient failures back off and retry, permanent
+ones (400 "input too long") raise at once so the caller can dead-letter; the caller sees a
+single :class:`EmbeddingError` type.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import random
 from collections.abc import Sequence
 
 import numpy as np
 import openai
 from openai.types import CreateEmbeddingResponse
 
+from fluxstream.provider_calls import RetryPolicy, call_with_retries
+
 from .base import EmbeddingError, as_text_list, l2_normalize
 
 __all__ = ["OpenAICompatibleEmbedder"]
-
-_TRANSIENT_STATUS = frozenset({408, 409, 429})
-
-
-def _is_transient_status(status: int) -> bool:
-    return status in _TRANSIENT_STATUS or status >= 500
-
-
-def _retry_after(exc: openai.APIStatusError) -> float | None:
-    """Seconds asked for by a numeric Retry-After header, if any."""
-    try:
-        return float(exc.response.headers.get("retry-after", ""))
-    except (TypeError, ValueError):
-        return None
-
 
 class OpenAICompatibleEmbedder:
     """Batches texts to an OpenAI-compatible server; returns unit float32 rows in input order.
@@ -69,9 +53,7 @@ class OpenAICompatibleEmbedder:
         self.dimensions: int = dimensions or 0  # 0 until the first response when not configured
         self.model_id: str = f"openai:{model}" + (f"@{dimensions}" if dimensions else "")
         self.batch_size = batch_size
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.retry_policy = RetryPolicy(max_retries, backoff_base, backoff_max)
         self._client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=0
         )
@@ -101,38 +83,12 @@ class OpenAICompatibleEmbedder:
         kwargs: dict = {"model": self.model, "input": batch, "encoding_format": "float"}
         if self.requested_dimensions:
             kwargs["dimensions"] = self.requested_dimensions
-        attempt = 0
-        while True:
-            try:
-                response = await self._client.embeddings.create(**kwargs)
-                return self._to_matrix(response, len(batch))
-            except openai.APIStatusError as exc:
-                if not _is_transient_status(exc.status_code):
-                    raise EmbeddingError(
-                        f"{self.model_id}: HTTP {exc.status_code}: {exc.message}",
-                        permanent=True,
-                        status_code=exc.status_code,
-                    ) from exc
-                error, hint = exc, _retry_after(exc)
-            except openai.APIConnectionError as exc:  # includes APITimeoutError
-                error, hint = exc, None
-            except openai.APIResponseValidationError as exc:
-                raise EmbeddingError(f"{self.model_id}: malformed response: {exc}", permanent=True) from exc
-            if attempt >= self.max_retries:
-                raise EmbeddingError(
-                    f"{self.model_id}: giving up after {attempt + 1} attempts: {error}",
-                    permanent=False,
-                    status_code=getattr(error, "status_code", None),
-                ) from error
-            await asyncio.sleep(self._backoff(attempt, hint))
-            attempt += 1
+        response = await call_with_retries(
+            lambda: self._client.embeddings.create(**kwargs), self.retry_policy, self._error)
+        return self._to_matrix(response, len(batch))
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with full jitter, at least what Retry-After asked (capped)."""
-        delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return min(delay, self.backoff_max)
+    def _error(self, message: str, permanent: bool, status: int | None) -> EmbeddingError:
+        return EmbeddingError(f"{self.model_id}: {message}", permanent=permanent, status_code=status)
 
     def _to_matrix(self, response: CreateEmbeddingResponse, expected: int) -> np.ndarray:
         """Rows in request order (servers may reorder; ``index`` says where each belongs)."""
