@@ -110,6 +110,17 @@ class Settings:
 
     # --- semantic cache ---
     cache_enabled: bool = _env_field(True, "Serve repeated / near-duplicate searches from the Redis cache.")
+    chat_model: str = _env_field("", "Chat model for /v1/answer and query transforms; empty: answers return prompt "
+                                 "and sources only.")
+    chat_provider: str = _env_field("openai", "'openai' (any OpenAI-compatible base URL) or 'azure' (Azure OpenAI).")
+    chat_base_url: str = _env_field("", "Chat endpoint base URL (Azure: the resource endpoint); empty: api.openai.com.")
+    chat_api_key: str = _env_field("", "Chat API key (from a secret).")
+    azure_api_version: str = _env_field("2024-10-21", "Azure OpenAI API version.")
+    chat_max_retries: int = _env_field(3, "Retries with backoff for a failing chat call.")
+    chat_timeout: float = _env_field(60.0, "Seconds per chat request.")
+    answer_context_tokens: int = _env_field(3000, "Token budget of the sources in an answer prompt.")
+    answer_max_tokens: int = _env_field(512, "Most tokens an answer may have.")
+    quote_questions: int = _env_field(3, "QuOTE: related questions generated per query.")
     cache_threshold: float = _env_field(0.95, "Cosine similarity for a near-duplicate (semantic) hit.")
     cache_ttl_seconds: int = _env_field(86_400, "Cache entry lifetime.")
     cache_max_entries: int = _env_field(10_000, "Entries per collection; least recently used are evicted.")

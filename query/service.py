@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import structlog
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,17 +33,23 @@ from indexer.generations import GenerationRegistry
 from indexer.positions import Positions
 from indexer.postings import PostingsStore, unlink_prefix
 from indexer.vector_store import VectorStore
+from query.answering import Answerer, TransformUnavailable
 from query.auth import ApiKeys, AuthError, Principal, RateLimiter, key_from_headers
 from query.cache import CacheConfig, SemanticCache
 from query.cached_search import CachedSearcher
+from query.chat import ChatError, ChatModel
 from query.kafka_requests import SearchRequestServer
 from query.search import SearchDefaults, Searcher
+from query.usage import UsageStore
 from schemas.api import (
+    AnswerRequest,
+    AnswerResponse,
     BatchSearchRequest,
     BatchSearchResponse,
     ChunkView,
     DocumentResponse,
     ErrorResponse,
+    FeedbackRequest,
     SearchRequest,
     SearchResponse,
 )
@@ -120,6 +126,8 @@ class QueryState:
         self.cache: SemanticCache | None = None
         self.cached: CachedSearcher | None = None
         self.generations: GenerationRegistry | None = None
+        self.answerer: Answerer | None = None
+        self.usage: UsageStore | None = None
 
     async def open(self) -> None:
         s = self.settings
@@ -141,8 +149,14 @@ class QueryState:
                                  max_entries=s.cache_max_entries)
             self.cache = SemanticCache(self.redis, postings, embedder.dimensions, config)
         self.cached = CachedSearcher(self.searcher, self.cache)
+        self.answerer = Answerer(self.cached, ChatModel.from_settings(s), context_tokens=s.answer_context_tokens,
+                                 quote_questions=s.quote_questions)
+        self.usage = UsageStore(self.vectors.pool)
+        await self.usage.start()
 
     async def close(self) -> None:
+        if self.usage is not None:
+            await self.usage.stop()
         if self.vectors is not None:
             await self.vectors.close()
         if self.redis is not None:
@@ -234,16 +248,17 @@ def create_app(settings: Settings) -> FastAPI:
     @app.middleware("http")
     async def observe(request: Request, call_next: Any) -> Response:
         """A request id on every log line and response; in-flight requests as a gauge."""
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:64]
+        request.state.request_id = request_id
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id[:64])
+        structlog.contextvars.bind_contextvars(request_id=request_id)
         metrics.IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
             response = await call_next(request)
         finally:
             metrics.IN_FLIGHT.dec()
-        response.headers["x-request-id"] = request_id[:64]
+        response.headers["x-request-id"] = request_id
         if request.url.path not in QUIET_PATHS:  # no query text or body: they may be confidential
             log.info("http_request", method=request.method, path=request.url.path, status=response.status_code,
                      ms=round((time.perf_counter() - started) * 1000, 2))
@@ -307,14 +322,63 @@ def create_app(settings: Settings) -> FastAPI:
         return as_asked(req, await state.cached.search(routed), generation)
 
     @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
-    async def search(req: SearchRequest, principal: SearchKey) -> Any:
+    async def search(req: SearchRequest, request: Request, principal: SearchKey) -> Any:
         started = time.perf_counter()
         result = await search_or_error(req)
         if isinstance(result, ErrorResponse):
             return JSONResponse(result.model_dump(exclude_none=True), status_code=409)
-        metrics.SEARCH_SECONDS.labels(req.mode).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.SEARCH_SECONDS.labels(req.mode).observe(elapsed)
         metrics.SEARCHES.labels(req.mode, "ok").inc()
+        assert state.usage is not None
+        state.usage.record(request.state.request_id, req.collection, "search", req.mode, elapsed * 1000,
+                           len(result.hits))
         return result
+
+    @app.post("/v1/answer", response_model=AnswerResponse,
+              responses={200: {"content": {"text/event-stream": {}}}, 409: {"model": ErrorResponse},
+                         502: {"model": ErrorResponse}})
+    async def answer(req: AnswerRequest, request: Request, principal: SearchKey) -> Any:
+        """Retrieve, cite and answer; ``stream: true`` answers with server-sent events."""
+        assert state.answerer is not None and state.usage is not None
+        started = time.perf_counter()
+        probe = SearchRequest(query=req.query, collection=req.collection, mode=req.mode,
+                              min_position=req.min_position, wait_timeout_ms=req.wait_timeout_ms)
+        routed_probe, _ = await on_serving_generation(probe)
+        if (problem := await position_problem(routed_probe)) is not None:
+            return JSONResponse(problem.model_dump(exclude_none=True), status_code=409)
+        routed = req.model_copy(update={"collection": routed_probe.collection})
+        request_id = request.state.request_id
+        try:
+            if req.stream:
+                found, prompt = await state.answerer.prepare(routed)
+                state.usage.record(request_id, req.collection, "answer", req.mode,
+                                   (time.perf_counter() - started) * 1000, len(found.hits))
+                asked = req.model_copy(update={"collection": req.collection})
+                return StreamingResponse(state.answerer.stream(asked, request_id, found, prompt),
+                                         media_type="text/event-stream", headers={"cache-control": "no-cache"})
+            result = await state.answerer.answer(routed, request_id)
+        except TransformUnavailable as exc:
+            return error(400, "transform_unavailable", str(exc))
+        except ChatError as exc:
+            log.warning("chat_failed", error=str(exc))
+            return error(502, "chat_failed", str(exc))
+        state.usage.record(request_id, req.collection, "answer", req.mode, (time.perf_counter() - started) * 1000,
+                           len(result.sources))
+        return result.model_copy(update={"collection": req.collection})
+
+    @app.post("/v1/feedback", status_code=201)
+    async def feedback(item: FeedbackRequest, principal: SearchKey) -> dict[str, Any]:
+        """A rating of an answer or search, stored durably before this returns."""
+        assert state.usage is not None
+        return await state.usage.feedback(item)
+
+    @app.get("/v1/stats")
+    async def stats(principal: AdminKey,
+                    hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0) -> dict[str, Any]:
+        """Per collection: query and answer counts, latency percentiles, results, feedback and positive rate."""
+        assert state.usage is not None
+        return {"window_hours": hours, "collections": await state.usage.stats(hours)}
 
     @app.post("/v1/search/batch", response_model=BatchSearchResponse)
     async def search_batch(batch: BatchSearchRequest, principal: SearchKey) -> Any:

@@ -134,3 +134,60 @@ class TopicSearchReply(BaseModel):
     status: Literal["ok", "error"]
     response: SearchResponse | None = None
     error: ErrorResponse | None = None
+
+
+class AnswerRequest(BaseModel):
+    """``POST /v1/answer``: retrieve, build a cited prompt, and (with a chat model) answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    query: Annotated[str, Field(min_length=1, max_length=4096)]
+    collection: CollectionName = "default"
+    k: Annotated[int, Field(ge=1, le=50)] = 5
+    mode: Literal["bm25", "vector", "hybrid"] = "hybrid"
+    fusion: Literal["rrf", "weighted", "product", "max", "harmonic", "auto"] = "weighted"
+    filters: dict[str, FilterValue] = Field(default_factory=dict)
+    cache: bool = True
+    transform: Literal["none", "hyde", "quote"] = "none"
+    """hyde: search with the embedding of a generated hypothetical answer; quote: search the query and
+    generated related questions, fuse with RRF. Both need a chat model."""
+    stream: bool = False
+    """Server-sent events: ``sources``, then ``delta`` events with answer text, then ``done``."""
+    context_tokens: Annotated[int, Field(ge=100, le=100_000)] | None = None
+    min_position: SourcePosition | None = None
+    wait_timeout_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
+
+
+class AnswerSource(BaseModel):
+    n: int
+    """The citation number used in the prompt and the answer: [n]."""
+    doc_id: str
+    chunk_id: str
+    title: str
+    score: float
+
+
+class AnswerResponse(BaseModel):
+    request_id: str
+    query: str
+    collection: str
+    answer: str | None
+    """None without a configured chat model: ``prompt`` and ``sources`` are still returned."""
+    model: str | None
+    transform: str
+    transformed_queries: list[str] = Field(default_factory=list)
+    """What the transform searched with (the hypothetical passage, or the generated questions)."""
+    sources: list[AnswerSource]
+    prompt: list[dict[str, str]]
+    context_tokens: int
+    timings_ms: dict[str, float]
+
+
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback`` about an answered request (its ``request_id``, or the X-Request-ID of a search)."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: Annotated[str, Field(min_length=1, max_length=128)]
+    score: Annotated[int, Field(ge=-1, le=1)]
+    """1: helpful, 0: neutral, -1: not helpful."""
+    comment: Annotated[str, Field(max_length=4000)] = ""
+    collection: CollectionName | None = None

@@ -8,10 +8,13 @@ import orjson
 from pydantic import BaseModel
 
 from schemas.api import (
+    AnswerRequest,
+    AnswerResponse,
     BatchSearchRequest,
     BatchSearchResponse,
     DocumentResponse,
     ErrorResponse,
+    FeedbackRequest,
     SearchRequest,
     SearchResponse,
     TopicSearchReply,
@@ -31,6 +34,9 @@ ALL_MODELS: dict[str, type[BaseModel]] = {
     "batch-search-response": BatchSearchResponse,
     "document-response": DocumentResponse,
     "error-response": ErrorResponse,
+    "answer-request": AnswerRequest,
+    "answer-response": AnswerResponse,
+    "feedback-request": FeedbackRequest,
 }
 
 
