@@ -37,6 +37,8 @@ EMBED_SECONDS = Histogram("fluxstream_embedding_seconds", "Embedding call latenc
 CONSUMER_LAG = Gauge("fluxstream_consumer_lag", "End offset minus the worker group's committed offset",
                      ["topic", "partition"])
 CACHE_INVALIDATIONS = Counter("fluxstream_cache_invalidations_total", "Cache entries deleted by index updates")
+ENRICHED = Counter("fluxstream_enriched_chunks_total", "Chunk enrichments by result (written, stale, failed)",
+                   ["result"])
 GENERATIONS_DROPPED = Counter("fluxstream_generations_dropped_total", "Index generations garbage-collected")
 
 # --- both ---

@@ -71,8 +71,8 @@ class Settings:
     retry_max_backoff: float = _env_field(10.0, "Cap (s) of the backoff while Redis/Postgres are down.")
     worker_web_port: int = _env_field(6066, "Faust worker web port (metrics, health); 0 disables it.")
     worker_stages: str = _env_field(
-        "bm25,vectors,cache", "Agents this worker runs: bm25 (changes, CDC), vectors (embedding), cache "
-        "(invalidation). Split them to scale embedding apart from keyword indexing.")
+        "bm25,vectors,cache,enrich", "Agents this worker runs: bm25 (changes, CDC), vectors (embedding), cache "
+        "(invalidation), enrich (chunk metadata). Split them to scale embedding apart from keyword indexing.")
     gc_interval_seconds: float = _env_field(30.0, "How often workers drop retired index generations.")
     rebuild_grace_seconds: float = _env_field(
         300.0, "How long a replaced generation is kept after a rebuild switches (queries in flight finish).")

@@ -2,8 +2,11 @@
 
 Chunks are measured in words (the tokenizer's word spans, stop words included)
 and cut at word boundaries of the original text, so a chunk is an exact slice of
-``title + text``. Consecutive chunks share ``overlap`` words so a passage that
-straddles a boundary is still found whole in one of them.
+``title + text``. A chunk whose first word only has markup before it on its line
+("# Title", "- item", "<h2>Usage") starts at that line, so the markup stays with it
+(headings keep marking sections; see indexer.enrichment). Consecutive chunks share
+``overlap`` words so a passage that straddles a boundary is still found whole in one
+of them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ class Chunk:
 
     def chunk_id(self, doc_id: str) -> str:
         return make_chunk_id(doc_id, self.chunk_no)
+
+
+def _line_start(text: str, word_start: int) -> int:
+    """Where the chunk starting at ``word_start`` begins: its line's start when only markup precedes."""
+    line_start = text.rfind("\n", 0, word_start) + 1
+    prefix = text[line_start:word_start]
+    return line_start if prefix.strip() and not any(c.isalnum() for c in prefix) else word_start
 
 
 def make_chunk_id(doc_id: str, chunk_no: int) -> str:
@@ -57,7 +67,7 @@ class Chunker:
         start = 0
         while True:
             window = spans[start : start + self.size]
-            piece = full[window[0][0] : window[-1][1]]
+            piece = full[_line_start(full, window[0][0]) : window[-1][1]]
             chunks.append(Chunk(len(chunks), piece, content_hash(piece)))
             if start + self.size >= len(spans):
                 return chunks

@@ -210,6 +210,7 @@ class PostingsStore:
         for chunk_id, chunk in new.items():
             previous = old.get(chunk_id)
             if previous is None or previous.content_hash != chunk.content_hash:
+                plan.op("HDEL", self.chunk_key(coll, chunk_id), "enrich")  # described the old text
                 high = chunk.dl << TF_BITS
                 plan.hash_field_ops("HSET", chunk_id, [postings + term for term in chunk.tf],
                                     [str(high | min(tf, TF_MASK)) for tf in chunk.tf.values()])
@@ -330,7 +331,7 @@ class PostingsStore:
     @metrics.timed("redis", "fetch_chunks")
     async def fetch_chunks(self, collection: str, chunk_ids: Sequence[str]) -> list[StoredChunk | None]:
         """Chunk records in the order asked; None for chunks that no longer exist."""
-        fields = ("doc_id", "chunk_no", "title", "text", "hash", "metadata", "version")
+        fields = ("doc_id", "chunk_no", "title", "text", "hash", "metadata", "version", "enrich")
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk_id in chunk_ids:
                 pipe.hmget(self.chunk_key(collection, chunk_id), *fields)
@@ -340,20 +341,37 @@ class PostingsStore:
             if row[0] is None:
                 out.append(None)
                 continue
-            doc_id, chunk_no, title, text, hsh, metadata, version = (v.decode() for v in row)
-            out.append(
-                StoredChunk(chunk_id, doc_id, int(chunk_no), title, text, hsh, json.loads(metadata), int(version))
-            )
+            doc_id, chunk_no, title, text, hsh, metadata, version = (v.decode() for v in row[:7])
+            out.append(StoredChunk(chunk_id, doc_id, int(chunk_no), title, text, hsh,
+                                   _with_enrichment(metadata, row[7]), int(version)))
         return out
 
     @metrics.timed("redis", "chunk_facts")
     async def chunk_facts(self, collection: str, chunk_ids: Sequence[str]) -> list[tuple[str, dict[str, Any]] | None]:
-        """(content hash, metadata) per chunk, None where gone: what filters and stale checks need."""
+        """(content hash, metadata with enrichment) per chunk, None where gone: for filters and stale checks."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for chunk_id in chunk_ids:
-                pipe.hmget(self.chunk_key(collection, chunk_id), "hash", "metadata")
+                pipe.hmget(self.chunk_key(collection, chunk_id), "hash", "metadata", "enrich")
             rows = await pipe.execute()
-        return [(h.decode(), orjson.loads(m)) if h is not None else None for h, m in rows]
+        return [(h.decode(), _with_enrichment(m, e)) if h is not None else None for h, m, e in rows]
+
+    async def document_frequencies(self, collection: str, terms: Sequence[str]) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for term in terms:
+                pipe.hlen(self.posting_key(collection, term))
+            counts = await pipe.execute()
+        return dict(zip(terms, counts, strict=True))
+
+    @metrics.timed("redis", "write_enrichment")
+    async def write_enrichment(self, collection: str, items: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
+        """Store (chunk_id, content hash, fields) for chunks whose text is still that hash; returns how many."""
+        written = 0
+        for chunk_id, content_hash, fields in items:
+            plan = Plan()
+            plan.check(self.chunk_key(collection, chunk_id), "hash", content_hash)
+            plan.op("HSET", self.chunk_key(collection, chunk_id), "enrich", _json(fields))
+            written += await self._plans.run(plan) is None
+        return written
 
     async def document_ids(self, collection: str) -> list[str]:
         """Every document id the collection has a record for (tombstones included); for truncation."""
@@ -371,6 +389,14 @@ class PostingsStore:
 
     async def get_document(self, collection: str, doc_id: str) -> DocumentState:
         return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
+
+
+def _with_enrichment(metadata: bytes | str, enrichment: bytes | None) -> dict[str, Any]:
+    """A chunk's metadata plus its enrichment fields (``enrich_*``, see indexer.enrichment)."""
+    merged = orjson.loads(metadata)
+    if enrichment:
+        merged.update(orjson.loads(enrichment))
+    return merged
 
 
 def _json(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fluxstream import metrics
+from indexer.enrichment import PREFIX as ENRICHMENT_PREFIX
 from query.cache import SemanticCache
 from query.search import Searcher
 from schemas.api import CacheInfo, SearchRequest, SearchResponse
@@ -14,7 +15,9 @@ class CachedSearcher:
         self.cache = cache
 
     async def search(self, req: SearchRequest) -> SearchResponse:
-        if self.cache is None or not req.cache:
+        # Enrichment lands after indexing without touching the counters the cache validates against,
+        # so answers filtered on it are not cached.
+        if self.cache is None or not req.cache or any(k.startswith(ENRICHMENT_PREFIX) for k in req.filters):
             metrics.CACHE_LOOKUPS.labels("bypass").inc()
             response = await self.searcher.search(req)
             return response.model_copy(update={"cache": CacheInfo(status="bypass")})

@@ -18,6 +18,7 @@ import numpy as np
 
 from indexer.bm25 import BM25Params, score_postings
 from indexer.embedders.base import Embedder
+from indexer.enrichment import PREFIX as ENRICHMENT_PREFIX
 from indexer.postings import PostingsStore, StoredChunk
 from indexer.tokenizer import Tokenizer
 from indexer.vector_store import VectorHit, VectorStore
@@ -178,8 +179,10 @@ class Searcher:
                 retrieval.query_vector = (await self.embedder.embed([req.query]))[0]
                 started = timer.mark("embed_query", started)
             retrieval.vector_log_position = await self.postings.vector_log_head(req.collection)
+            # Enrichment fields live in Redis only: they filter the candidates below, not the SQL.
+            sql_filters = {k: v for k, v in req.filters.items() if not k.startswith(ENRICHMENT_PREFIX)}
             hits = await self.vectors.search(req.collection, retrieval.query_vector, limit=pool,
-                                             filters=req.filters or None,
+                                             filters=sql_filters or None,
                                              ef_search=req.ef_search or self.defaults.ef_search)
             started = timer.mark("vector", started)
         retrieval.vector_hits = hits

@@ -178,7 +178,7 @@ def build_app(settings: Settings) -> faust.App:
     state = WorkerState(app, settings)
     batch = (settings.batch_max, settings.batch_within)
     stages = {s.strip() for s in settings.worker_stages.split(",") if s.strip()}
-    unknown = stages - {"bm25", "vectors", "cache"}
+    unknown = stages - {"bm25", "vectors", "cache", "enrich"}
     if unknown:
         raise ValueError(f"FLUXSTREAM_WORKER_STAGES: unknown stage(s) {sorted(unknown)}")
     cdc = load_cdc_mapping(settings)
@@ -190,6 +190,9 @@ def build_app(settings: Settings) -> faust.App:
     if "vectors" in stages:
         add_batch_agent(app, state, "embed-chunks", [settings.embed_jobs_topic],
                         (settings.embed_batch_max, settings.embed_batch_within), lambda p: p.handle_embed_jobs)
+    if "enrich" in stages:
+        add_batch_agent(app, state, "enrich-chunks", [settings.index_updates_topic], batch,
+                        lambda p: p.handle_enrichment)
     if "cache" in stages and settings.cache_enabled:
         add_batch_agent(app, state, "invalidate-cache", [settings.index_updates_topic], batch,
                         lambda p: p.handle_index_updates)

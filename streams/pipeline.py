@@ -31,12 +31,14 @@ from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder
 from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
 from indexer.chunking import Chunker
 from indexer.embedders.base import Embedder, EmbeddingError
+from indexer.enrichment import enrich_document, llm_tags, prefixed
 from indexer.generations import GenerationRegistry, parse_index_name
 from indexer.positions import Positions
 from indexer.postings import PostingsStore
 from indexer.vector_stage import VectorStage
 from indexer.vector_store import VectorStore
 from query.cache import SemanticCache
+from query.chat import ChatError, ChatModel
 from schemas.events import DocumentChange, EmbedJob, IndexUpdate, SourcePosition
 from streams import debezium
 from streams.cdc_mapping import CdcMapping
@@ -117,7 +119,8 @@ class Pipeline:
         self.cdc = cdc or CdcMapping()
         self.resources = resources
         self.publish = publish
-        tokenizer = build_tokenizer(settings)
+        tokenizer = self.tokenizer = build_tokenizer(settings)
+        self.chat = ChatModel.from_settings(settings)
         builder = DocumentBuilder(Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer), tokenizer)
         self.bm25 = BM25Stage(resources.postings, builder)
         self.vector_stage = VectorStage(resources.vectors, resources.embedder, self._log_vector_changes)
@@ -275,6 +278,39 @@ class Pipeline:
         for collection, group in by_collection.items():
             await self.resources.postings.log_vector_changes(collection, group)
         await self.resources.postings.bump_seq(by_collection)
+
+    async def handle_enrichment(self, records: Sequence[Record]) -> None:
+        """Enrich the chunks of documents the BM25 stage just wrote (the last update per document wins)."""
+        latest: dict[tuple[str, str], IndexUpdate] = {}
+        for update in (decode(r.value, IndexUpdate) for r in records):
+            if isinstance(update, IndexUpdate) and update.stages.bm25 and not update.stages.vectors:
+                latest[(update.collection, update.doc_id)] = update
+        for (index, _), update in latest.items():
+            if update.op == "upsert" and update.chunk_ids:
+                try:
+                    await self._until_done("enrich", lambda u=update: self._enrich(u))
+                except Exception:  # never blocks the stage: this document stays unenriched
+                    metrics.ENRICHED.labels("failed").inc()
+                    log.exception("enrichment_failed", index=index, doc_id=update.doc_id)
+
+    async def _enrich(self, update: IndexUpdate) -> None:
+        store = self.resources.postings
+        chunks = [c for c in await store.fetch_chunks(update.collection, update.chunk_ids) if c is not None]
+        if not chunks:
+            return
+        found = await enrich_document(store, self.tokenizer, update.collection, chunks)
+        if self.chat is not None:
+            try:
+                tags = await llm_tags(self.chat, "\n".join(c.text for c in chunks))
+            except ChatError as exc:
+                log.warning("enrichment_tags_failed", doc_id=update.doc_id, error=str(exc))
+                tags = {}
+            for fields in found.fields:
+                fields.update(tags)
+        written = await store.write_enrichment(update.collection, [
+            (c.chunk_id, c.content_hash, prefixed(f)) for c, f in zip(found.chunks, found.fields, strict=True)])
+        metrics.ENRICHED.labels("written").inc(written)
+        metrics.ENRICHED.labels("stale").inc(len(chunks) - written)
 
     async def handle_index_updates(self, records: Sequence[Record]) -> None:
         """Keep the semantic cache exact: delete entries the applied changes could affect."""
