@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import orjson
 import psycopg
 import redis.asyncio as aioredis
+import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer
 from indexer.chunking import Chunker, make_chunk_id
 from indexer.postings import PostingsStore, pack_posting
+from query.service import create_app
 from tests.conftest import eventually
 
 
@@ -124,3 +130,19 @@ async def assert_same_index(redis: aioredis.Redis, database_url: str, expected_c
     assert expected["stats"][0] > 0 and expected["vectors"]
     for part in ("stats", "postings", "docs", "vectors", "vector_versions"):
         assert actual[part] == expected[part], part
+
+
+@asynccontextmanager
+async def query_service(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A query service configured by ``settings``, in this process (real Redis, PostgreSQL, Kafka)."""
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=60) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task

@@ -12,14 +12,13 @@ from dataclasses import replace
 import httpx
 import orjson
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
 from fluxstream.stack import free_port
 from query.answering import HYDE_PROMPT, QUOTE_PROMPT
-from query.service import create_app
 from tests.conftest import TopicReader, change, send
+from tests.helpers import query_service
 from tests.openai_server import ChatServerState, chat_server
 
 DOCS = {
@@ -58,15 +57,8 @@ async def with_chat(stack: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, C
     with chat_server(reply) as (base_url, chat):
         settings = replace(stack, chat_model="test-chat", chat_base_url=base_url, chat_api_key="k",
                            http_port=free_port(), search_requests_topic=f"rag-req-{uuid.uuid4().hex[:6]}")
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
-                                               log_level="warning", lifespan="on"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            await asyncio.sleep(0.05)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=60) as client:
+        async with query_service(settings) as client:
             yield client, chat
-        server.should_exit = True
-        await task
 
 
 async def test_offline_answer_returns_cited_prompt_and_sources(http: httpx.AsyncClient, indexed: str) -> None:
@@ -165,3 +157,18 @@ def test_prompt_budget_keeps_best_sources_whole() -> None:
     alone = build_prompt("q", [hit(1, 3000)], budget_tokens=300)
     assert [h.doc_id for h in alone.sources] == ["d1"] and alone.context_tokens <= 300
     assert estimate_tokens(alone.messages[1]["content"]) < 400
+
+
+async def test_eval_command_scores_the_live_service(stack: Settings, indexed: str, tmp_path) -> None:
+    from tests.test_replay import cli
+
+    (tmp_path / "qrels").write_text("q1 0 volcano 1\nq2 0 glacier 1\nq3 0 reef 2\nq3 0 volcano 0\n")
+    (tmp_path / "queries.tsv").write_text("q1\tmagma and lava eruptions\nq2\tice carving valleys\n"
+                                          "q3\tcoral colonies in warm seas\nq9\tunjudged query\n")
+    result = await asyncio.to_thread(cli, stack, "eval", str(tmp_path / "qrels"), str(tmp_path / "queries.tsv"),
+                                     "--collection", indexed, "--mode", "bm25", "--k", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    scores = orjson.loads(result.stdout)
+    assert scores["queries"] == 3
+    assert scores["ndcg@1"] == scores["mrr@1"] == scores["p@1"] == 1.0  # each query's judged doc ranks first
+    assert scores["recall@1"] == 1.0 and scores["f1@1"] == 1.0

@@ -174,3 +174,27 @@ async def test_redis_and_postgres_outages_lose_nothing(
 
 async def _ready(url: str) -> bool:
     return (await httpx.AsyncClient().get(url + "/readyz", timeout=5)).status_code == 200
+
+
+async def test_sigterm_finishes_the_batch_in_hand(
+    faulty: Stack, clients: tuple[AIOKafkaProducer, aioredis.Redis]
+) -> None:
+    """A worker told to stop while embedding finishes and acks that batch before it leaves the group."""
+    producer, redis = clients
+    run = await drill(faulty, producer, seed=14, docs=400, changes=400)  # the clean build: 400 embed jobs
+    apps = run.apps
+    victim = run.live_workers()[0]
+    log = Path(faulty.settings.state_dir) / f"{victim}.log"
+    before = log.read_text(errors="replace").count("finishing_batch_before_stop")
+
+    async def embedding() -> bool:  # vectors of the clean build are landing: batches are in flight
+        return bool(await redis.exists(f"fx:{{clean-{run.run}}}:vlog"))
+
+    await eventually(embedding, timeout=120, interval=0.1)
+    await asyncio.to_thread(apps.kill, victim, 15)
+    code = await asyncio.to_thread(apps.procs[victim].wait, 60)
+    text = log.read_text(errors="replace")
+    assert text.count("finishing_batch_before_stop") > before, text[-3000:]
+    assert code == 0 and "Traceback" not in text[text.rfind("finishing_batch_before_stop"):]
+    await asyncio.to_thread(apps.start_worker, victim)
+    await assert_same_index(redis, run.settings.database_url, f"clean-{run.run}", f"clean-{run.run}", run.final)

@@ -10,14 +10,13 @@ from dataclasses import replace
 
 import httpx
 import pytest
-import uvicorn
 
 from fluxstream.search_client import KafkaSearchClient
 from fluxstream.settings import Settings
 from fluxstream.stack import free_port
 from query.auth import ApiKeys, new_key
-from query.service import create_app
 from streams.topics import create_topics
+from tests.helpers import query_service
 
 SEARCH_KEY, SEARCH_ENTRY = new_key(["search"])
 ADMIN_KEY, ADMIN_ENTRY = new_key(["search", "admin"])
@@ -30,15 +29,8 @@ async def guarded(stack: Settings) -> AsyncIterator[tuple[Settings, httpx.AsyncC
                        rate_limit_burst=5, max_request_bytes=2048, http_port=free_port(),
                        search_requests_topic=f"sec-req-{run}", search_replies_topic=f"sec-rep-{run}")
     await create_topics(settings)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
-                                           log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=30) as client:
+    async with query_service(settings) as client:
         yield settings, client
-    server.should_exit = True
-    await task
 
 
 def auth(key: str) -> dict[str, str]:
