@@ -111,6 +111,9 @@ def load_vectors(settings: Settings, corpus: Corpus, collection: str, start: int
         conn.execute("SET maintenance_work_mem = '1GB'")
         conn.execute(f"CREATE INDEX fluxstream_chunks_hnsw ON fluxstream_chunks USING hnsw "
                      f"(embedding vector_cosine_ops) WITH (m = {hnsw.m}, ef_construction = {hnsw.ef_construction})")
+        # Without statistics the planner guesses a few rows per collection and sorts them exactly
+        # (34 ms at 10k rows instead of 4 ms through HNSW): analyse after a bulk load, as autovacuum would.
+        conn.execute("ANALYZE fluxstream_chunks")
 
 
 async def latencies(http: httpx.AsyncClient, bodies: list[dict[str, Any]], concurrency: int) -> list[float]:
