@@ -106,6 +106,7 @@ class Settings:
     weight_bm25: float = _env_field(0.3, "Score fusions: weight of the normalised BM25 score (tuned on Vaswani).")
     weight_vector: float = _env_field(0.7, "Score fusions: weight of the normalised vector score (tuned on Vaswani).")
     min_position_timeout_ms: int = _env_field(5000, "Default wait for a search's min_position (read-your-writes).")
+    max_position_wait_ms: int = _env_field(60_000, "Longest wait_timeout_ms a request may ask for (the server's cap).")
     candidate_pool: int = _env_field(100, "Candidates fetched from each retriever before fusion.")
 
     # --- semantic cache ---

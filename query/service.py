@@ -295,7 +295,8 @@ def create_app(settings: Settings) -> FastAPI:
         if req.min_position is None:
             return None
         assert state.positions is not None
-        timeout_ms = req.wait_timeout_ms if req.wait_timeout_ms is not None else settings.min_position_timeout_ms
+        asked = req.wait_timeout_ms if req.wait_timeout_ms is not None else settings.min_position_timeout_ms
+        timeout_ms = min(asked, settings.max_position_wait_ms)
         if await wait_for_position(state.positions, req, timeout_ms / 1000):
             return None
         metrics.SEARCHES.labels(req.mode, "position_not_reached").inc()
@@ -388,9 +389,10 @@ def create_app(settings: Settings) -> FastAPI:
             raise RateLimited(wait)  # a batch costs one token per search
         started = time.perf_counter()
         routed = [await on_serving_generation(req) for req in batch.requests]
-        for req, _ in routed:
-            if (problem := await position_problem(req)) is not None:
-                return JSONResponse(problem.model_dump(exclude_none=True), status_code=409)
+        # Positions are awaited together: the batch waits as long as its longest wait, not their sum.
+        problems = await asyncio.gather(*(position_problem(req) for req, _ in routed))
+        if (problem := next((p for p in problems if p is not None), None)) is not None:
+            return JSONResponse(problem.model_dump(exclude_none=True), status_code=409)
         found = await state.searcher.search_many([req for req, _ in routed])
         responses = [as_asked(req, response, generation)
                      for req, response, (_, generation) in zip(batch.requests, found, routed, strict=True)]

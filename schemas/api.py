@@ -186,8 +186,9 @@ class FeedbackRequest(BaseModel):
     """``POST /v1/feedback`` about an answered request (its ``request_id``, or the X-Request-ID of a search)."""
 
     model_config = ConfigDict(extra="forbid")
-    request_id: Annotated[str, Field(min_length=1, max_length=128)]
+    request_id: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00]+$")]
     score: Annotated[int, Field(ge=-1, le=1)]
     """1: helpful, 0: neutral, -1: not helpful."""
-    comment: Annotated[str, Field(max_length=4000)] = ""
+    comment: Annotated[str, Field(max_length=4000, pattern=r"^[^\x00]*$")] = ""
+    """Free text (NUL characters are refused: PostgreSQL cannot store them)."""
     collection: CollectionName | None = None
