@@ -170,6 +170,9 @@ def build_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         producer_max_request_size=8 * 1024 * 1024,  # a dead letter carries the original record
         consumer_auto_offset_reset="earliest",
+        # On stop, commit what is acknowledged instead of waiting for every fetched record to be: records
+        # buffered for an agent that is stopping would hold the shutdown forever. Unacked ones are redelivered.
+        stream_wait_empty=False,
         web_enabled=settings.worker_web_port != 0,
         web_port=settings.worker_web_port or 6066,
         web_bind=settings.http_host,

@@ -56,7 +56,8 @@ async def indexed(stack: Settings) -> str:
 async def with_chat(stack: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, ChatServerState]]:
     with chat_server(reply) as (base_url, chat):
         settings = replace(stack, chat_model="test-chat", chat_base_url=base_url, chat_api_key="k",
-                           http_port=free_port(), search_requests_topic=f"rag-req-{uuid.uuid4().hex[:6]}")
+                           http_port=free_port(), search_requests_topic=f"rag-req-{uuid.uuid4().hex[:6]}",
+                           app_id="rag-tests")  # its own consumer group: never rebalances the session service
         async with query_service(settings) as client:
             yield client, chat
 

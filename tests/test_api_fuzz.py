@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -22,6 +23,7 @@ from fluxstream.settings import Settings
 from fluxstream.stack import free_port
 from query.auth import new_key
 from query.service import create_app
+from streams.topics import create_topics
 
 KEY, ENTRY = new_key(["search", "admin"])
 
@@ -29,8 +31,11 @@ KEY, ENTRY = new_key(["search", "admin"])
 @pytest.fixture(scope="module")
 def api_schema(stack: Settings) -> Iterator[schemathesis.schemas.BaseSchema]:
     # Read-your-writes waits are capped at 1 s here: generated min_positions are never reached.
+    # Its own request topic: joining the session service's consumer group would take partitions away from it.
     config = replace(stack, api_keys=ENTRY, http_port=free_port(), max_request_bytes=64 * 1024,
-                     max_position_wait_ms=1000)
+                     max_position_wait_ms=1000, search_requests_topic=f"fuzz-req-{uuid.uuid4().hex[:8]}",
+                     app_id="fuzz-tests")
+    asyncio.run(create_topics(config))
     server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1", port=config.http_port,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
