@@ -36,6 +36,7 @@ from indexer.chunking import Chunker, make_chunk_id
 VOCABULARY = 30_000
 TOPICS = 300
 DIM = 384
+BLOCK = 1000  # documents drawn together
 
 
 class Corpus:
@@ -52,16 +53,31 @@ class Corpus:
         self.zipf /= self.zipf.sum()
         self.topic_words = [self.rng.choice(VOCABULARY, size=60, replace=False) for _ in range(TOPICS)]
         self.centroids = self.rng.normal(size=(TOPICS, DIM)).astype(np.float32)
+        self._block_no, self._block = -1, []
 
     def document(self, i: int) -> tuple[str, int]:
-        rng = np.random.default_rng(i)
-        topic = int(rng.integers(TOPICS))
-        n = int(rng.integers(60, 140))
-        own = rng.choice(self.topic_words[topic], size=n // 3)
-        common = rng.choice(VOCABULARY, size=n - len(own), p=self.zipf)
-        ids = np.concatenate([own, common])
-        rng.shuffle(ids)
-        return " ".join(self.words[j] for j in ids), topic
+        """(text, topic) of document ``i``; documents are drawn a block at a time (one sampling call per
+        block, not per document: a per-document weighted draw over the vocabulary made this generator,
+        not the indexer, the bottleneck at a million documents)."""
+        block_no, offset = divmod(i, BLOCK)
+        if self._block_no != block_no:
+            self._block = self._draw_block(block_no)
+            self._block_no = block_no
+        return self._block[offset]
+
+    def _draw_block(self, block_no: int) -> list[tuple[str, int]]:
+        rng = np.random.default_rng((11, block_no))
+        topics = rng.integers(TOPICS, size=BLOCK)
+        lengths = rng.integers(60, 140, size=BLOCK)
+        own = lengths // 3
+        common = rng.choice(VOCABULARY, size=int((lengths - own).sum()), p=self.zipf)
+        own_picks = rng.integers(60, size=int(own.sum()))
+        out, c, o = [], 0, 0
+        for topic, length, n_own in zip(topics, lengths, own, strict=True):
+            ids = np.concatenate([self.topic_words[topic][own_picks[o : o + n_own]], common[c : c + length - n_own]])
+            o, c = o + n_own, c + length - n_own
+            out.append((" ".join(self.words[j] for j in rng.permutation(ids)), int(topic)))
+        return out
 
     def embedding(self, topic: int, i: int) -> np.ndarray:
         noise = np.random.default_rng(i).normal(scale=0.8, size=DIM).astype(np.float32)
