@@ -47,10 +47,16 @@ class BatchOutcome:
 
     index_updates: list[IndexUpdate] = field(default_factory=list)
     embed_jobs: list[EmbedJob] = field(default_factory=list)
-    applied: int = 0
-    skipped: int = 0
     conflicts: int = 0
     results: list[tuple[SourcedChange, bool]] = field(default_factory=list)  # (change, applied?) in batch order
+
+    @property
+    def applied(self) -> int:
+        return sum(1 for _, applied in self.results if applied)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.results) - self.applied
 
 
 @dataclass(frozen=True)
@@ -113,11 +119,9 @@ class BM25Stage:
             ref = (change.collection, change.doc_id)
             state = current[ref]
             if change.op == "upsert" and change.version <= truncated[change.collection]:
-                outcome.skipped += 1  # older than a truncate of its collection: must not come back
-                outcome.results.append((item, False))
+                outcome.results.append((item, False))  # older than a truncate: must not come back
                 continue
             if state.version is not None and change.version <= state.version:
-                outcome.skipped += 1
                 outcome.results.append((item, False))
                 if change.version == state.version and ref not in touched:
                     # A redelivery of the applied version: re-emit its embed job and index update,
@@ -127,7 +131,6 @@ class BM25Stage:
             current[ref] = self._next_state(item, state)
             touched.add(ref)
             latest_source[ref] = item.source
-            outcome.applied += 1
             outcome.results.append((item, True))
             outcome.index_updates.append(_index_update(current[ref], item.source, vectors=False, previous=state))
         writes = [(before[ref], current[ref]) for ref in refs if ref in touched]
