@@ -205,8 +205,7 @@ def build_app(settings: Settings) -> faust.App:
         """Consumer lag per partition of every topic this worker group reads (take max() across workers)."""
         topics = [settings.documents_topic, settings.embed_jobs_topic, *cdc.topics]
         try:
-            for topic in topics:
-                committed, ends = await group_offsets(settings, topic)
+            for topic, (committed, ends) in (await group_offsets(settings, *topics)).items():
                 for partition, end in ends.items():
                     metrics.CONSUMER_LAG.labels(topic, str(partition)).set(max(0, end - committed[partition]))
         except Exception as exc:  # Kafka unreachable: the lag is unknown, not zero

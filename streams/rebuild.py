@@ -202,10 +202,10 @@ async def _apply(handlers: Callable[[str], Handler], batch: list[ReplayedRecord]
 
 async def _wait_for_vector_stage(settings: Settings, timeout: float, meter: _Meter) -> None:
     """Until the workers' embed agent has committed past every embed job published so far."""
-    _, ends = await group_offsets(settings, settings.embed_jobs_topic)
+    _, ends = (await group_offsets(settings, settings.embed_jobs_topic))[settings.embed_jobs_topic]
     deadline = time.monotonic() + timeout
     while True:
-        committed, _ = await group_offsets(settings, settings.embed_jobs_topic)
+        committed, _ = (await group_offsets(settings, settings.embed_jobs_topic))[settings.embed_jobs_topic]
         if all(committed.get(p, 0) >= end for p, end in ends.items()):
             return
         if time.monotonic() > deadline:

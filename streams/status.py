@@ -13,29 +13,32 @@ from indexer.generations import GenerationRegistry, index_name, parse_index_name
 from indexer.positions import APPLIED_KEY
 from indexer.postings import PostingsStore
 
+Offsets = tuple[dict[int, int], dict[int, int]]  # (committed by the worker group, end) per partition
 
-async def group_offsets(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:
-    """(committed offset of the worker group, end offset) per partition of ``topic``."""
+
+async def group_offsets(settings: Settings, *topics: str) -> dict[str, Offsets]:
+    """Committed offset of the worker group and end offset per partition, for each topic (one connection)."""
     admin = new_admin(settings)
     consumer = new_consumer(settings)
     await admin.start()
     await consumer.start()
     try:
         await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
         ends = await consumer.end_offsets(tps) if tps else {}
         committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps) if tps else {}
     finally:
         await consumer.stop()
         await admin.close()
-    done = {tp.partition: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0}
-    return {tp.partition: done.get(tp.partition, 0) for tp in tps}, {tp.partition: ends[tp] for tp in tps}
+    done = {tp: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0}
+    return {t: ({tp.partition: done.get(tp, 0) for tp in tps if tp.topic == t},
+                {tp.partition: ends[tp] for tp in tps if tp.topic == t}) for t in topics}
 
 
-async def consumer_lag(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    committed, ends = await group_offsets(settings, topic)
-    return [{"topic": topic, "partition": p, "committed": committed[p], "end": end,
-             "lag": max(0, end - committed[p])} for p, end in ends.items()]
+async def consumer_lag(settings: Settings, *topics: str) -> list[dict[str, Any]]:
+    return [{"topic": topic, "partition": p, "committed": committed[p], "end": end, "lag": max(0, end - committed[p])}
+            for topic, (committed, ends) in (await group_offsets(settings, *topics)).items()
+            for p, end in ends.items()]
 
 
 async def collection_status(redis: aioredis.Redis) -> dict[str, Any]:
@@ -70,7 +73,5 @@ async def status(settings: Settings) -> dict[str, Any]:
         collections = await collection_status(redis)
     finally:
         await redis.aclose()
-    lag = []
-    for topic in (settings.documents_topic, settings.embed_jobs_topic):
-        lag += await consumer_lag(settings, topic)
+    lag = await consumer_lag(settings, settings.documents_topic, settings.embed_jobs_topic)
     return {**collections, "consumer_lag": lag}
