@@ -48,7 +48,17 @@ class BatchOutcome:
     index_updates: list[IndexUpdate] = field(default_factory=list)
     embed_jobs: list[EmbedJob] = field(default_factory=list)
     conflicts: int = 0
-    results: list[tuple[SourcedChange, bool]] = field(default_factory=list)  # (change, applied?) in batch order
+    results: list[tuple[SourcedChange, bool]] = field(default_factory=list)  # (change, applied?) per document in order
+
+    @classmethod
+    def merged(cls, outcomes: list[BatchOutcome]) -> BatchOutcome:
+        merged = cls()
+        for outcome in outcomes:
+            merged.index_updates += outcome.index_updates
+            merged.embed_jobs += outcome.embed_jobs
+            merged.conflicts += outcome.conflicts
+            merged.results += outcome.results
+        return merged
 
     @property
     def applied(self) -> int:
@@ -85,13 +95,31 @@ class DocumentBuilder:
 class BM25Stage:
     """Applies change batches to Redis; pure planning plus one write per collection."""
 
-    def __init__(self, store: PostingsStore, builder: DocumentBuilder, *, max_conflict_retries: int = 50):
+    def __init__(self, store: PostingsStore, builder: DocumentBuilder, *, max_conflict_retries: int = 50,
+                 group_size: int = 64):
         self.store = store
         self.builder = builder
         self.max_conflict_retries = max_conflict_retries
+        self.group_size = group_size
 
     async def apply(self, batch: list[SourcedChange]) -> BatchOutcome:
-        """Apply ``batch`` (in partition order). Re-reads and re-plans on a version conflict."""
+        """Apply ``batch`` (in partition order), in concurrent groups of whole documents.
+
+        Groups share no document, so each is read, planned and written (one script) on its own;
+        while Redis runs one group's script the next group is tokenized and planned, which keeps
+        the worker from idling on the write. Each group re-reads and re-plans on its own conflict.
+        """
+        groups = split_by_document(batch, self.group_size)
+        if len(groups) == 1:
+            return await self._apply_group(batch)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                running = [tasks.create_task(self._apply_group(group)) for group in groups]
+        except ExceptionGroup as failed:  # callers classify errors (transient or not): pass the first one on
+            raise failed.exceptions[0] from None
+        return BatchOutcome.merged([task.result() for task in running])
+
+    async def _apply_group(self, batch: list[SourcedChange]) -> BatchOutcome:
         conflicts = 0
         while True:
             outcome = await self._try_apply(batch)
@@ -173,6 +201,18 @@ class BM25Stage:
             source=src,
             row=row,
         )
+
+
+def split_by_document(batch: list[SourcedChange], group_size: int) -> list[list[SourcedChange]]:
+    """Groups of about ``group_size`` documents each; a document's changes stay together and in order."""
+    refs = list(dict.fromkeys((s.change.collection, s.change.doc_id) for s in batch))
+    if len(refs) <= group_size:
+        return [batch]
+    group_of = {ref: n // group_size for n, ref in enumerate(refs)}
+    groups: list[list[SourcedChange]] = [[] for _ in range(max(group_of.values()) + 1)]
+    for item in batch:
+        groups[group_of[(item.change.collection, item.change.doc_id)]].append(item)
+    return groups
 
 
 def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool,

@@ -47,10 +47,13 @@ class Positions:
 
     async def mark_pending(self, jobs: Iterable[EmbedJob]) -> None:
         """Before embed jobs are sent (and before the batch's offsets count as handled)."""
+        by_key: dict[str, dict[str, int]] = {}
+        for job in jobs:
+            key = self.store.pending_vectors_key(job.collection, job.source.topic, job.source.partition)
+            by_key.setdefault(key, {})[job.doc_id] = job.source.offset  # a batch's jobs: one ZADD per key
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                key = self.store.pending_vectors_key(job.collection, job.source.topic, job.source.partition)
-                pipe.zadd(key, {job.doc_id: job.source.offset})
+            for key, members in by_key.items():
+                pipe.zadd(key, members)
             await pipe.execute()
 
     async def clear_pending(self, jobs: Iterable[EmbedJob]) -> None:

@@ -181,8 +181,7 @@ class PostingsStore:
             return
         for collection, plan in plans.items():
             # Change counters caches validate against (see query.cache): per term and per collection.
-            for term in sorted(changed_terms[collection]):
-                plan.op("HINCRBY", self.term_versions_key(collection), term, 1)
+            plan.increment_fields(self.term_versions_key(collection), sorted(changed_terms[collection]))
             plan.op("HINCRBY", self.meta_key(collection), "seq", 1)
         await self.redis.sadd(COLLECTIONS_KEY, *plans)
         for plan in plans.values():
@@ -203,7 +202,7 @@ class PostingsStore:
         for chunk_id, chunk in old.items():
             replacement = new.get(chunk_id)
             if replacement is None or replacement.content_hash != chunk.content_hash:
-                plan.hash_field_ops("HDEL", chunk_id, [postings + term for term in chunk.tf])
+                plan.delete_field_on_keys(chunk_id, [postings + term for term in chunk.tf])
                 changed_terms.update(chunk.tf)
             if replacement is None:
                 plan.op("DEL", self.chunk_key(coll, chunk_id))
@@ -212,8 +211,8 @@ class PostingsStore:
             if previous is None or previous.content_hash != chunk.content_hash:
                 plan.op("HDEL", self.chunk_key(coll, chunk_id), "enrich")  # described the old text
                 high = chunk.dl << TF_BITS
-                plan.hash_field_ops("HSET", chunk_id, [postings + term for term in chunk.tf],
-                                    [str(high | min(tf, TF_MASK)) for tf in chunk.tf.values()])
+                plan.set_field_on_keys(chunk_id, [postings + term for term in chunk.tf],
+                                       [high | min(tf, TF_MASK) for tf in chunk.tf.values()])
                 changed_terms.update(chunk.tf)
             plan.op(
                 "HSET", self.chunk_key(coll, chunk_id),

@@ -212,8 +212,7 @@ class Pipeline:
                      sends: list[Awaitable[object]]) -> None:
         """Apply to every target index; queue dead letters, embed jobs and index updates on ``sends``."""
         targets = await self._until_done("bm25", lambda: self.scope.targets({s.change.collection for s in valid}))
-        routed = [replace(s, change=s.change.model_copy(update={"collection": index}))
-                  for s in valid for index in targets[s.change.collection]]
+        routed = [_routed(s, index) for s in valid for index in targets[s.change.collection]]
         if not routed:
             return
         originals = {_position(r): r for r in records}
@@ -389,6 +388,13 @@ class Pipeline:
             self.ready = True
             metrics.READY.set(1)
             return result
+
+
+def _routed(item: SourcedChange, index: str) -> SourcedChange:
+    """``item`` addressed to index generation ``index`` (itself when that is its collection's name)."""
+    if index == item.change.collection:
+        return item
+    return replace(item, change=item.change.model_copy(update={"collection": index}))
 
 
 def _count_consumed(records: Sequence[Record]) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import pytest
 import redis.asyncio as aioredis
 
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer
-from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
+from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange, split_by_document
 from indexer.chunking import Chunker
 from indexer.postings import PostingsStore
 from schemas.events import DocumentChange, SourcePosition
@@ -24,11 +25,14 @@ def random_text(rng: random.Random) -> str:
     return " ".join(rng.choice(VOCAB) for _ in range(rng.randint(0, 30)))
 
 
-async def test_random_change_sequence(stack: Settings, redis_client: aioredis.Redis, collection: str) -> None:
+@pytest.mark.parametrize("group_size", [64, 3], ids=["one-group", "concurrent-groups"])
+async def test_random_change_sequence(stack: Settings, redis_client: aioredis.Redis, collection: str,
+                                      group_size: int) -> None:
     rng = random.Random(20261122)
     settings = stack
     small_chunks = Chunker(size=8, overlap=2, tokenizer=build_tokenizer(settings))  # many chunks per document
-    stage = BM25Stage(PostingsStore(redis_client), DocumentBuilder(small_chunks, build_tokenizer(settings)))
+    stage = BM25Stage(PostingsStore(redis_client), DocumentBuilder(small_chunks, build_tokenizer(settings)),
+                      group_size=group_size)
     versions: dict[str, int] = {}
     final: dict[str, tuple[str, str] | None] = {}
     offset = 0
@@ -81,3 +85,13 @@ async def test_replaying_the_same_batch_is_a_no_op(stack: Settings, redis_client
     assert all(j.chunks[0].text == f"replay safety document {j.doc_id[1:]}" for j in second.embed_jobs)
     await assert_stats_match(redis_client, stack, collection,
                              {f"r{i}": ("", f"replay safety document {i}") for i in range(5)})
+
+
+def test_groups_keep_each_documents_changes_together_and_in_order() -> None:
+    order = ["a", "b", "a", "c", "d", "b", "e", "a"]
+    batch = [SourcedChange(DocumentChange(op="upsert", doc_id=doc, collection="c", version=n),
+                           SourcePosition(topic="t", partition=0, offset=n)) for n, doc in enumerate(order, 1)]
+    groups = split_by_document(batch, group_size=2)
+    assert [[(s.change.doc_id, s.change.version) for s in g] for g in groups] == [
+        [("a", 1), ("b", 2), ("a", 3), ("b", 6), ("a", 8)], [("c", 4), ("d", 5)], [("e", 7)]]
+    assert split_by_document(batch, group_size=5) == [batch]
