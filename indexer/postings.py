@@ -141,7 +141,7 @@ class PostingsStore:
         return f"{self._base(collection)}:chunk:{chunk_id}"
 
     def term_versions_key(self, collection: str) -> str:
-        """Hash term -> number of writes that changed the term's postings."""
+        """Hash term -> the collection's ``seq`` after the last write that changed the term's postings."""
         return f"{self._base(collection)}:termver"
 
     def vector_log_key(self, collection: str) -> str:
@@ -180,9 +180,11 @@ class PostingsStore:
         if not plans:
             return
         for collection, plan in plans.items():
-            # Change counters caches validate against (see query.cache): per term and per collection.
-            plan.increment_fields(self.term_versions_key(collection), sorted(changed_terms[collection]))
-            plan.op("HINCRBY", self.meta_key(collection), "seq", 1)
+            # What caches validate against (see query.cache): the collection's change counter, and per term
+            # the counter's value after the last write that changed the term's postings (one HSET, not an
+            # HINCRBY per term: the counter only grows, so a changed stamp means a changed term).
+            plan.stamp_fields(self.term_versions_key(collection), self.meta_key(collection),
+                              sorted(changed_terms[collection]))
         await self.redis.sadd(COLLECTIONS_KEY, *plans)
         for plan in plans.values():
             conflict = await self._plans.run(plan)
@@ -273,7 +275,7 @@ class PostingsStore:
     async def postings(
         self, collection: str, terms: Sequence[str]
     ) -> tuple[CollectionStats, dict[str, dict[str, int]], dict[str, int]]:
-        """Statistics, the posting lists of ``terms`` and their change counters, in one MULTI snapshot."""
+        """Statistics, the posting lists of ``terms`` and their change stamps, in one MULTI snapshot."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hmget(self.meta_key(collection), "chunks", "total_len", "docs")
             pipe.hmget(self.term_versions_key(collection), *terms)

@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 #   [cmd, key_no, args...]                      one command (cmd in `allowed`)
 #   ["HSET*", field, key_no, value, key_no, value...]   HSET key field value, for many keys
 #   ["HDEL*", field, key_no, key_no...]                 HDEL key field, for many keys
-#   ["HINCRBY*", key_no, by, field, field...]           HINCRBY key field by, for many fields
-# The starred forms carry one chunk's postings (or a batch's term counters) in one small table,
+#   ["HSTAMP*", key_no, seq_key_no, field, field...]    seq = HINCRBY seq_key seq 1, then
+#                                                       HSET key field seq ... in a few big commands
+# The starred forms carry one chunk's postings (or a write's changed terms) in one small table,
 # not one table per posting: the decode and dispatch they save is most of the script's time.
 _SCRIPT = """
 local plan = cjson.decode(ARGV[1])
@@ -40,9 +41,11 @@ for _, op in ipairs(plan.ops) do
   elseif cmd == 'HDEL*' then
     local field = op[2]
     for i = 3, #op do call('HDEL', KEYS[op[i]], field) end
-  elseif cmd == 'HINCRBY*' then
-    local key, by = KEYS[op[2]], op[3]
-    for i = 4, #op do call('HINCRBY', key, op[i], by) end
+  elseif cmd == 'HSTAMP*' then
+    local key, seq = KEYS[op[2]], call('HINCRBY', KEYS[op[3]], 'seq', 1)
+    local args = {}
+    for i = 4, #op do args[#args + 1] = op[i]; args[#args + 1] = seq end
+    for i = 1, #args, 1000 do call('HSET', key, unpack(args, i, math.min(i + 999, #args))) end
   elseif allowed[cmd] == nil then
     return redis.error_reply('unsupported op ' .. tostring(cmd))
   else
@@ -89,9 +92,9 @@ class Plan:
         key = self.key
         self.ops.append(["HDEL*", field, *(key(k) for k in keys)])
 
-    def increment_fields(self, key: str, fields: Iterable[str], by: int = 1) -> None:
-        """HINCRBY key field by, for many fields of one hash."""
-        self.ops.append(["HINCRBY*", self.key(key), str(by), *fields])
+    def stamp_fields(self, key: str, seq_key: str, fields: Iterable[str]) -> None:
+        """Bump the ``seq`` field of hash ``seq_key`` and set every field of ``key`` to the new value."""
+        self.ops.append(["HSTAMP*", self.key(key), self.key(seq_key), *fields])
 
     def encoded(self) -> bytes:
         return orjson.dumps({"checks": self.checks, "ops": self.ops})

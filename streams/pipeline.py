@@ -215,10 +215,10 @@ class Pipeline:
         routed = [_routed(s, index) for s in valid for index in targets[s.change.collection]]
         if not routed:
             return
-        originals = {_position(r): r for r in records}
         started = time.perf_counter()
         outcomes, failures = await self._apply_isolating("bm25", routed, self.bm25.apply)
         metrics.STAGE_SECONDS.labels("bm25").observe(time.perf_counter() - started)
+        originals = {_position(r): r for r in records} if failures else {}
         for item, error in dict((item.source, (item, error)) for item, error in failures).values():
             original = originals[item.source]
             sends.append(await self._dead_letter(Rejected("apply_failed", error), item.source,
@@ -403,6 +403,7 @@ def _count_consumed(records: Sequence[Record]) -> None:
 
 
 def _position(record: Record) -> SourcePosition:
+    """Where ``record`` was read; built without validation (the broker's values are well-formed)."""
     timestamp_ms = int(record.timestamp * 1000) if record.timestamp else None
-    return SourcePosition(topic=record.topic, partition=record.partition, offset=record.offset,
-                          timestamp_ms=timestamp_ms)
+    return SourcePosition.model_construct(topic=record.topic, partition=record.partition, offset=record.offset,
+                                          timestamp_ms=timestamp_ms)
