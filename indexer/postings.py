@@ -268,6 +268,14 @@ class PostingsStore:
     async def collections(self) -> list[str]:
         return sorted(m.decode() for m in await self.redis.smembers(COLLECTIONS_KEY))
 
+    async def stats_if_exists(self, collection: str) -> CollectionStats | None:
+        """The collection's statistics, or None if there is no such collection; one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sismember(COLLECTIONS_KEY, collection)
+            pipe.hmget(self.meta_key(collection), "chunks", "total_len", "docs")
+            exists, meta = await pipe.execute()
+        return _decode_stats(meta) if exists else None
+
     async def stats(self, collection: str) -> CollectionStats:
         return _decode_stats(await self.redis.hmget(self.meta_key(collection), "chunks", "total_len", "docs"))
 

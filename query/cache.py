@@ -24,7 +24,9 @@ check the collection's change sequence and write the entry atomically):
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import time
 import uuid
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from indexer.postings import PostingsStore
 from indexer.redis_plan import Plan, PlanRunner
@@ -121,6 +124,24 @@ def decode_retrieval(raw: bytes, query_vector: np.ndarray | None) -> Retrieval:
                      query_vector=query_vector)
 
 
+# One round trip for an exact hit: the entry the exact key names, its query terms' current change
+# stamps, and its LRU touch. The entry and stamp keys are read by name (not declared): they share the
+# collection's hash tag with KEYS[1], so they live in the same slot.
+_EXACT_LOOKUP = """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+local fields = redis.call('HMGET', ARGV[1] .. id, 'query', 'retrieval', 'embedding', 'threshold', 'terms')
+if not fields[2] then return false end
+local stamps = {}
+if fields[5] then
+  local terms = cjson.decode(fields[5])
+  if #terms > 0 then stamps = redis.call('HMGET', ARGV[2], unpack(terms)) end
+end
+redis.call('ZADD', KEYS[2], ARGV[3], id)
+return {id, fields[1], fields[2], fields[3] or '', fields[4] or '', stamps}
+"""
+
+
 class SemanticCache:
     def __init__(self, redis: aioredis.Redis, postings: PostingsStore, dimensions: int,
                  config: CacheConfig | None = None) -> None:
@@ -129,6 +150,8 @@ class SemanticCache:
         self.config = config or CacheConfig()
         self.lsh = LSH(dimensions, self.config.lsh_bands, self.config.lsh_bits)
         self._plans = PlanRunner(redis)
+        self._exact_lookup = redis.register_script(_EXACT_LOOKUP)
+        self._background: set[asyncio.Task[Any]] = set()
         self._delete_if_equal = redis.register_script(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 
@@ -163,11 +186,9 @@ class SemanticCache:
     # ---- lookup ----
     async def lookup(self, req: SearchRequest, embed: Any) -> Lookup:
         """Exact match first; for vector and hybrid searches, then the nearest cached query above the threshold."""
-        entry_id = await self.redis.get(self.exact_key(req))
-        if entry_id is not None:
-            hit = await self._load(req.collection, entry_id.decode(), "exact", 1.0)
-            if hit is not None:
-                return Lookup(hit, hit.retrieval.query_vector)
+        hit = await self._load_exact(req)
+        if hit is not None:
+            return Lookup(hit, hit.retrieval.query_vector)
         if req.mode == "bm25":
             return Lookup(None, None)
         vector = (await embed([req.query]))[0]
@@ -195,28 +216,53 @@ class SemanticCache:
                 return Lookup(hit, vector)
         return Lookup(None, vector)
 
+    async def _load_exact(self, req: SearchRequest) -> CacheHit | None:
+        coll = req.collection
+        found = await self._exact_lookup(
+            keys=[self.exact_key(req), self.lru_key(coll)],
+            args=[self.entry_key(coll, ""), self.postings.term_versions_key(coll), time.time()])
+        if not found:
+            return None
+        entry_id, query, raw, embedding, threshold, stamps = found
+        retrieval = decode_retrieval(raw, embedding_of(embedding))
+        terms = list(retrieval.term_versions or {})
+        current = dict(zip(terms, (int(v) if v is not None else 0 for v in stamps), strict=True)) \
+            if len(stamps) == len(terms) else None  # entries stored before the "terms" field: read them
+        return await self._validated(coll, entry_id.decode(), "exact", 1.0, query, retrieval,
+                                     float(threshold or -1.0), current)
+
     async def _load(self, collection: str, entry_id: str, kind: str, similarity: float) -> CacheHit | None:
         fields = await self.redis.hmget(self.entry_key(collection, entry_id), "query", "retrieval", "embedding",
                                         "threshold")
         if fields[1] is None:
             return None  # invalidated or expired meanwhile
-        retrieval = decode_retrieval(fields[1], embedding_of(fields[2]))
-        reason = await self.invalid_because(collection, retrieval, float(fields[3] or -1.0))
+        await self.redis.zadd(self.lru_key(collection), {entry_id: time.time()})
+        return await self._validated(collection, entry_id, kind, similarity, fields[0],
+                                     decode_retrieval(fields[1], embedding_of(fields[2])), float(fields[3] or -1.0))
+
+    async def _validated(self, collection: str, entry_id: str, kind: str, similarity: float, query: bytes,
+                         retrieval: Retrieval, threshold: float,
+                         term_stamps: dict[str, int] | None = None) -> CacheHit | None:
+        """The hit, or None after deleting the entry when a change since it was stored makes it wrong."""
+        reason = await self.invalid_because(collection, retrieval, threshold, term_stamps)
         if reason is not None:
             await self.delete(collection, [entry_id], count_as=f"invalid_on_read_{reason}")
             return None
-        await self.redis.zadd(self.lru_key(collection), {entry_id: time.time()})
-        return CacheHit(kind, entry_id, fields[0].decode(), similarity, retrieval)
+        return CacheHit(kind, entry_id, query.decode(), similarity, retrieval)
 
-    async def invalid_because(self, collection: str, retrieval: Retrieval, threshold: float) -> str | None:
+    async def invalid_because(self, collection: str, retrieval: Retrieval, threshold: float,
+                              term_stamps: dict[str, int] | None = None) -> str | None:
         """Checked on every hit, so correctness never waits for the invalidation agent.
 
         None when valid: no write changed the postings of the query's terms since they were read,
         and no vector change since the k-NN query concerns a document the answer depends on or
-        brings a chunk at least as similar as ``threshold``. Otherwise the reason.
+        brings a chunk at least as similar as ``threshold``. Otherwise the reason. ``term_stamps``:
+        the terms' current change stamps when the caller already read them.
         """
         if retrieval.term_versions:
-            current = await self.postings.term_versions(collection, list(retrieval.term_versions))
+            current = term_stamps
+            if current is None:
+                current = await self.postings.term_versions(collection, list(retrieval.term_versions))
             if current != retrieval.term_versions:
                 return "terms"
         if retrieval.vector_hits is None:
@@ -277,6 +323,7 @@ class SemanticCache:
         vector = retrieval.query_vector if retrieval.vector_hits is not None else None
         plan.op("HSET", entry_key, "query", req.query, "exact_key", exact_key,
                 "retrieval", encode_retrieval(retrieval).decode(),
+                "terms", orjson.dumps(list(retrieval.term_versions or {})).decode(),
                 "embedding", "" if vector is None else _b64(vector),
                 "threshold", self.threshold(req, retrieval, response, pool) if vector is not None else "")
         plan.op("EXPIRE", entry_key, ttl)
@@ -292,7 +339,7 @@ class SemanticCache:
         if vector is not None:
             plan.op("XADD", self.stream_key(coll), "MAXLEN", "~", self.config.stream_maxlen, "*", "id", entry_id)
         await self._plans.run(plan)
-        await self.redis.hincrby(STATS_KEY, "stored", 1)
+        self.record("stored")
         await self._evict(coll)
         return True
 
@@ -323,8 +370,15 @@ class SemanticCache:
         await self.redis.hincrby(STATS_KEY, count_as, removed)
         return removed
 
-    async def record(self, outcome: str) -> None:
-        await self.redis.hincrby(STATS_KEY, outcome, 1)
+    def record(self, outcome: str) -> None:
+        """Counted in the background: a statistic is not worth a round trip on the request's path."""
+        task = asyncio.get_running_loop().create_task(self._count(outcome))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _count(self, outcome: str) -> None:
+        with contextlib.suppress(RedisError):  # Redis down: the request reports that; one lost count is no loss
+            await self.redis.hincrby(STATS_KEY, outcome, 1)
 
     async def stats(self) -> dict[str, float]:
         raw = {k.decode(): int(v) for k, v in (await self.redis.hgetall(STATS_KEY)).items()}

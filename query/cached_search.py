@@ -26,12 +26,12 @@ class CachedSearcher:
             hit = lookup.hit
             replayed = req if hit.kind == "exact" else req.model_copy(update={"query": hit.query})
             response, _ = await self.searcher.search_with_retrieval(replayed, replay=hit.retrieval)
-            await self.cache.record("hits" if hit.kind == "exact" else "semantic_hits")
+            self.cache.record("hits" if hit.kind == "exact" else "semantic_hits")
             metrics.CACHE_LOOKUPS.labels(hit.kind).inc()
             info = CacheInfo(status=hit.kind, cached_query=hit.query, similarity=round(hit.similarity, 6))
             return response.model_copy(update={"query": req.query, "cache": info})
         response, retrieval = await self.searcher.search_with_retrieval(req, query_vector=lookup.query_vector)
-        await self.cache.record("misses")
+        self.cache.record("misses")
         metrics.CACHE_LOOKUPS.labels("miss").inc()
         if retrieval.collection_found:
             await self.cache.store(req, retrieval, response, self.searcher.pool(req))

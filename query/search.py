@@ -19,7 +19,7 @@ import numpy as np
 from indexer.bm25 import BM25Params, score_postings
 from indexer.embedders.base import Embedder
 from indexer.enrichment import PREFIX as ENRICHMENT_PREFIX
-from indexer.postings import PostingsStore, StoredChunk
+from indexer.postings import CollectionStats, PostingsStore, StoredChunk
 from indexer.tokenizer import Tokenizer
 from indexer.vector_store import VectorHit, VectorStore
 from query.filters import matches
@@ -97,12 +97,18 @@ class Searcher:
         timer = Timer()
         pool = self.pool(req)
         retrieval = Retrieval(query_vector=query_vector)
-        if not await self.postings.collection_exists(req.collection):
+        replayed_stats = None
+        if replay is not None and replay.postings is not None:  # a cache hit: existence and stats in one trip
+            replayed_stats = await self.postings.stats_if_exists(req.collection)
+            found = replayed_stats is not None
+        else:
+            found = await self.postings.collection_exists(req.collection)
+        if not found:
             retrieval.collection_found = False
             return self._response(req, [], timer), retrieval
         rankings: dict[str, list[tuple[str, float]]] = {}
         if req.mode in ("bm25", "hybrid"):
-            rankings["bm25"] = await self._bm25(req, pool, timer, retrieval, replay)
+            rankings["bm25"] = await self._bm25(req, pool, timer, retrieval, replay, replayed_stats)
         if req.mode in ("vector", "hybrid"):
             rankings["vector"] = await self._vector(req, pool, timer, retrieval, replay)
         started = time.perf_counter()
@@ -139,14 +145,15 @@ class Searcher:
         return max(self.defaults.candidate_pool, req.k)
 
     async def _bm25(self, req: SearchRequest, pool: int, timer: Timer, retrieval: Retrieval,
-                    replay: Retrieval | None) -> list[tuple[str, float]]:
+                    replay: Retrieval | None, replayed_stats: CollectionStats | None = None
+                    ) -> list[tuple[str, float]]:
         started = time.perf_counter()
         terms = self.tokenizer.tokenize(req.query)
         retrieval.postings = {}
         if not terms:
             return []
         if replay is not None and replay.postings is not None:
-            stats, postings = await self.postings.stats(req.collection), replay.postings
+            stats, postings = replayed_stats or await self.postings.stats(req.collection), replay.postings
         else:
             stats, postings, retrieval.term_versions = await self.postings.postings(
                 req.collection, list(dict.fromkeys(terms)))

@@ -222,6 +222,45 @@ class _TooLarge(Exception):
     pass
 
 
+class RequestObserver:
+    """ASGI middleware: a request id on every log line and response, an access log line, in-flight gauge.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware runs every
+    request through an extra task group and body stream, about a third of a cache hit's time.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = (headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex)[:64]
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        metrics.IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            if scope["path"] not in QUIET_PATHS:  # no query text or body: they may be confidential
+                log.info("http_request", method=scope["method"], path=scope["path"], status=status,
+                         ms=round((time.perf_counter() - started) * 1000, 2))
+
+
 def create_app(settings: Settings) -> FastAPI:
     state = QueryState(settings)
     gate = Gatekeeper(settings)
@@ -245,24 +284,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.state.gate = gate
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        """A request id on every log line and response; in-flight requests as a gauge."""
-        request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex)[:64]
-        request.state.request_id = request_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        metrics.IN_FLIGHT.inc()
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        finally:
-            metrics.IN_FLIGHT.dec()
-        response.headers["x-request-id"] = request_id
-        if request.url.path not in QUIET_PATHS:  # no query text or body: they may be confidential
-            log.info("http_request", method=request.method, path=request.url.path, status=response.status_code,
-                     ms=round((time.perf_counter() - started) * 1000, 2))
-        return response
+    app.add_middleware(RequestObserver)
 
     @app.exception_handler(AuthError)
     async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
