@@ -7,11 +7,13 @@ A job at or below the document's applied vector version is skipped.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import structlog
 
 from fluxstream import metrics
 from indexer.embedders.base import Embedder, EmbeddingError
@@ -29,14 +31,19 @@ class VectorOutcome:
     reused: int = 0
 
 
+log = structlog.get_logger(__name__)
+
 VectorChange = tuple[str, str, bytes]  # collection, doc_id, concatenated float32 chunk embeddings
 ChangeLog = Callable[[list[VectorChange]], Awaitable[None]]
 
 
 class VectorStage:
-    def __init__(self, store: VectorStore, embedder: Embedder, change_log: ChangeLog | None = None) -> None:
+    def __init__(self, store: VectorStore, embedder: Embedder, change_log: ChangeLog | None = None,
+                 part_size: int = 64) -> None:
         """``change_log`` is told about every write before and after its commit (see query.cache):
-        a reader that sees the rows has then always been able to see a log record of them."""
+        a reader that sees the rows has then always been able to see a log record of them.
+        ``part_size``: jobs embedded (and then written, one transaction) at a time within a batch."""
+        self.part_size = part_size
         self.store = store
         self.embedder = embedder
         self.change_log = change_log
@@ -56,8 +63,28 @@ class VectorStage:
                     outcome.index_updates.append(_vectors_applied(job))  # redelivery: re-announce
                 continue
             pending.append(job)
-        vectors = await self._embeddings_for(pending, outcome)
-        ready = [job for job in pending if all(c.content_hash in vectors for c in job.chunks)]
+        # Embed part k+1 (in the embedder's thread) while part k is written, so the embedder and
+        # pgvector's HNSW insertion (a Postgres process) use the cores at the same time, not in turns.
+        writing: asyncio.Task[None] | None = None
+        try:
+            for start in range(0, len(pending), self.part_size):
+                part = pending[start : start + self.part_size]
+                vectors = await self._embeddings_for(part, outcome)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(self._write(part, vectors, outcome))
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():  # embedding failed: let the write finish first
+                await asyncio.wait([writing])
+                if not writing.cancelled() and writing.exception() is not None:
+                    log.warning("vector_write_failed_after_embedding_failure", error=repr(writing.exception()))
+        return outcome
+
+    async def _write(self, jobs: list[EmbedJob], vectors: dict[str, np.ndarray], outcome: VectorOutcome) -> None:
+        """Write the jobs whose every chunk has a vector (the others failed and are in ``outcome.failed``)."""
+        ready = [job for job in jobs if all(c.content_hash in vectors for c in job.chunks)]
         documents = [
             (job.collection, job.doc_id, job.version, job.op == "delete",
              [VectorRow(job.collection, c.chunk_id, job.doc_id, c.chunk_no, c.text, job.metadata,
@@ -77,7 +104,6 @@ class VectorStage:
                 outcome.index_updates.append(_vectors_applied(job))
             else:
                 outcome.skipped += 1
-        return outcome
 
     async def _embed(self, texts: list[str]) -> np.ndarray:
         metrics.EMBED_BATCH_SIZE.observe(len(texts))

@@ -109,3 +109,19 @@ async def test_permanently_failing_document_is_isolated(vector_store: VectorStor
     assert outcome.applied == 2
     assert await vector_store.applied_versions([(collection, d) for d in ("ok1", "bad", "ok2")]) == {
         (collection, "ok1"): 1, (collection, "ok2"): 1}
+
+
+async def test_a_batch_in_parts_writes_every_part(vector_store: VectorStore, embedder: RecordingEmbedder,
+                                                  collection: str) -> None:
+    """Parts are embedded while the previous part is written; the result equals one whole-batch apply."""
+    stage = VectorStage(vector_store, PoisonEmbedder(embedder.inner), part_size=2)
+    jobs = [job(collection, f"p{i}", 1, [f"part text number {i}", f"second chunk {i}"]) for i in range(7)]
+    jobs[5] = job(collection, "p5", 1, ["a POISON chunk"])  # fails alone, in the third part
+    outcome = await stage.apply(jobs)
+    assert outcome.applied == 6 and [j.doc_id for j, _ in outcome.failed] == ["p5"]
+    assert sorted(u.doc_id for u in outcome.index_updates) == [f"p{i}" for i in range(7) if i != 5]
+    stored = await vector_store.applied_versions([(collection, f"p{i}") for i in range(7)])
+    assert stored == {(collection, f"p{i}"): 1 for i in range(7) if i != 5}
+    for i in (0, 6):
+        assert await vector_store.document_hashes(collection, f"p{i}") == {
+            f"p{i}#0": content_hash(f"part text number {i}"), f"p{i}#1": content_hash(f"second chunk {i}")}
