@@ -132,6 +132,32 @@ def load_vectors(settings: Settings, corpus: Corpus, collection: str, start: int
         conn.execute("ANALYZE fluxstream_chunks")
 
 
+async def quiesce(settings: Settings, timeout: float = 1800) -> float:
+    """Wait out Valkey's AOF rewrite (started by the growth just indexed) and let autovacuum settle.
+
+    Latency is measured on a quiet index: a rewrite forks and copies the whole dataset, and during it
+    every percentile measures the rewrite rather than the query path. Returns the seconds waited.
+    """
+    started = time.monotonic()
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        while time.monotonic() - started < timeout:
+            info = await redis.info("persistence")
+            if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+                break
+            await asyncio.sleep(1.0)
+    finally:
+        await redis.aclose()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        while time.monotonic() - started < timeout:
+            busy = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+                                ).fetchone()[0]
+            if not busy:
+                break
+            time.sleep(1.0)
+    return round(time.monotonic() - started, 1)
+
+
 async def latencies(http: httpx.AsyncClient, bodies: list[dict[str, Any]], concurrency: int) -> list[float]:
     gate = asyncio.Semaphore(concurrency)
     samples: list[float] = []
@@ -175,6 +201,7 @@ async def measure(settings: Settings, sizes: list[int], vectors_up_to: int, n_qu
             postings += sum(len(Counter(tokenizer.tokenize(corpus.document(i)[0]))) for i in range(done, size))
             done = size
             row: dict[str, Any] = {"index_seconds": round(time.monotonic() - started, 1)}
+            row["waited_for_background_seconds"] = await quiesce(settings)
             queries = corpus.queries(n_queries, seed=size)
             modes = {"bm25": {"mode": "bm25"}}
             if size <= vectors_up_to:

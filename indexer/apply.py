@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,6 +69,9 @@ class BatchOutcome:
         return len(self.results) - self.applied
 
 
+GroupApplied = Callable[[BatchOutcome], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class DocumentBuilder:
     """Turns a change into the chunk states the index will hold."""
@@ -102,19 +105,28 @@ class BM25Stage:
         self.max_conflict_retries = max_conflict_retries
         self.group_size = group_size
 
-    async def apply(self, batch: list[SourcedChange]) -> BatchOutcome:
+    async def apply(self, batch: list[SourcedChange], on_applied: GroupApplied | None = None) -> BatchOutcome:
         """Apply ``batch`` (in partition order), in concurrent groups of whole documents.
 
         Groups share no document, so each is read, planned and written (one script) on its own;
         while Redis runs one group's script the next group is tokenized and planned, which keeps
         the worker from idling on the write. Each group re-reads and re-plans on its own conflict.
+        ``on_applied`` gets each group's outcome as soon as it is written (the caller publishes its
+        follow-up events then, while later groups are still being written).
         """
+
+        async def apply_group(group: list[SourcedChange]) -> BatchOutcome:
+            outcome = await self._apply_group(group)
+            if on_applied is not None:
+                await on_applied(outcome)
+            return outcome
+
         groups = split_by_document(batch, self.group_size)
         if len(groups) == 1:
-            return await self._apply_group(batch)
+            return await apply_group(batch)
         try:
             async with asyncio.TaskGroup() as tasks:
-                running = [tasks.create_task(self._apply_group(group)) for group in groups]
+                running = [tasks.create_task(apply_group(group)) for group in groups]
         except ExceptionGroup as failed:  # callers classify errors (transient or not): pass the first one on
             raise failed.exceptions[0] from None
         return BatchOutcome.merged([task.result() for task in running])

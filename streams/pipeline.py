@@ -28,7 +28,7 @@ from fluxstream import metrics
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
-from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
+from indexer.apply import BatchOutcome, BM25Stage, DocumentBuilder, SourcedChange
 from indexer.chunking import Chunker
 from indexer.embedders.base import Embedder, EmbeddingError
 from indexer.enrichment import enrich_document, llm_tags, prefixed
@@ -215,16 +215,10 @@ class Pipeline:
         routed = [_routed(s, index) for s in valid for index in targets[s.change.collection]]
         if not routed:
             return
-        started = time.perf_counter()
-        outcomes, failures = await self._apply_isolating("bm25", routed, self.bm25.apply)
-        metrics.STAGE_SECONDS.labels("bm25").observe(time.perf_counter() - started)
-        originals = {_position(r): r for r in records} if failures else {}
-        for item, error in dict((item.source, (item, error)) for item, error in failures).values():
-            original = originals[item.source]
-            sends.append(await self._dead_letter(Rejected("apply_failed", error), item.source,
-                                                 original.key, original.value))
         primary = {c: indexes[0] for c, indexes in targets.items() if indexes}
-        for outcome in outcomes:
+
+        async def announce(outcome: BatchOutcome) -> None:
+            """A written group's metrics, pending marks, embed jobs and index updates, sent at once."""
             applied_times = []
             for item, applied in outcome.results:
                 if primary.get(parse_index_name(item.change.collection)[0]) == item.change.collection:  # once
@@ -235,7 +229,16 @@ class Pipeline:
             await self.positions.mark_pending(outcome.embed_jobs)
             for job in outcome.embed_jobs:
                 sends.append(await self.publish(self.settings.embed_jobs_topic, job.doc_id.encode(), job.to_json()))
-            sends += [await self._announce(update) for update in outcome.index_updates]
+            sends.extend([await self._announce(update) for update in outcome.index_updates])
+
+        started = time.perf_counter()
+        _, failures = await self._apply_isolating("bm25", routed, lambda items: self.bm25.apply(items, announce))
+        metrics.STAGE_SECONDS.labels("bm25").observe(time.perf_counter() - started)
+        originals = {_position(r): r for r in records} if failures else {}
+        for item, error in dict((item.source, (item, error)) for item, error in failures).values():
+            original = originals[item.source]
+            sends.append(await self._dead_letter(Rejected("apply_failed", error), item.source,
+                                                 original.key, original.value))
 
     async def handle_embed_jobs(self, records: Sequence[Record]) -> None:
         jobs: list[EmbedJob] = []
