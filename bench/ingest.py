@@ -6,9 +6,10 @@
   ``--docs`` Vaswani abstracts (cycled with fresh ids). Reference in the same run, on the same
   records: a plain aiokafka consumer plus the same tokenizing, chunking and Redis writes, pipelined,
   without Faust, version checks or follow-up events (the "raw limit").
-* Full path: one worker with every stage and the local embedder indexes ``--full-docs`` abstracts
-  until their vectors are applied. Reference in the same run: the embedder alone on the same chunk
-  texts, in the worker's batch size.
+* Full path: one worker with the BM25 and vector stages and the local embedder indexes ``--full-docs``
+  abstracts until their vectors are applied. Reference in the same run: the embedder alone on the same
+  chunk texts, in the worker's batch size. Then once more with every stage (cache invalidation and
+  chunk enrichment too), against its own embedder-alone run.
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ def main() -> None:
         results["bm25_path"] = asyncio.run(measure_pipeline(settings, args.docs, vectors=False))
         results["raw_limit"] = asyncio.run(raw_limit(settings, results["bm25_path"]["collection"]))
     if args.full_docs:
-        with running_stack() as settings:  # alternate the two, so drift on a noisy machine hits both alike
+        # The indexing path (BM25 + vectors); alternated with the embedder alone, so drift on a noisy
+        # machine hits both alike.
+        with running_stack(worker_stages="bm25,vectors") as settings:
             results["full_path"], results["embedder_alone"] = [], []
             for repeat in range(args.repeats):
                 skip = repeat * args.full_docs
@@ -152,6 +155,11 @@ def main() -> None:
         ratios = [f["docs_per_second"] / e["docs_per_second"]
                   for f, e in zip(results["full_path"], results["embedder_alone"], strict=True)]
         results["full_vs_embedder"] = [round(r, 3) for r in ratios]
+        # The same worker also running cache invalidation and chunk enrichment: what they cost it.
+        with running_stack(worker_stages="bm25,vectors,cache,enrich") as settings:
+            skip = args.repeats * args.full_docs
+            results["all_stages"] = asyncio.run(measure_pipeline(settings, args.full_docs, True, skip))
+            results["all_stages_embedder_alone"] = asyncio.run(embedder_alone(settings, args.full_docs, skip))
     bm25, raw = results["bm25_path"], results["raw_limit"]
     results["bm25_vs_raw"] = round(bm25["docs_per_second"] / raw["docs_per_second"], 3)
     args.out.parent.mkdir(parents=True, exist_ok=True)

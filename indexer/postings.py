@@ -274,10 +274,10 @@ class PostingsStore:
             pipe.sismember(COLLECTIONS_KEY, collection)
             pipe.hmget(self.meta_key(collection), "chunks", "total_len", "docs")
             exists, meta = await pipe.execute()
-        return _decode_stats(meta) if exists else None
+        return decode_stats(meta) if exists else None
 
     async def stats(self, collection: str) -> CollectionStats:
-        return _decode_stats(await self.redis.hmget(self.meta_key(collection), "chunks", "total_len", "docs"))
+        return decode_stats(await self.redis.hmget(self.meta_key(collection), "chunks", "total_len", "docs"))
 
     @metrics.timed("redis", "postings")
     async def postings(
@@ -294,7 +294,7 @@ class PostingsStore:
             term: {chunk.decode(): int(value) for chunk, value in raw.items()}
             for term, raw in zip(terms, lists, strict=True)
         }
-        return _decode_stats(meta), postings, _counters(terms, versions)
+        return decode_stats(meta), postings, _counters(terms, versions)
 
     async def vector_log_head(self, collection: str) -> str:
         """The log position: ``<last id>/<entries ever added>`` (the count detects trimming later)."""
@@ -442,7 +442,8 @@ def _counters(names: Sequence[str], values: Sequence[bytes | None]) -> dict[str,
     return {name: int(v) if v is not None else 0 for name, v in zip(names, values, strict=True)}
 
 
-def _decode_stats(meta: list[bytes | None]) -> CollectionStats:
+def decode_stats(meta: list[bytes | None]) -> CollectionStats:
+    """Statistics from the ``meta`` fields chunks, total_len, docs (absent fields count 0)."""
     chunks, total_len, docs = (int(v) if v is not None else 0 for v in meta)
     return CollectionStats(chunks, total_len, docs)
 

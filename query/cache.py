@@ -38,7 +38,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from indexer.postings import PostingsStore
+from indexer.postings import PostingsStore, decode_stats
 from indexer.redis_plan import Plan, PlanRunner
 from indexer.tokenizer import normalise
 from indexer.vector_store import VectorHit
@@ -125,7 +125,8 @@ def decode_retrieval(raw: bytes, query_vector: np.ndarray | None) -> Retrieval:
 
 
 # One round trip for an exact hit: the entry the exact key names, its query terms' current change
-# stamps, and its LRU touch. The entry and stamp keys are read by name (not declared): they share the
+# stamps, the collection's statistics the replay scores with (one snapshot with the stamps), and the
+# entry's LRU touch. The entry and stamp keys are read by name (not declared): they share the
 # collection's hash tag with KEYS[1], so they live in the same slot.
 _EXACT_LOOKUP = """
 local id = redis.call('GET', KEYS[1])
@@ -138,7 +139,8 @@ if fields[5] then
   if #terms > 0 then stamps = redis.call('HMGET', ARGV[2], unpack(terms)) end
 end
 redis.call('ZADD', KEYS[2], ARGV[3], id)
-return {id, fields[1], fields[2], fields[3] or '', fields[4] or '', stamps}
+local meta = redis.call('HMGET', ARGV[4], 'chunks', 'total_len', 'docs', 'seq')
+return {id, fields[1], fields[2], fields[3] or '', fields[4] or '', stamps, meta}
 """
 
 
@@ -220,11 +222,14 @@ class SemanticCache:
         coll = req.collection
         found = await self._exact_lookup(
             keys=[self.exact_key(req), self.lru_key(coll)],
-            args=[self.entry_key(coll, ""), self.postings.term_versions_key(coll), time.time()])
+            args=[self.entry_key(coll, ""), self.postings.term_versions_key(coll), time.time(),
+                  self.postings.meta_key(coll)])
         if not found:
             return None
-        entry_id, query, raw, embedding, threshold, stamps = found
+        entry_id, query, raw, embedding, threshold, stamps, meta = found
         retrieval = decode_retrieval(raw, embedding_of(embedding))
+        if meta[3] is not None:  # the collection exists (every write bumps its seq)
+            retrieval.stats = decode_stats(meta[:3])
         terms = list(retrieval.term_versions or {})
         current = dict(zip(terms, (int(v) if v is not None else 0 for v in stamps), strict=True)) \
             if len(stamps) == len(terms) else None  # entries stored before the "terms" field: read them

@@ -56,6 +56,7 @@ class Retrieval:
     query_vector: np.ndarray | None = None
     collection_found: bool = True  # False: nothing to cache (the collection may be created later)
     answer_docs: list[str] | None = None  # set by the cache: documents the answer depends on directly
+    stats: CollectionStats | None = None  # current statistics, when the cache read them with the hit
 
 
 class Timer:
@@ -99,7 +100,7 @@ class Searcher:
         retrieval = Retrieval(query_vector=query_vector)
         replayed_stats = None
         if replay is not None and replay.postings is not None:  # a cache hit: existence and stats in one trip
-            replayed_stats = await self.postings.stats_if_exists(req.collection)
+            replayed_stats = replay.stats or await self.postings.stats_if_exists(req.collection)
             found = replayed_stats is not None
         else:
             found = await self.postings.collection_exists(req.collection)
