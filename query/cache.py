@@ -38,7 +38,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from indexer.postings import PostingsStore, decode_stats
+from indexer.postings import CHUNK_FIELDS, PostingsStore, decode_chunk, decode_stats
 from indexer.redis_plan import Plan, PlanRunner
 from indexer.tokenizer import normalise
 from indexer.vector_store import VectorHit
@@ -125,13 +125,14 @@ def decode_retrieval(raw: bytes, query_vector: np.ndarray | None) -> Retrieval:
 
 
 # One round trip for an exact hit: the entry the exact key names, its query terms' current change
-# stamps, the collection's statistics the replay scores with (one snapshot with the stamps), and the
-# entry's LRU touch. The entry and stamp keys are read by name (not declared): they share the
+# stamps, the collection's statistics the replay scores with, the current records of the chunks the
+# entry answered with (usually the answer again, so the replay needs no fetch), all one snapshot; and
+# the entry's LRU touch. The entry and stamp keys are read by name (not declared): they share the
 # collection's hash tag with KEYS[1], so they live in the same slot.
 _EXACT_LOOKUP = """
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
-local fields = redis.call('HMGET', ARGV[1] .. id, 'query', 'retrieval', 'embedding', 'threshold', 'terms')
+local fields = redis.call('HMGET', ARGV[1] .. id, 'query', 'retrieval', 'embedding', 'threshold', 'terms', 'hits')
 if not fields[2] then return false end
 local stamps = {}
 if fields[5] then
@@ -140,7 +141,13 @@ if fields[5] then
 end
 redis.call('ZADD', KEYS[2], ARGV[3], id)
 local meta = redis.call('HMGET', ARGV[4], 'chunks', 'total_len', 'docs', 'seq')
-return {id, fields[1], fields[2], fields[3] or '', fields[4] or '', stamps, meta}
+local records = {}
+if fields[6] then
+  for i, chunk_id in ipairs(cjson.decode(fields[6])) do
+    records[i] = redis.call('HMGET', ARGV[5] .. chunk_id, unpack(ARGV, 6))
+  end
+end
+return {id, fields[1], fields[2], fields[3] or '', fields[4] or '', stamps, meta, fields[6] or '[]', records}
 """
 
 
@@ -223,13 +230,15 @@ class SemanticCache:
         found = await self._exact_lookup(
             keys=[self.exact_key(req), self.lru_key(coll)],
             args=[self.entry_key(coll, ""), self.postings.term_versions_key(coll), time.time(),
-                  self.postings.meta_key(coll)])
+                  self.postings.meta_key(coll), self.postings.chunk_key(coll, ""), *CHUNK_FIELDS])
         if not found:
             return None
-        entry_id, query, raw, embedding, threshold, stamps, meta = found
+        entry_id, query, raw, embedding, threshold, stamps, meta, answered, records = found
         retrieval = decode_retrieval(raw, embedding_of(embedding))
         if meta[3] is not None:  # the collection exists (every write bumps its seq)
             retrieval.stats = decode_stats(meta[:3])
+            retrieval.records = {chunk_id: decode_chunk(chunk_id, row)
+                                 for chunk_id, row in zip(orjson.loads(answered), records, strict=True)}
         terms = list(retrieval.term_versions or {})
         current = dict(zip(terms, (int(v) if v is not None else 0 for v in stamps), strict=True)) \
             if len(stamps) == len(terms) else None  # entries stored before the "terms" field: read them
@@ -329,6 +338,7 @@ class SemanticCache:
         plan.op("HSET", entry_key, "query", req.query, "exact_key", exact_key,
                 "retrieval", encode_retrieval(retrieval).decode(),
                 "terms", orjson.dumps(list(retrieval.term_versions or {})).decode(),
+                "hits", orjson.dumps([h.chunk_id for h in response.hits]).decode(),
                 "embedding", "" if vector is None else _b64(vector),
                 "threshold", self.threshold(req, retrieval, response, pool) if vector is not None else "")
         plan.op("EXPIRE", entry_key, ttl)

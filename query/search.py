@@ -57,6 +57,7 @@ class Retrieval:
     collection_found: bool = True  # False: nothing to cache (the collection may be created later)
     answer_docs: list[str] | None = None  # set by the cache: documents the answer depends on directly
     stats: CollectionStats | None = None  # current statistics, when the cache read them with the hit
+    records: dict[str, StoredChunk | None] | None = None  # current records the cache read with the hit
 
 
 class Timer:
@@ -122,11 +123,21 @@ class Searcher:
         # Full records (text, title, metadata) only for what is returned; a chunk deleted since the
         # retrievers ran is skipped, and the few spare candidates fill its place.
         top = fused[: req.k + SPARE_HITS]
-        records = await self.postings.fetch_chunks(req.collection, [chunk_id for chunk_id, _ in top])
+        records = await self._records(req, [chunk_id for chunk_id, _ in top], replay)
         hits = [self._hit(chunk_id, score, rankings, record)
-                for (chunk_id, score), record in zip(top, records, strict=True) if record is not None][: req.k]
+                for chunk_id, score in top if (record := records.get(chunk_id)) is not None][: req.k]
         timer.mark("fetch", started)
         return self._response(req, hits, timer).model_copy(update={"strategy": strategy}), retrieval
+
+    async def _records(self, req: SearchRequest, chunk_ids: list[str],
+                       replay: Retrieval | None) -> dict[str, StoredChunk | None]:
+        """Records of the ranked chunks; a cache hit brings those it answered with before, and when they
+        are still the first k (the usual case) nothing is fetched."""
+        known = dict(replay.records) if replay is not None and replay.records else {}
+        if any(known.get(c) is None for c in chunk_ids[: req.k]):
+            missing = [c for c in chunk_ids if c not in known]
+            known.update(zip(missing, await self.postings.fetch_chunks(req.collection, missing), strict=True))
+        return known
 
     def _fuse(self, req: SearchRequest, rankings: dict[str, list[tuple[str, float]]]
               ) -> tuple[list[tuple[str, float]], str | None]:

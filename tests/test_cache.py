@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import httpx
+import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
@@ -139,3 +140,20 @@ async def test_near_duplicate_query_is_a_semantic_hit(
     assert [h["chunk_id"] for h in similar["hits"]] == [h["chunk_id"] for h in first["hits"]]
     other = await search(http, {"query": "how do vector databases work", "collection": collection, "k": 3})
     assert other["cache"]["status"] == "miss"  # another parameter set never shares entries
+
+
+async def test_a_hit_shows_the_current_record_of_its_answer(
+    stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient, redis_client: aioredis.Redis,
+    collection: str,
+) -> None:
+    """Enrichment lands on chunk records without moving postings, so entries stay valid; a hit must still
+    show the record as it is now (the cache reads the records it answered with along with the hit)."""
+    await index(stack, producer, collection, {"m": "marmalade recipe with oranges", "n": "bread baking at home"})
+    body = {"query": "marmalade oranges", "collection": collection, "mode": "bm25", "k": 1}
+    await search(http, body)
+    assert "enrich_shelf" not in (await search(http, body))["hits"][0]["metadata"]
+    chunk = PostingsStore(redis_client).chunk_key(collection, "m#0")
+    await redis_client.hset(chunk, "enrich", orjson.dumps({"enrich_shelf": "jams"}))  # as the enrich stage writes
+    after = await search(http, body)
+    assert after["cache"]["status"] == "exact"  # the same retrieval, replayed...
+    assert after["hits"][0]["metadata"]["enrich_shelf"] == "jams"  # ...with the live record
