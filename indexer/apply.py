@@ -154,6 +154,7 @@ class BM25Stage:
         latest_source: dict[tuple[str, str], SourcePosition] = {}
         touched: set[tuple[str, str]] = set()
         redelivered: dict[tuple[str, str], SourcePosition] = {}
+        announced: list[tuple[DocumentState, SourcePosition, DocumentState]] = []  # (state, source, previous)
         for item in batch:
             change = item.change
             ref = (change.collection, change.doc_id)
@@ -172,12 +173,15 @@ class BM25Stage:
             touched.add(ref)
             latest_source[ref] = item.source
             outcome.results.append((item, True))
-            outcome.index_updates.append(_index_update(current[ref], item.source, vectors=False, previous=state))
+            announced.append((current[ref], item.source, state))
         writes = [(before[ref], current[ref]) for ref in refs if ref in touched]
         try:
             await self.store.write_documents(writes, updated_at=datetime.now(UTC).isoformat())
         except VersionConflict:
             return None
+        # Built after the write, so ``applied_at`` is when the change became searchable.
+        outcome.index_updates += [_index_update(state, source, vectors=False, previous=previous)
+                                  for state, source, previous in announced]
         outcome.embed_jobs.extend(_embed_job(current[ref], latest_source[ref]) for ref in refs if ref in touched)
         for ref, source in redelivered.items():
             if ref not in touched:
