@@ -13,10 +13,11 @@ bench:
 
 bench-full:
 	$(PYTHON) -m bench.quality
-	$(PYTHON) -m bench.ingest --docs 20000 --full-docs 2000
+	$(PYTHON) -m bench.ingest --docs 40000 --full-docs 1500 --repeats 3
 	$(PYTHON) -m bench.hnsw
-	$(PYTHON) -m bench.latency --sizes 10000,100000,1000000 --vectors-up-to 100000
-	$(PYTHON) bench/freshness.py --docs 300 --rate 500
+	$(PYTHON) -m bench.latency --sizes 10000,100000 --vectors-up-to 100000
+	$(PYTHON) -m bench.latency --sizes 10000,100000,1000000 --vectors-up-to 100000 --out bench/results/latency-1m.json
+	$(PYTHON) bench/freshness.py --docs 4000 --rate 1100 --stages bm25
 
 test:
 	$(PYTHON) -m pytest
