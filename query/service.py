@@ -7,6 +7,7 @@ branch on ``error`` without parsing messages.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 import uuid
@@ -268,6 +269,9 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.open()
+        # Everything loaded so far (model weights' wrappers, schemas, routes) lives as long as the process:
+        # out of the collector's sight, a search's short-lived objects no longer make it rescan them.
+        gc.freeze()
         requests = SearchRequestServer(settings, search_or_error, gate.for_topic) if settings.kafka_url else None
         if requests is not None:
             await requests.start()

@@ -10,6 +10,7 @@ whose effects could be lost.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class WorkerState:
                     await asyncio.sleep(1.0)
                     continue
                 self._pipeline = Pipeline(self.settings, resources, self.publish, load_cdc_mapping(self.settings))
+                gc.freeze()  # start-up objects live as long as the worker: keep them out of every collection
                 metrics.READY.set(1)
         return self._pipeline
 
