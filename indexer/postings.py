@@ -275,12 +275,12 @@ class PostingsStore:
         """The collection's statistics, or None if there is no such collection; one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.sismember(COLLECTIONS_KEY, collection)
-            pipe.hmget(self.meta_key(collection), "chunks", "total_len", "docs")
+            pipe.hmget(self.meta_key(collection), *STATS_FIELDS)
             exists, meta = await pipe.execute()
         return decode_stats(meta) if exists else None
 
     async def stats(self, collection: str) -> CollectionStats:
-        return decode_stats(await self.redis.hmget(self.meta_key(collection), "chunks", "total_len", "docs"))
+        return decode_stats(await self.redis.hmget(self.meta_key(collection), *STATS_FIELDS))
 
     @metrics.timed("redis", "postings")
     async def postings(
@@ -288,7 +288,7 @@ class PostingsStore:
     ) -> tuple[CollectionStats, dict[str, dict[str, int]], dict[str, int]]:
         """Statistics, the posting lists of ``terms`` and their change stamps, in one MULTI snapshot."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(self.meta_key(collection), "chunks", "total_len", "docs")
+            pipe.hmget(self.meta_key(collection), *STATS_FIELDS)
             pipe.hmget(self.term_versions_key(collection), *terms)
             for term in terms:
                 pipe.hgetall(self.posting_key(collection, term))
@@ -450,8 +450,11 @@ def _counters(names: Sequence[str], values: Sequence[bytes | None]) -> dict[str,
     return {name: int(v) if v is not None else 0 for name, v in zip(names, values, strict=True)}
 
 
+STATS_FIELDS = ("chunks", "total_len", "docs")  # of the ``meta`` hash, in CollectionStats order
+
+
 def decode_stats(meta: list[bytes | None]) -> CollectionStats:
-    """Statistics from the ``meta`` fields chunks, total_len, docs (absent fields count 0)."""
+    """Statistics from the ``STATS_FIELDS`` values (absent fields count 0)."""
     chunks, total_len, docs = (int(v) if v is not None else 0 for v in meta)
     return CollectionStats(chunks, total_len, docs)
 

@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import structlog
 
 from fluxstream import metrics
+from fluxstream.logging import get_logger
 from indexer.embedders.base import Embedder, EmbeddingError
 from indexer.vector_store import VectorRow, VectorStore
 from schemas.events import EmbedJob, IndexUpdate, Stages
@@ -31,7 +31,7 @@ class VectorOutcome:
     reused: int = 0
 
 
-log = structlog.get_logger(__name__)
+log = get_logger("fluxstream.vector_stage")
 
 VectorChange = tuple[str, str, bytes]  # collection, doc_id, concatenated float32 chunk embeddings
 ChangeLog = Callable[[list[VectorChange]], Awaitable[None]]

@@ -140,7 +140,7 @@ if fields[5] then
   if #terms > 0 then stamps = redis.call('HMGET', ARGV[2], unpack(terms)) end
 end
 redis.call('ZADD', KEYS[2], ARGV[3], id)
-local meta = redis.call('HMGET', ARGV[4], 'chunks', 'total_len', 'docs', 'seq')
+local meta = redis.call('HMGET', ARGV[4], 'chunks', 'total_len', 'docs', 'seq')  -- STATS_FIELDS, seq
 local records = {}
 if fields[6] then
   for i, chunk_id in ipairs(cjson.decode(fields[6])) do

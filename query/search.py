@@ -99,10 +99,11 @@ class Searcher:
         timer = Timer()
         pool = self.pool(req)
         retrieval = Retrieval(query_vector=query_vector)
-        replayed_stats = None
+        replayed: tuple[CollectionStats, dict[str, dict[str, int]]] | None = None
         if replay is not None and replay.postings is not None:  # a cache hit: existence and stats in one trip
-            replayed_stats = replay.stats or await self.postings.stats_if_exists(req.collection)
-            found = replayed_stats is not None
+            stats = replay.stats or await self.postings.stats_if_exists(req.collection)
+            replayed = (stats, replay.postings) if stats is not None else None
+            found = replayed is not None
         else:
             found = await self.postings.collection_exists(req.collection)
         if not found:
@@ -110,7 +111,7 @@ class Searcher:
             return self._response(req, [], timer), retrieval
         rankings: dict[str, list[tuple[str, float]]] = {}
         if req.mode in ("bm25", "hybrid"):
-            rankings["bm25"] = await self._bm25(req, pool, timer, retrieval, replay, replayed_stats)
+            rankings["bm25"] = await self._bm25(req, pool, timer, retrieval, replayed)
         if req.mode in ("vector", "hybrid"):
             rankings["vector"] = await self._vector(req, pool, timer, retrieval, replay)
         started = time.perf_counter()
@@ -157,15 +158,16 @@ class Searcher:
         return max(self.defaults.candidate_pool, req.k)
 
     async def _bm25(self, req: SearchRequest, pool: int, timer: Timer, retrieval: Retrieval,
-                    replay: Retrieval | None, replayed_stats: CollectionStats | None = None
+                    replayed: tuple[CollectionStats, dict[str, dict[str, int]]] | None
                     ) -> list[tuple[str, float]]:
+        """The BM25 ranking; ``replayed``: a cache hit's (current statistics, stored posting lists)."""
         started = time.perf_counter()
         terms = self.tokenizer.tokenize(req.query)
         retrieval.postings = {}
         if not terms:
             return []
-        if replay is not None and replay.postings is not None:
-            stats, postings = replayed_stats or await self.postings.stats(req.collection), replay.postings
+        if replayed is not None:
+            stats, postings = replayed
         else:
             stats, postings, retrieval.term_versions = await self.postings.postings(
                 req.collection, list(dict.fromkeys(terms)))
