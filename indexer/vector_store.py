@@ -210,10 +210,11 @@ class VectorStore:
             where += " AND (metadata @> %s OR metadata @> %s)"
             params += [Jsonb({key: value}), Jsonb({key: [value]})]
         async with self.pool.connection() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}")
             # The graph holds every collection (and generation): without iterative scan, a k-NN over a
             # crowded graph would stop at ef_search candidates and drop those of other collections.
-            await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            # Both settings in one statement: one round trip.
+            await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}; "
+                               "SET LOCAL hnsw.iterative_scan = relaxed_order")
             cur = await conn.execute(
                 f"SELECT chunk_id, doc_id, content_hash, 1 - (embedding <=> %s) AS score FROM {CHUNKS_TABLE} "
                 f"WHERE {where} ORDER BY embedding <=> %s LIMIT %s",

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -60,6 +61,9 @@ class Retrieval:
     records: dict[str, StoredChunk | None] | None = None  # current records the cache read with the hit
 
 
+T = TypeVar("T")
+
+
 class Timer:
     """Collects named stage durations in milliseconds."""
 
@@ -75,6 +79,22 @@ class Timer:
     def total(self) -> dict[str, float]:
         self.timings["total"] = round((time.perf_counter() - self._start) * 1000, 3)
         return self.timings
+
+
+async def _all_of(named: dict[str, Awaitable[T]]) -> dict[str, T]:
+    """Await several retrievers at once (hybrid: the query embedding and the HNSW search overlap the
+    BM25 round trip and scoring); if one fails, the others are cancelled and the error goes on."""
+    if len(named) == 1:
+        ((name, only),) = named.items()
+        return {name: await only}
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in named.values()]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    return dict(zip(named, results, strict=True))
 
 
 class Searcher:
@@ -109,11 +129,12 @@ class Searcher:
         if not found:
             retrieval.collection_found = False
             return self._response(req, [], timer), retrieval
-        rankings: dict[str, list[tuple[str, float]]] = {}
+        retrievers: dict[str, Awaitable[list[tuple[str, float]]]] = {}
         if req.mode in ("bm25", "hybrid"):
-            rankings["bm25"] = await self._bm25(req, pool, timer, retrieval, replayed)
+            retrievers["bm25"] = self._bm25(req, pool, timer, retrieval, replayed)
         if req.mode in ("vector", "hybrid"):
-            rankings["vector"] = await self._vector(req, pool, timer, retrieval, replay)
+            retrievers["vector"] = self._vector(req, pool, timer, retrieval, replay)
+        rankings = await _all_of(retrievers)
         started = time.perf_counter()
         strategy = None
         if req.mode == "hybrid":
