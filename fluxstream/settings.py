@@ -90,6 +90,8 @@ class Settings:
     # --- embeddings ---
     embedder: str = _env_field("local", "'local' (offline MiniLM) or 'openai'.")
     embed_batch_size: int = _env_field(32, "Texts per embedding call.")
+    embed_in_child_process: bool = _env_field(
+        True, "Worker: run the local embedder in a child process (its CPU work then never waits for the GIL).")
     openai_base_url: str = _env_field("", "OpenAI-compatible base URL (empty: api.openai.com).")
     openai_api_key: str = _env_field("", "API key for the OpenAI-compatible provider.")
     openai_model: str = _env_field("text-embedding-3-small", "Embedding model name.")

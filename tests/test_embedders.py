@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import numpy as np
 import pytest
 
 from indexer.embedders import Embedder, EmbeddingError, create_embedder, embedder_from_settings, minilm
+from indexer.embedders.child_process import ChildProcessEmbedder
 from indexer.embedders.minilm import LocalMiniLMEmbedder
 from indexer.embedders.openai_compat import OpenAICompatibleEmbedder
 
@@ -467,3 +470,30 @@ async def test_coalescing_embedder_batches_concurrent_queries(local: LocalMiniLM
     assert len(counting.calls) == calls and float(again[0] @ direct[-1]) > 0.99999
     await coalescing.embed([queries[0]])  # evicted (remember=4): embedded again
     assert len(counting.calls) == calls + 1
+
+
+def test_child_process_embedder_gives_the_same_vectors_and_survives_its_child_dying(
+        local: LocalMiniLMEmbedder) -> None:
+    """The worker's embedder computes in a child process; a killed child costs one retryable error."""
+    texts = ["plasma density in the ionosphere", "transistor amplifier noise", "x"]
+
+    async def run() -> None:
+        child = ChildProcessEmbedder(batch_size=2)
+        try:
+            assert (child.model_id, child.dimensions) == (local.model_id, local.dimensions)
+            vectors = await child.embed(texts)
+            assert vectors.dtype == np.float32 and vectors.shape == (3, local.dimensions)
+            np.testing.assert_allclose(vectors, await local.embed(texts), atol=1e-6)
+            assert (await child.embed([])).shape == (0, local.dimensions)
+            (pid,) = child._executor()._processes  # the one child, to kill it
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(EmbeddingError) as failed:
+                for _ in range(50):  # the pool notices the death on its next call
+                    await child.embed(texts)
+                    await asyncio.sleep(0.05)
+            assert not failed.value.permanent  # the vector stage retries it
+            np.testing.assert_allclose(await child.embed(texts), vectors, atol=1e-6)  # a new child
+        finally:
+            await child.close()
+
+    asyncio.run(run())

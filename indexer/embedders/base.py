@@ -27,6 +27,13 @@ class EmbeddingError(Exception):
         self.permanent = permanent
         self.status_code = status_code
 
+    def __reduce__(self) -> tuple[object, ...]:  # keyword-only fields survive pickling (child processes)
+        return (_rebuild_embedding_error, (str(self), self.permanent, self.status_code))
+
+
+def _rebuild_embedding_error(message: str, permanent: bool, status_code: int | None) -> EmbeddingError:
+    return EmbeddingError(message, permanent=permanent, status_code=status_code)
+
 
 @runtime_checkable
 class Embedder(Protocol):
