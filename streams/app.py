@@ -87,36 +87,59 @@ class WorkerState:
             await self._pipeline.resources.close()
 
 
-async def handle_then_ack(stream: faust.StreamT, events: list[Any],
-                          handler: Callable[[list[Any]], Awaitable[None]]) -> None:
-    """Run ``handler`` until it succeeds, then ack: offsets are committed only for applied batches.
+Handler = Callable[[list[Any]], Awaitable[None]]
 
-    ``noack_take`` never acks by itself, so a crash or cancellation mid-batch leaves the
-    batch uncommitted and it is redelivered (harmless: applies are versioned). Retrying
-    here covers failures the handler does not absorb itself, such as Kafka being down.
+
+async def handle_then_ack(stream: faust.StreamT, events: list[Any], work: asyncio.Future[None]) -> None:
+    """Wait for ``work`` (the batch applied, see ``applied_in_order``), then ack: offsets are committed
+    only for applied batches.
+
+    ``noack_take`` never acks by itself, so a crash or cancellation mid-batch leaves the batch
+    uncommitted and it is redelivered (harmless: applies are versioned).
     """
-    delay = 0.2
-    while True:
-        attempt = asyncio.ensure_future(handler([e.message for e in events]))
-        try:
-            await asyncio.shield(attempt)
-            break
-        except asyncio.CancelledError:
-            # Shutting down (SIGTERM, rebalance): finish the batch in hand and ack it, so the offsets
-            # Faust commits on stop include it; a batch that cannot finish in time is redelivered.
-            log.info("finishing_batch_before_stop", size=len(events))
-            done, _ = await asyncio.wait([attempt], timeout=SHUTDOWN_GRACE_SECONDS)
-            if attempt in done and attempt.exception() is None:
-                for event in events:
-                    await stream.ack(event)
-            raise
-        except Exception as exc:
-            metrics.STAGE_RETRIES.labels("publish").inc()
-            log.exception("batch_retry", error=repr(exc), size=len(events), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        # Shutting down (SIGTERM, rebalance): finish the batch in hand and ack it, so the offsets
+        # Faust commits on stop include it; a batch that cannot finish in time is redelivered.
+        log.info("finishing_batch_before_stop", size=len(events))
+        done, _ = await asyncio.wait([work], timeout=SHUTDOWN_GRACE_SECONDS)
+        if work in done and not work.cancelled() and work.exception() is None:
+            for event in events:
+                await stream.ack(event)
+        raise
     for event in events:
         await stream.ack(event)
+
+
+async def applied_in_order(handler: Handler, messages: list[Any], previous: asyncio.Future[None] | None,
+                           record: Handler | None) -> None:
+    """Apply a batch; once it and the batch before it are both applied, ``record`` it.
+
+    Batches overlap (see ``add_batch_agent``), so ``record`` (the BM25 stage's handled positions,
+    which read-your-writes tokens are checked against) must wait for the previous batch: it may
+    only ever claim offsets that are applied. An abandoned previous batch (shutdown) abandons this one.
+    """
+    await until_handled(handler, messages)
+    if previous is not None:
+        await previous
+    if record is not None:
+        await until_handled(record, messages)
+
+
+async def until_handled(handler: Handler, messages: list[Any]) -> None:
+    """Run ``handler`` until it succeeds. Handlers absorb outages of their stores themselves; this
+    covers failures they pass on, such as Kafka being down."""
+    delay = 0.2
+    while True:
+        try:
+            await handler(messages)
+            return
+        except Exception as exc:
+            metrics.STAGE_RETRIES.labels("publish").inc()
+            log.exception("batch_retry", error=repr(exc), size=len(messages), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def limit_fetch_wait(max_wait_ms: int) -> None:
@@ -142,15 +165,37 @@ def limit_fetch_wait(max_wait_ms: int) -> None:
 
 
 def add_batch_agent(app: faust.App, state: WorkerState, name: str, topics: list[str], batch: tuple[int, float],
-                    handler: Callable[[Pipeline], Callable[[list[Any]], Awaitable[None]]]) -> None:
+                    handler: Callable[[Pipeline], Handler],
+                    record: Callable[[Pipeline], Handler] | None = None) -> None:
     """An agent reading raw records in batches of ``batch`` = (max size, max wait) and acking them
-    only after ``handler(pipeline)`` has applied them."""
+    only after ``handler(pipeline)`` has applied them (and ``record(pipeline)`` recorded them).
+
+    Two batches are in flight at once: the next one is decoded, planned and written while the
+    previous one waits for Redis and for the broker to take its follow-up records, which kept
+    the worker idle about a quarter of the time (docs/benchmarks.md). Overlapping batches are safe
+    because applies are versioned compare-and-set writes: a document in both is applied in
+    version order whichever write lands first.
+    """
     max_size, within = batch
 
     async def agent(stream: faust.StreamT) -> None:
-        handle = handler(await state.pipeline())
-        async for events in stream.noack_take(max_size, within=within):
-            await handle_then_ack(stream, events, handle)
+        pipeline = await state.pipeline()
+        handle, recorder = handler(pipeline), record(pipeline) if record is not None else None
+        previous: asyncio.Future[None] | None = None
+        in_flight: list[asyncio.Task[None]] = []
+        try:
+            async for events in stream.noack_take(max_size, within=within):
+                work = asyncio.ensure_future(applied_in_order(handle, [e.message for e in events], previous,
+                                                              recorder))
+                in_flight = [*in_flight[-1:], asyncio.ensure_future(handle_then_ack(stream, events, work))]
+                previous = work
+                if len(in_flight) == 2:
+                    await asyncio.shield(in_flight[0])  # at most two batches at once
+        except asyncio.CancelledError:
+            for acking in in_flight:  # each finishes its batch (within the grace period) and acks it
+                acking.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+            raise
 
     app.agent(app.topic(*topics, value_serializer="raw", key_serializer="raw"), name=name)(agent)
 
@@ -189,9 +234,10 @@ def build_app(settings: Settings) -> faust.App:
     cdc = load_cdc_mapping(settings)
     if "bm25" in stages:
         add_batch_agent(app, state, "index-documents", [settings.documents_topic], batch,
-                        lambda p: p.handle_changes)
+                        lambda p: p.handle_changes, lambda p: p.record_handled)
         if cdc.topics:
-            add_batch_agent(app, state, "index-cdc", cdc.topics, batch, lambda p: p.handle_cdc)
+            add_batch_agent(app, state, "index-cdc", cdc.topics, batch, lambda p: p.handle_cdc,
+                            lambda p: p.record_handled)
     if "vectors" in stages:
         add_batch_agent(app, state, "embed-chunks", [settings.embed_jobs_topic],
                         (settings.embed_batch_max, settings.embed_batch_within), lambda p: p.handle_embed_jobs)

@@ -82,7 +82,7 @@ class Resources:
 
     @classmethod
     async def open(cls, settings: Settings, redis_url: str, database_url: str) -> Resources:
-        embedder = await open_embedder(settings)
+        embedder = await open_embedder(settings, child_process=settings.embed_in_child_process)
         redis = open_redis(redis_url)
         wait_aof = await _aof_enabled(redis)
         vectors = await VectorStore.connect(
@@ -94,6 +94,9 @@ class Resources:
     async def close(self) -> None:
         await self.vectors.close()
         await self.redis.aclose()
+        close_embedder = getattr(self.embedder, "close", None)  # only those holding a process or client
+        if close_embedder is not None:
+            await close_embedder()
 
     async def ping(self) -> dict[str, bool]:
         return await check_dependencies(self.redis, self.vectors)
@@ -142,7 +145,7 @@ class Pipeline:
             else:
                 valid.append(SourcedChange(result, source))
         await self._index(valid, records, sends)
-        await self._finish(records, sends)
+        await self._finish(sends)
 
     async def handle_cdc(self, records: Sequence[Record]) -> None:
         """Debezium events; a truncate first applies what precedes it, so it sees those documents."""
@@ -169,13 +172,17 @@ class Pipeline:
                 else:
                     pending.append(item)
         await self._index(pending, records, sends)
-        await self._finish(records, sends)
+        await self._finish(sends)
 
-    async def _finish(self, records: Sequence[Record], sends: list[Awaitable[object]]) -> None:
-        """Wait for the batch's follow-up records; a live pipeline then records the positions handled."""
+    async def _finish(self, sends: list[Awaitable[object]]) -> None:
+        """Wait for the batch's follow-up records (the broker has them)."""
         await asyncio.gather(*sends)
+
+    async def record_handled(self, records: Sequence[Record]) -> None:
+        """Raise the BM25 stage's handled positions past ``records`` (read-your-writes tokens are
+        checked against them); the caller makes sure every earlier batch is applied first."""
         if self.scope.live:
-            await self.positions.record_handled(_position(r) for r in records)
+            await self._until_done("bm25", lambda: self.positions.record_handled(_position(r) for r in records))
 
     def _cdc_change(self, event: debezium.RowEvent, source: SourcePosition) -> SourcedChange | Rejected:
         mapping = event.mapping

@@ -1,0 +1,66 @@
+"""Overlapping batches (streams.app): a batch is recorded only after every earlier one is applied."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.app import applied_in_order
+
+
+def test_a_fast_batch_is_recorded_only_after_the_slow_batch_before_it() -> None:
+    events: list[str] = []
+
+    def handler(delays: dict[str, float]):
+        async def handle(messages: list[str]) -> None:
+            await asyncio.sleep(delays[messages[0]])
+            events.append(f"applied {messages[0]}")
+        return handle
+
+    async def record(messages: list[str]) -> None:
+        events.append(f"recorded {messages[0]}")
+
+    async def run() -> None:
+        handle = handler({"first": 0.2, "second": 0.0})
+        first = asyncio.ensure_future(applied_in_order(handle, ["first"], None, record))
+        second = asyncio.ensure_future(applied_in_order(handle, ["second"], first, record))
+        await asyncio.gather(first, second)
+
+    asyncio.run(run())
+    # The second batch applied first (they overlap), but its position was not claimed before the first's.
+    assert events == ["applied second", "applied first", "recorded first", "recorded second"]
+
+
+def test_an_abandoned_batch_abandons_the_ones_after_it() -> None:
+    recorded: list[str] = []
+
+    async def handle(messages: list[str]) -> None:
+        if messages[0] == "first":
+            await asyncio.sleep(10)
+
+    async def record(messages: list[str]) -> None:
+        recorded.append(messages[0])
+
+    async def run() -> None:
+        first = asyncio.ensure_future(applied_in_order(handle, ["first"], None, record))
+        second = asyncio.ensure_future(applied_in_order(handle, ["second"], first, record))
+        await asyncio.sleep(0.05)
+        first.cancel()  # shutdown gave up on it
+        with pytest.raises(asyncio.CancelledError):
+            await second
+
+    asyncio.run(run())
+    assert recorded == []
+
+
+def test_a_failing_batch_is_retried_until_it_applies() -> None:
+    attempts: list[int] = []
+
+    async def handle(messages: list[str]) -> None:
+        attempts.append(len(attempts))
+        if len(attempts) < 3:
+            raise ConnectionError("broker away")
+
+    asyncio.run(applied_in_order(handle, ["only"], None, None))
+    assert len(attempts) == 3
