@@ -147,8 +147,8 @@ class BM25Stage:
 
     async def _try_apply(self, batch: list[SourcedChange]) -> BatchOutcome | None:
         refs = list(dict.fromkeys((s.change.collection, s.change.doc_id) for s in batch))
-        before = await self.store.read_documents(refs)
-        truncated = await self.store.truncations(c for c, _ in refs)
+        before, truncated = await asyncio.gather(self.store.read_documents(refs),
+                                                 self.store.truncations(c for c, _ in refs))
         current = dict(before)
         outcome = BatchOutcome()
         latest_source: dict[tuple[str, str], SourcePosition] = {}
@@ -235,26 +235,29 @@ def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool
                   previous: DocumentState | None = None) -> IndexUpdate:
     """``terms``: every index term the change removed or added, so caches can find the queries it touches."""
     terms = {t for c in state.chunks for t in c.tf} | {t for c in (previous.chunks if previous else []) for t in c.tf}
-    return IndexUpdate(
+    # Built from validated state, so constructed without validating again (it showed in the worker's profile).
+    return IndexUpdate.model_construct(
         doc_id=state.doc_id,
         collection=state.collection,
         version=state.version or 0,
         op="delete" if state.deleted else "upsert",
         chunk_ids=[c.chunk_id for c in state.chunks],
-        stages=Stages(bm25=True, vectors=vectors),
+        stages=Stages.model_construct(bm25=True, vectors=vectors),
         source=source,
         terms=sorted(terms),
     )
 
 
 def _embed_job(state: DocumentState, source: SourcePosition) -> EmbedJob:
-    return EmbedJob(
+    """From validated state: constructed without validating again, like ``_index_update``."""
+    return EmbedJob.model_construct(
         op="delete" if state.deleted else "upsert",
         doc_id=state.doc_id,
         collection=state.collection,
         version=state.version or 0,
         metadata=state.metadata,
-        chunks=[EmbedChunk(chunk_id=c.chunk_id, chunk_no=c.chunk_no, text=c.text, content_hash=c.content_hash)
+        chunks=[EmbedChunk.model_construct(chunk_id=c.chunk_id, chunk_no=c.chunk_no, text=c.text,
+                                           content_hash=c.content_hash)
                 for c in state.chunks],
         source=source,
     )

@@ -19,7 +19,6 @@ a document, and a stale writer (e.g. during a rebalance) is refused, not merged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,11 +157,8 @@ class PostingsStore:
     # ---- writer side ----
     @metrics.timed("redis", "read_documents")
     async def read_documents(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DocumentState]:
-        """Current states of (collection, doc_id) pairs, one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for collection, doc_id in refs:
-                pipe.hgetall(self.doc_key(collection, doc_id))
-            rows = await pipe.execute()
+        """Current states of (collection, doc_id) pairs, in one command (see ``_hmget_each``)."""
+        rows = await self._hmget_each([self.doc_key(collection, doc_id) for collection, doc_id in refs], DOC_FIELDS)
         return {ref: _decode_document(ref, row) for ref, row in zip(refs, rows, strict=True)}
 
     @metrics.timed("redis", "write_documents")
@@ -396,6 +392,7 @@ class PostingsStore:
         return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
 
 
+DOC_FIELDS = ("version", "deleted", "title", "metadata", "chunks", "source", "row")  # read back by the writer
 CHUNK_FIELDS = ("doc_id", "chunk_no", "title", "text", "hash", "metadata", "version", "enrich")
 
 
@@ -459,19 +456,20 @@ def decode_stats(meta: list[bytes | None]) -> CollectionStats:
     return CollectionStats(chunks, total_len, docs)
 
 
-def _decode_document(ref: tuple[str, str], row: dict[bytes, bytes]) -> DocumentState:
+def _decode_document(ref: tuple[str, str], row: Sequence[bytes | None]) -> DocumentState:
+    """A document record from its ``DOC_FIELDS`` values (all None: not indexed yet)."""
     collection, doc_id = ref
-    if not row:
+    version, deleted, title, metadata, chunks, source, source_row = row
+    if version is None:
         return DocumentState(collection, doc_id)
-    fields = {k.decode(): v.decode() for k, v in row.items()}
     return DocumentState(
         collection=collection,
         doc_id=doc_id,
-        version=int(fields["version"]),
-        deleted=fields.get("deleted") == "1",
-        title=fields.get("title", ""),
-        metadata=json.loads(fields.get("metadata", "{}")),
-        chunks=[ChunkState.from_json(c) for c in json.loads(fields.get("chunks", "[]"))],
-        source=json.loads(fields.get("source", "null")),
-        row=json.loads(fields.get("row", "null")),
+        version=int(version),
+        deleted=deleted == b"1",
+        title=title.decode() if title is not None else "",
+        metadata=orjson.loads(metadata) if metadata is not None else {},
+        chunks=[ChunkState.from_json(c) for c in orjson.loads(chunks)] if chunks is not None else [],
+        source=orjson.loads(source) if source is not None else None,
+        row=orjson.loads(source_row) if source_row is not None else None,
     )
