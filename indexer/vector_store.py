@@ -156,46 +156,55 @@ class VectorStore:
         """Replace each (collection, doc_id, version, deleted, rows) in one transaction.
 
         Returns, per document, whether it was applied; a document whose stored
-        version is already at or above ``version`` is left alone.
+        version is already at or above ``version`` is left alone. Set-based: three
+        statements for the whole list (versions, stale chunks, new rows), not three per
+        document, so a part of 64 documents is three round trips.
         """
-        applied: list[bool] = []
+        refs = [(collection, doc_id) for collection, doc_id, *_ in documents]
+        if len(set(refs)) != len(refs):
+            raise ValueError("replace_documents takes each document once")
+        if not documents:
+            return []
         async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            for collection, doc_id, version, deleted, rows in documents:
+            await cur.execute(
+                f"""INSERT INTO {VERSIONS_TABLE} AS v (collection, doc_id, version, deleted)
+                    SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::boolean[])
+                    ON CONFLICT (collection, doc_id) DO UPDATE
+                    SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, updated_at = now()
+                    WHERE v.version < EXCLUDED.version
+                    RETURNING collection, doc_id""",
+                ([c for c, _ in refs], [d for _, d in refs], [doc[2] for doc in documents],
+                 [doc[3] for doc in documents]),
+            )
+            won = {(c, d) for c, d in await cur.fetchall()}
+            applied = [doc for doc, ref in zip(documents, refs, strict=True) if ref in won]
+            if applied:
+                rows = [row for doc in applied for row in doc[4]]
                 await cur.execute(
-                    f"""INSERT INTO {VERSIONS_TABLE} AS v (collection, doc_id, version, deleted)
-                        VALUES (%s, %s, %s, %s)
-                        ON CONFLICT (collection, doc_id) DO UPDATE
-                        SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, updated_at = now()
-                        WHERE v.version < EXCLUDED.version
-                        RETURNING 1""",
-                    (collection, doc_id, version, deleted),
-                )
-                if await cur.fetchone() is None:
-                    applied.append(False)
-                    continue
-                await cur.execute(
-                    f"DELETE FROM {CHUNKS_TABLE} WHERE collection = %s AND doc_id = %s "
-                    "AND NOT (chunk_id = ANY(%s))",
-                    (collection, doc_id, [r.chunk_id for r in rows]),
+                    f"""DELETE FROM {CHUNKS_TABLE} c USING unnest(%s::text[], %s::text[]) AS d(collection, doc_id)
+                        WHERE c.collection = d.collection AND c.doc_id = d.doc_id
+                        AND (c.collection, c.chunk_id) NOT IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
+                    ([doc[0] for doc in applied], [doc[1] for doc in applied],
+                     [r.collection for r in rows], [r.chunk_id for r in rows]),
                 )
                 if rows:
-                    await cur.executemany(
+                    await cur.execute(
                         f"""INSERT INTO {CHUNKS_TABLE} (collection, chunk_id, doc_id, chunk_no, text, metadata,
                                 content_hash, model, embedding, version)
-                            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                            SELECT c, i, d, n, t, m, h, %s, e, v FROM unnest(%s::text[], %s::text[], %s::text[],
+                                %s::int[], %s::text[], %s::jsonb[], %s::text[], %s::vector[], %s::bigint[])
+                                AS r(c, i, d, n, t, m, h, e, v)
                             ON CONFLICT (collection, chunk_id) DO UPDATE SET
                                 doc_id = EXCLUDED.doc_id, chunk_no = EXCLUDED.chunk_no, text = EXCLUDED.text,
                                 metadata = EXCLUDED.metadata, content_hash = EXCLUDED.content_hash,
                                 model = EXCLUDED.model, embedding = EXCLUDED.embedding,
                                 version = EXCLUDED.version, updated_at = now()""",
-                        [
-                            (r.collection, r.chunk_id, r.doc_id, r.chunk_no, r.text, Jsonb(r.metadata),
-                             r.content_hash, self.model_id, r.embedding, r.version)
-                            for r in rows
-                        ],
+                        (self.model_id, [r.collection for r in rows], [r.chunk_id for r in rows],
+                         [r.doc_id for r in rows], [r.chunk_no for r in rows], [r.text for r in rows],
+                         [Jsonb(r.metadata) for r in rows], [r.content_hash for r in rows],
+                         [r.embedding for r in rows], [r.version for r in rows]),
                     )
-                applied.append(True)
-        return applied
+        return [ref in won for ref in refs]
 
     @metrics.timed("postgres", "search")
     async def search(

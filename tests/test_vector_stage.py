@@ -89,6 +89,22 @@ async def test_versions_skip_stale_jobs_and_deletes_remove_rows(vector_store: Ve
     assert await vector_store.applied_versions([(collection, "d")]) == {(collection, "d"): 7}
 
 
+async def test_a_write_of_many_documents_keeps_each_ones_outcome(
+        vector_store: VectorStore,
+        embedder: RecordingEmbedder, collection: str) -> None:
+    """One set-based write: per document its own version check, and only its own stale chunks removed."""
+    stage = VectorStage(vector_store, embedder)
+    await stage.apply([job(collection, "long", 1, ["one", "two", "three"]), job(collection, "kept", 3, ["kept"])])
+    mixed = await stage.apply([job(collection, "long", 2, ["one"]), job(collection, "kept", 2, ["older"]),
+                               job(collection, "new", 1, ["new"])])
+    assert (mixed.applied, mixed.skipped) == (2, 1)
+    assert await vector_store.document_hashes(collection, "long") == {"long#0": content_hash("one")}
+    assert await vector_store.document_hashes(collection, "kept") == {"kept#0": content_hash("kept")}
+    assert await vector_store.document_hashes(collection, "new") == {"new#0": content_hash("new")}
+    with pytest.raises(ValueError, match="once"):
+        await vector_store.replace_documents([(collection, "x", 1, True, []), (collection, "x", 2, True, [])])
+
+
 class PoisonEmbedder(RecordingEmbedder):
     """Refuses texts containing POISON the way a provider refuses bad input (HTTP 400)."""
 
