@@ -7,9 +7,9 @@
   records: a plain aiokafka consumer plus the same tokenizing, chunking and Redis writes, pipelined,
   without Faust, version checks or follow-up events (the "raw limit").
 * Full path: one worker with the BM25 and vector stages and the local embedder indexes ``--full-docs``
-  abstracts until their vectors are applied. Reference in the same run: the embedder alone on the same
-  chunk texts, in the worker's batch size. Then once more with every stage (cache invalidation and
-  chunk enrichment too), against its own embedder-alone run.
+  abstracts until their vectors are applied. Reference in the same run: the embedder alone (set up as
+  the worker sets it up) on the same chunk texts, in the vector stage's parts. Then once more with every
+  stage (cache invalidation and chunk enrichment too), against its own embedder-alone run.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from fluxstream.wiring import build_tokenizer, open_embedder
 from indexer.apply import DocumentBuilder
 from indexer.chunking import Chunker
 from indexer.postings import DocumentState, pack_posting
+from indexer.vector_stage import PART_SIZE as EMBED_PART
 from schemas.events import DocumentChange
 from streams.topic_range import TopicRange, read_range
 
@@ -121,13 +122,19 @@ async def embedder_alone(settings: Settings, docs: int, skip: int = 0) -> dict[s
     tokenizer = build_tokenizer(settings)
     chunker = Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer)
     texts = [c.text for d in workload(docs, "x", skip) for c in chunker.split("", d["text"])]
-    embedder = await open_embedder(settings)
-    await embedder.embed(["warm up"])
-    started = time.perf_counter()
-    size = settings.embed_batch_size
-    for i in range(0, len(texts), size):
-        await embedder.embed(texts[i:i + size])
-    elapsed = time.perf_counter() - started
+    # The worker's own embedder set-up (child processes unless turned off), given the texts in the
+    # vector stage's parts of 64, one after another.
+    embedder = await open_embedder(settings, child_process=settings.embed_in_child_process)
+    try:
+        await embedder.embed(["warm up"] * 64)
+        started = time.perf_counter()
+        for i in range(0, len(texts), EMBED_PART):
+            await embedder.embed(texts[i:i + EMBED_PART])
+        elapsed = time.perf_counter() - started
+    finally:
+        close = getattr(embedder, "close", None)
+        if close is not None:
+            await close()
     return {"documents": docs, "chunks": len(texts), "seconds": round(elapsed, 2),
             "docs_per_second": round(docs / elapsed, 1)}
 

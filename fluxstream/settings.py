@@ -92,7 +92,8 @@ class Settings:
     embedder: str = _env_field("local", "'local' (offline MiniLM) or 'openai'.")
     embed_batch_size: int = _env_field(32, "Texts per embedding call.")
     embed_in_child_process: bool = _env_field(
-        True, "Worker: run the local embedder in a child process (its CPU work then never waits for the GIL).")
+        True, "Worker: run the local embedder in child processes, one BLAS thread each (see docs/embedders.md).")
+    embed_processes: int = _env_field(0, "Worker: embedding child processes; 0 means one per usable core.")
     openai_base_url: str = _env_field("", "OpenAI-compatible base URL (empty: api.openai.com).")
     openai_api_key: str = _env_field("", "API key for the OpenAI-compatible provider.")
     openai_model: str = _env_field("text-embedding-3-small", "Embedding model name.")

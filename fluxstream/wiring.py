@@ -30,7 +30,7 @@ async def open_embedder(settings: Settings, *, child_process: bool = False) -> E
     if child_process and settings.embedder.strip().lower() == "local":
         from indexer.embedders.child_process import ChildProcessEmbedder
 
-        return ChildProcessEmbedder(batch_size=settings.embed_batch_size)
+        return ChildProcessEmbedder(batch_size=settings.embed_batch_size, processes=settings.embed_processes)
     embedder = embedder_from_settings(settings)
     if not embedder.dimensions:
         await embedder.probe_dimensions()  # type: ignore[attr-defined]  # OpenAI-compatible without a size set

@@ -33,13 +33,14 @@ class VectorOutcome:
 
 log = get_logger("fluxstream.vector_stage")
 
+PART_SIZE = 64  # jobs embedded, then written, at a time: the embedder works on the next part meanwhile
 VectorChange = tuple[str, str, bytes]  # collection, doc_id, concatenated float32 chunk embeddings
 ChangeLog = Callable[[list[VectorChange]], Awaitable[None]]
 
 
 class VectorStage:
     def __init__(self, store: VectorStore, embedder: Embedder, change_log: ChangeLog | None = None,
-                 part_size: int = 64) -> None:
+                 part_size: int = PART_SIZE) -> None:
         """``change_log`` is told about every write before and after its commit (see query.cache):
         a reader that sees the rows has then always been able to see a log record of them.
         ``part_size``: jobs embedded (and then written, one transaction) at a time within a batch."""
@@ -51,8 +52,12 @@ class VectorStage:
     async def apply(self, jobs: list[EmbedJob]) -> VectorOutcome:
         outcome = VectorOutcome()
         latest: dict[tuple[str, str], EmbedJob] = {}
-        for job in jobs:  # in partition order: the last job per document wins
-            latest[(job.collection, job.doc_id)] = job
+        for job in jobs:  # the highest version per document wins; of equal ones (redeliveries), the last
+            # (Jobs of one document can reach the topic out of version order: the BM25 stage keeps two
+            # batches in flight, and a later batch may write and announce first.)
+            ref = (job.collection, job.doc_id)
+            if ref not in latest or job.version >= latest[ref].version:
+                latest[ref] = job
         outcome.skipped += len(jobs) - len(latest)
         applied_versions = await self.store.applied_versions(list(latest))
         pending = []

@@ -90,26 +90,41 @@ class WorkerState:
 Handler = Callable[[list[Any]], Awaitable[None]]
 
 
-async def handle_then_ack(stream: faust.StreamT, events: list[Any], work: asyncio.Future[None]) -> None:
-    """Wait for ``work`` (the batch applied, see ``applied_in_order``), then ack: offsets are committed
-    only for applied batches.
+async def handle_then_ack(stream: faust.StreamT, events: list[Any], work: asyncio.Future[None],
+                          acked: asyncio.Future[None], previous_acked: asyncio.Future[None] | None) -> None:
+    """Wait for ``work`` (the batch applied, see ``applied_in_order``) and for the previous batch's acks,
+    then ack and resolve ``acked``: offsets are committed only for applied batches.
 
+    Acks stay in batch order because Faust's commit logic does not survive out-of-order acks: with no
+    earlier commit on a partition, it would commit past a lower offset that is not acked yet.
     ``noack_take`` never acks by itself, so a crash or cancellation mid-batch leaves the batch
     uncommitted and it is redelivered (harmless: applies are versioned).
     """
+    waiting = [work] if previous_acked is None else [work, previous_acked]
     try:
-        await asyncio.shield(work)
+        for future in waiting:
+            await asyncio.shield(future)
     except asyncio.CancelledError:
         # Shutting down (SIGTERM, rebalance): finish the batch in hand and ack it, so the offsets
         # Faust commits on stop include it; a batch that cannot finish in time is redelivered.
         log.info("finishing_batch_before_stop", size=len(events))
-        done, _ = await asyncio.wait([work], timeout=SHUTDOWN_GRACE_SECONDS)
-        if work in done and not work.cancelled() and work.exception() is None:
-            for event in events:
-                await stream.ack(event)
+        done, _ = await asyncio.wait(waiting, timeout=SHUTDOWN_GRACE_SECONDS)
+        if all(f in done and not f.cancelled() and f.exception() is None for f in waiting):
+            await _ack(stream, events, acked)
+        else:
+            acked.cancel()  # the batches after this one must not ack either
         raise
-    for event in events:
-        await stream.ack(event)
+    await _ack(stream, events, acked)
+
+
+async def _ack(stream: faust.StreamT, events: list[Any], acked: asyncio.Future[None]) -> None:
+    try:
+        for event in events:
+            await stream.ack(event)
+    except BaseException as exc:
+        acked.set_exception(exc)  # the next batch must not ack past this one
+        raise
+    acked.set_result(None)
 
 
 async def applied_in_order(handler: Handler, messages: list[Any], previous: asyncio.Future[None] | None,
@@ -181,14 +196,17 @@ def add_batch_agent(app: faust.App, state: WorkerState, name: str, topics: list[
     async def agent(stream: faust.StreamT) -> None:
         pipeline = await state.pipeline()
         handle, recorder = handler(pipeline), record(pipeline) if record is not None else None
-        previous: asyncio.Future[None] | None = None
+        previous: asyncio.Future[None] | None = None  # the previous batch applied
+        previous_acked: asyncio.Future[None] | None = None
         in_flight: list[asyncio.Task[None]] = []
         try:
             async for events in stream.noack_take(max_size, within=within):
                 work = asyncio.ensure_future(applied_in_order(handle, [e.message for e in events], previous,
                                                               recorder))
-                in_flight = [*in_flight[-1:], asyncio.ensure_future(handle_then_ack(stream, events, work))]
-                previous = work
+                acked = asyncio.get_running_loop().create_future()
+                acking = asyncio.ensure_future(handle_then_ack(stream, events, work, acked, previous_acked))
+                in_flight = [*in_flight[-1:], acking]
+                previous, previous_acked = work, acked
                 if len(in_flight) == 2:
                     await asyncio.shield(in_flight[0])  # at most two batches at once
         except asyncio.CancelledError:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from streams.app import applied_in_order
+from streams.app import applied_in_order, handle_then_ack
 
 
 def test_a_fast_batch_is_recorded_only_after_the_slow_batch_before_it() -> None:
@@ -64,3 +64,34 @@ def test_a_failing_batch_is_retried_until_it_applies() -> None:
 
     asyncio.run(applied_in_order(handle, ["only"], None, None))
     assert len(attempts) == 3
+
+
+class RecordingStream:
+    """Stands in for a Faust stream's ``ack`` only: records the order of acks."""
+
+    def __init__(self) -> None:
+        self.acked: list[str] = []
+
+    async def ack(self, event: str) -> None:
+        await asyncio.sleep(0)
+        self.acked.append(event)
+
+
+def test_acks_follow_batch_order_even_when_a_later_batch_applies_first() -> None:
+    """Faust commits past a lower unacked offset when acks come out of order: they must not."""
+    stream = RecordingStream()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        slow_work, fast_work = loop.create_future(), loop.create_future()
+        first_acked, second_acked = loop.create_future(), loop.create_future()
+        first = asyncio.ensure_future(handle_then_ack(stream, ["a1", "a2"], slow_work, first_acked, None))
+        second = asyncio.ensure_future(handle_then_ack(stream, ["b1"], fast_work, second_acked, first_acked))
+        fast_work.set_result(None)  # the later batch is applied first
+        await asyncio.sleep(0.05)
+        assert stream.acked == []
+        slow_work.set_result(None)
+        await asyncio.gather(first, second)
+
+    asyncio.run(run())
+    assert stream.acked == ["a1", "a2", "b1"]

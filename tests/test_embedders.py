@@ -472,27 +472,29 @@ async def test_coalescing_embedder_batches_concurrent_queries(local: LocalMiniLM
     assert len(counting.calls) == calls + 1
 
 
-def test_child_process_embedder_gives_the_same_vectors_and_survives_its_child_dying(
+def test_child_process_embedder_gives_the_same_vectors_and_survives_a_child_dying(
         local: LocalMiniLMEmbedder) -> None:
-    """The worker's embedder computes in a child process; a killed child costs one retryable error."""
-    texts = ["plasma density in the ionosphere", "transistor amplifier noise", "x"]
+    """The worker's embedder computes in single-threaded child processes, each call split between them;
+    a killed child costs one retryable error."""
+    texts = [f"plasma density in the ionosphere, measurement {i}" for i in range(19)] + ["x"]
 
     async def run() -> None:
-        child = ChildProcessEmbedder(batch_size=2)
+        child = ChildProcessEmbedder(batch_size=4, processes=2)
         try:
             assert (child.model_id, child.dimensions) == (local.model_id, local.dimensions)
             vectors = await child.embed(texts)
-            assert vectors.dtype == np.float32 and vectors.shape == (3, local.dimensions)
-            np.testing.assert_allclose(vectors, await local.embed(texts), atol=1e-6)
+            assert vectors.dtype == np.float32 and vectors.shape == (len(texts), local.dimensions)
+            np.testing.assert_allclose(vectors, await local.embed(texts), atol=1e-5)
             assert (await child.embed([])).shape == (0, local.dimensions)
-            (pid,) = child._executor()._processes  # the one child, to kill it
-            os.kill(pid, signal.SIGKILL)
+            pids = list(child._executor()._processes)
+            assert len(pids) == 2
+            os.kill(pids[0], signal.SIGKILL)
             with pytest.raises(EmbeddingError) as failed:
                 for _ in range(50):  # the pool notices the death on its next call
                     await child.embed(texts)
                     await asyncio.sleep(0.05)
             assert not failed.value.permanent  # the vector stage retries it
-            np.testing.assert_allclose(await child.embed(texts), vectors, atol=1e-6)  # a new child
+            np.testing.assert_allclose(await child.embed(texts), vectors, atol=1e-6)  # new children
         finally:
             await child.close()
 

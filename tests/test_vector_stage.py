@@ -80,13 +80,17 @@ async def test_versions_skip_stale_jobs_and_deletes_remove_rows(vector_store: Ve
     stale = await stage.apply([job(collection, "d", 4, ["four"])])
     assert stale.applied == 0 and stale.skipped == 1
     assert await vector_store.document_hashes(collection, "d") == {"d#0": content_hash("five")}
-    # In one batch, only the last job per document is applied.
-    both = await stage.apply([job(collection, "d", 6, ["six"]), job(collection, "d", 7, [], op="delete")])
+    # In one batch, only the highest version per document is applied, whatever the order of the jobs
+    # (the BM25 stage's overlapping batches can announce a later version first).
+    reordered = await stage.apply([job(collection, "d", 7, ["seven"]), job(collection, "d", 6, ["six"])])
+    assert reordered.applied == 1 and reordered.skipped == 1
+    assert await vector_store.document_hashes(collection, "d") == {"d#0": content_hash("seven")}
+    both = await stage.apply([job(collection, "d", 8, ["eight"]), job(collection, "d", 9, [], op="delete")])
     assert both.applied == 1 and both.skipped == 1
     assert await vector_store.document_hashes(collection, "d") == {}
-    late = await stage.apply([job(collection, "d", 6, ["six"])])
+    late = await stage.apply([job(collection, "d", 8, ["eight"])])
     assert late.applied == 0  # the tombstone version keeps a late upsert out
-    assert await vector_store.applied_versions([(collection, "d")]) == {(collection, "d"): 7}
+    assert await vector_store.applied_versions([(collection, "d")]) == {(collection, "d"): 9}
 
 
 async def test_a_write_of_many_documents_keeps_each_ones_outcome(
