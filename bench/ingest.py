@@ -118,13 +118,15 @@ async def raw_limit(settings: Settings, collection: str) -> dict[str, Any]:
     return {"documents": written, "seconds": round(elapsed, 2), "docs_per_second": round(written / elapsed, 1)}
 
 
-async def embedder_alone(settings: Settings, docs: int, skip: int = 0) -> dict[str, Any]:
+async def embedder_alone(settings: Settings, docs: int, skip: int = 0, *, child_process: bool = True
+                         ) -> dict[str, Any]:
     tokenizer = build_tokenizer(settings)
     chunker = Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer)
     texts = [c.text for d in workload(docs, "x", skip) for c in chunker.split("", d["text"])]
     # The worker's own embedder set-up (child processes unless turned off), given the texts in the
-    # vector stage's parts of 64, one after another.
-    embedder = await open_embedder(settings, child_process=settings.embed_in_child_process)
+    # vector stage's parts of 64, one after another; ``child_process=False``: the same model in this
+    # process with OpenBLAS threads, as the query service runs it (what the worker used before).
+    embedder = await open_embedder(settings, child_process=child_process and settings.embed_in_child_process)
     try:
         await embedder.embed(["warm up"] * 64)
         started = time.perf_counter()
@@ -159,6 +161,8 @@ def main() -> None:
                 skip = repeat * args.full_docs
                 results["full_path"].append(asyncio.run(measure_pipeline(settings, args.full_docs, True, skip)))
                 results["embedder_alone"].append(asyncio.run(embedder_alone(settings, args.full_docs, skip)))
+            results["embedder_in_process"] = asyncio.run(embedder_alone(settings, args.full_docs, 0,
+                                                                         child_process=False))
         ratios = [f["docs_per_second"] / e["docs_per_second"]
                   for f, e in zip(results["full_path"], results["embedder_alone"], strict=True)]
         results["full_vs_embedder"] = [round(r, 3) for r in ratios]
