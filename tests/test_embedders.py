@@ -499,3 +499,23 @@ def test_child_process_embedder_gives_the_same_vectors_and_survives_a_child_dyin
             await child.close()
 
     asyncio.run(run())
+
+
+def test_embedding_processes_follow_the_containers_cpu_limit(tmp_path: Path) -> None:
+    """A container's CPU quota (cgroup v2 or v1) caps the child processes; affinity alone would not."""
+    from indexer.embedders.child_process import _cgroup_cpu_quota
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_quota(v2) is None
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert _cgroup_cpu_quota(v2) == 1.5
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpu_quota(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    assert _cgroup_cpu_quota(v1) == 3.0
+    assert _cgroup_cpu_quota(tmp_path / "absent") is None

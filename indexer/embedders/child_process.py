@@ -15,11 +15,13 @@ another process (PostgreSQL, the broker) takes a core. Vectors come back pickled
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import numpy as np
 
@@ -46,11 +48,31 @@ def _embed(texts: list[str]) -> np.ndarray:
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which containers narrow), at least 1."""
+    """Cores this process may use: its CPU affinity, narrowed by a cgroup CPU quota (a container's CPU
+    limit, which affinity does not show), at least 1."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores, math.ceil(quota))
+    return max(1, cores)
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup (v2 ``cpu.max``, v1 ``cfs_quota_us``/``cfs_period_us``); None: no limit."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 class ChildProcessEmbedder:
