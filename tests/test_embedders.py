@@ -519,3 +519,42 @@ def test_embedding_processes_follow_the_containers_cpu_limit(tmp_path: Path) -> 
     (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
     assert _cgroup_cpu_quota(v1) == 3.0
     assert _cgroup_cpu_quota(tmp_path / "absent") is None
+
+
+def test_embedding_children_die_with_a_killed_worker(tmp_path: Path) -> None:
+    """SIGKILL of the process that owns the pool (a worker) must not leave its children running."""
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import asyncio, sys, time\n"
+        "from indexer.embedders.child_process import ChildProcessEmbedder\n"
+        "async def main():\n"
+        "    embedder = ChildProcessEmbedder(processes=2)\n"
+        "    await embedder.embed(['one text'] * 16)\n"
+        "    print(' '.join(str(p) for p in embedder._executor()._processes), flush=True)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n")
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert owner.stdout is not None
+        children = [int(p) for p in owner.stdout.readline().split()]
+        assert len(children) == 2
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(p) for p in children):
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in children)
+    finally:
+        owner.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie waiting for its (re-)parent to reap it is gone for our purposes.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"

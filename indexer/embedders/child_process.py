@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fluxstream.lifetime import die_with_parent
+
 from .base import EmbeddingError, as_text_list
 from .minilm import LocalMiniLMEmbedder
 
@@ -33,10 +35,11 @@ __all__ = ["ChildProcessEmbedder", "usable_cores"]
 _child_embedder: LocalMiniLMEmbedder | None = None  # set in each child by _load
 
 
-def _load(batch_size: int) -> None:
+def _load(batch_size: int, parent_pid: int) -> None:
     from threadpoolctl import threadpool_limits
 
     global _child_embedder
+    die_with_parent(parent_pid)  # a SIGKILLed worker must not leave its children behind
     threadpool_limits(1)  # for the life of the child: its share of a call is one core's work
     _child_embedder = LocalMiniLMEmbedder(batch_size=batch_size)
     _child_embedder.load()
@@ -94,7 +97,7 @@ class ChildProcessEmbedder:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_load, initargs=(self.batch_size,))
+                                             initializer=_load, initargs=(self.batch_size, os.getpid()))
         return self._pool
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
