@@ -124,14 +124,20 @@ async def embedder_alone(settings: Settings, docs: int, skip: int = 0, *, child_
     chunker = Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer)
     texts = [c.text for d in workload(docs, "x", skip) for c in chunker.split("", d["text"])]
     # The worker's own embedder set-up (child processes unless turned off), given the texts in the
-    # vector stage's parts of 64, one after another; ``child_process=False``: the same model in this
-    # process with OpenBLAS threads, as the query service runs it (what the worker used before).
+    # vector stage's parts of 64, two parts in flight as in the worker (so the embedder never waits
+    # for its caller); ``child_process=False``: the same model in this process with OpenBLAS threads,
+    # as the query service runs it (what the worker used before).
     embedder = await open_embedder(settings, child_process=child_process and settings.embed_in_child_process)
+    in_flight = asyncio.Semaphore(2)
+
+    async def part(start: int) -> None:
+        async with in_flight:
+            await embedder.embed(texts[start:start + EMBED_PART])
+
     try:
         await embedder.embed(["warm up"] * 64)
         started = time.perf_counter()
-        for i in range(0, len(texts), EMBED_PART):
-            await embedder.embed(texts[i:i + EMBED_PART])
+        await asyncio.gather(*(part(i) for i in range(0, len(texts), EMBED_PART)))
         elapsed = time.perf_counter() - started
     finally:
         close = getattr(embedder, "close", None)
