@@ -33,6 +33,7 @@ from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, open_embedder
 from indexer.apply import DocumentBuilder
 from indexer.chunking import Chunker
+from indexer.embedders.base import close_embedder
 from indexer.postings import DocumentState, pack_posting
 from indexer.vector_stage import PART_SIZE as EMBED_PART
 from schemas.events import DocumentChange
@@ -135,14 +136,12 @@ async def embedder_alone(settings: Settings, docs: int, skip: int = 0, *, child_
             await embedder.embed(texts[start:start + EMBED_PART])
 
     try:
-        await embedder.embed(["warm up"] * 64)
+        await embedder.embed(["warm up"] * EMBED_PART)
         started = time.perf_counter()
         await asyncio.gather(*(part(i) for i in range(0, len(texts), EMBED_PART)))
         elapsed = time.perf_counter() - started
     finally:
-        close = getattr(embedder, "close", None)
-        if close is not None:
-            await close()
+        await close_embedder(embedder)
     return {"documents": docs, "chunks": len(texts), "seconds": round(elapsed, 2),
             "docs_per_second": round(docs / elapsed, 1)}
 

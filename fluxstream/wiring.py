@@ -24,14 +24,10 @@ def build_tokenizer(settings: Settings) -> Tokenizer:
 async def open_embedder(settings: Settings, *, child_process: bool = False) -> Embedder:
     """The configured embedder with a known vector size (the pgvector column needs it up front).
 
-    ``child_process``: the local model computes in a child process (the indexing worker's choice, see
+    ``child_process``: the local model computes in child processes (the indexing worker's choice, see
     indexer.embedders.child_process); the query service keeps it in-process, where a query costs less.
     """
-    if child_process and settings.embedder.strip().lower() == "local":
-        from indexer.embedders.child_process import ChildProcessEmbedder
-
-        return ChildProcessEmbedder(batch_size=settings.embed_batch_size, processes=settings.embed_processes)
-    embedder = embedder_from_settings(settings)
+    embedder = embedder_from_settings(settings, child_process=child_process)
     if not embedder.dimensions:
         await embedder.probe_dimensions()  # type: ignore[attr-defined]  # OpenAI-compatible without a size set
     return embedder

@@ -350,8 +350,9 @@ class PostingsStore:
         return [(h.decode(), _with_enrichment(m, e)) if h is not None else None for h, m, e in rows]
 
     async def _hmget_each(self, keys: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:
-        """HMGET ``fields`` of every key, in one command: a query's hot read (a pipeline of one HMGET per
-        chunk costs the client more than the server spends answering it)."""
+        """HMGET ``fields`` of every key, in one command: hot reads of queries (chunks) and of the writer
+        (document records), where a pipeline of one command per key costs the client more than the
+        server spends answering it."""
         if not keys:
             return []
         return await self._hmget_many(keys=list(keys), args=list(fields))

@@ -30,7 +30,7 @@ from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 from indexer.apply import BatchOutcome, BM25Stage, DocumentBuilder, SourcedChange
 from indexer.chunking import Chunker
-from indexer.embedders.base import Embedder, EmbeddingError
+from indexer.embedders.base import Embedder, EmbeddingError, close_embedder
 from indexer.enrichment import enrich_document, llm_tags, prefixed
 from indexer.generations import GenerationRegistry, parse_index_name
 from indexer.positions import Positions
@@ -94,9 +94,7 @@ class Resources:
     async def close(self) -> None:
         await self.vectors.close()
         await self.redis.aclose()
-        close_embedder = getattr(self.embedder, "close", None)  # only those holding a process or client
-        if close_embedder is not None:
-            await close_embedder()
+        await close_embedder(self.embedder)
 
     async def ping(self) -> dict[str, bool]:
         return await check_dependencies(self.redis, self.vectors)
@@ -145,7 +143,7 @@ class Pipeline:
             else:
                 valid.append(SourcedChange(result, source))
         await self._index(valid, records, sends)
-        await self._finish(sends)
+        await asyncio.gather(*sends)  # the broker has the batch's follow-up records
 
     async def handle_cdc(self, records: Sequence[Record]) -> None:
         """Debezium events; a truncate first applies what precedes it, so it sees those documents."""
@@ -172,11 +170,7 @@ class Pipeline:
                 else:
                     pending.append(item)
         await self._index(pending, records, sends)
-        await self._finish(sends)
-
-    async def _finish(self, sends: list[Awaitable[object]]) -> None:
-        """Wait for the batch's follow-up records (the broker has them)."""
-        await asyncio.gather(*sends)
+        await asyncio.gather(*sends)  # the broker has the batch's follow-up records
 
     async def record_handled(self, records: Sequence[Record]) -> None:
         """Raise the BM25 stage's handled positions past ``records`` (read-your-writes tokens are

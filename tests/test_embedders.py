@@ -496,7 +496,7 @@ def test_child_process_embedder_gives_the_same_vectors_and_survives_a_child_dyin
             assert not failed.value.permanent  # the vector stage retries it
             np.testing.assert_allclose(await child.embed(texts), vectors, atol=1e-6)  # new children
         finally:
-            await child.close()
+            await child.aclose()
 
     asyncio.run(run())
 

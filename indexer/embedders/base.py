@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Embedder", "EmbeddingError", "as_text_list", "l2_normalize"]
+__all__ = ["Embedder", "EmbeddingError", "as_text_list", "close_embedder", "l2_normalize"]
 
 
 class EmbeddingError(Exception):
@@ -33,6 +33,14 @@ class EmbeddingError(Exception):
 
 def _rebuild_embedding_error(message: str, permanent: bool, status_code: int | None) -> EmbeddingError:
     return EmbeddingError(message, permanent=permanent, status_code=status_code)
+
+
+async def close_embedder(embedder: object) -> None:
+    """Release what an embedder holds (child processes, an HTTP pool): those that hold something have
+    ``aclose``; the in-process model holds nothing to release."""
+    close = getattr(embedder, "aclose", None)
+    if close is not None:
+        await close()
 
 
 @runtime_checkable

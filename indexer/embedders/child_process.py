@@ -120,7 +120,8 @@ class ChildProcessEmbedder:
             out[share] = vectors
         return out
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
+        """Stop the children (``close_embedder``)."""
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)

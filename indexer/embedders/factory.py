@@ -23,13 +23,20 @@ def create_embedder(
     openai_model: str = "text-embedding-3-small",
     dimensions: int = 0,
     max_retries: int = 5,
+    child_processes: int | None = None,
 ) -> Embedder:
     """``local`` (offline all-MiniLM-L6-v2, 384-d) or ``openai`` (any OpenAI-compatible server).
 
     Empty strings / 0 mean "not set", matching the FLUXSTREAM_* defaults.  ``dimensions`` only
-    applies to ``openai``; the local model is always 384-d.
+    applies to ``openai``; the local model is always 384-d.  ``child_processes``: run the local
+    model in that many child processes (0: one per usable core; the indexing worker's choice, see
+    ``child_process``); None keeps it in this process, as the query service does.
     """
     name = kind.strip().lower()
+    if name == "local" and child_processes is not None:
+        from .child_process import ChildProcessEmbedder
+
+        return ChildProcessEmbedder(batch_size=batch_size, processes=child_processes)
     if name == "local":
         from .minilm import LocalMiniLMEmbedder  # imported here: loads tokenizers/safetensors
 
@@ -48,8 +55,9 @@ def create_embedder(
     raise ValueError(f"unknown embedder {kind!r}; choose one of: {', '.join(EMBEDDER_KINDS)}")
 
 
-def embedder_from_settings(settings: Settings) -> Embedder:
-    """The embedder the FLUXSTREAM_EMBEDDER* / FLUXSTREAM_OPENAI_* variables describe."""
+def embedder_from_settings(settings: Settings, *, child_process: bool = False) -> Embedder:
+    """The embedder the FLUXSTREAM_EMBEDDER* / FLUXSTREAM_OPENAI_* variables describe; ``child_process``:
+    the local model in ``FLUXSTREAM_EMBED_PROCESSES`` child processes (see ``create_embedder``)."""
     return create_embedder(
         settings.embedder,
         batch_size=settings.embed_batch_size,
@@ -58,4 +66,5 @@ def embedder_from_settings(settings: Settings) -> Embedder:
         openai_model=settings.openai_model,
         dimensions=settings.embedding_dimensions,
         max_retries=settings.embed_max_retries,
+        child_processes=settings.embed_processes if child_process else None,
     )
