@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from bench.common import load_vaswani_corpus, percentiles, running_stack, wait_until_indexed
 from fluxstream.client import publish_documents
 from fluxstream.settings import Settings
-from fluxstream.wiring import build_tokenizer, open_embedder
+from fluxstream.wiring import build_tokenizer, open_embedder, open_redis
 from indexer.apply import DocumentBuilder
 from indexer.chunking import Chunker
 from indexer.embedders.base import close_embedder
@@ -91,7 +90,7 @@ async def raw_limit(settings: Settings, collection: str) -> dict[str, Any]:
     """Consume the same records with plain aiokafka; tokenize, chunk and write postings pipelined."""
     tokenizer = build_tokenizer(settings)
     builder = DocumentBuilder(Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer), tokenizer)
-    redis = aioredis.from_url(settings.redis_url)
+    redis = open_redis(settings.redis_url)  # the worker's client set-up (commands packed in C)
     base = f"fxraw:{{{collection}}}"
     written = 0
     started = time.perf_counter()

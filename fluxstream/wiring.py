@@ -10,6 +10,7 @@ import asyncio
 
 import redis.asyncio as aioredis
 
+from fluxstream.redis_packing import with_c_packing
 from fluxstream.settings import Settings
 from indexer.embedders.base import Embedder
 from indexer.embedders.factory import embedder_from_settings
@@ -34,7 +35,8 @@ async def open_embedder(settings: Settings, *, child_process: bool = False) -> E
 
 
 def open_redis(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url, health_check_interval=10, socket_timeout=10, socket_connect_timeout=5)
+    return with_c_packing(
+        aioredis.from_url(url, health_check_interval=10, socket_timeout=10, socket_connect_timeout=5))
 
 
 async def check_dependencies(redis: aioredis.Redis, vectors: VectorStore) -> dict[str, bool]:

@@ -20,7 +20,16 @@ from typing import Any
 from indexer.chunking import Chunker, make_chunk_id
 from indexer.postings import MAX_CHUNK_TERMS, ChunkState, DocumentState, PostingsStore, VersionConflict
 from indexer.tokenizer import Tokenizer
-from schemas.events import DocumentChange, EmbedChunk, EmbedJob, IndexUpdate, SourcePosition, Stages
+from schemas.events import (
+    SCHEMA_VERSION,
+    DocumentChange,
+    EmbedChunk,
+    EmbedJob,
+    IndexUpdate,
+    SourcePosition,
+    Stages,
+    utc_now,
+)
 
 Renderer = Callable[[Mapping[str, Any]], tuple[str, str, dict[str, Any]]]
 
@@ -236,28 +245,30 @@ def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool
     """``terms``: every index term the change removed or added, so caches can find the queries it touches."""
     terms = {t for c in state.chunks for t in c.tf} | {t for c in (previous.chunks if previous else []) for t in c.tf}
     # Built from validated state, so constructed without validating again (it showed in the worker's profile).
-    return IndexUpdate.model_construct(
+    return IndexUpdate.trusted(
+        schema_version=SCHEMA_VERSION,
         doc_id=state.doc_id,
         collection=state.collection,
         version=state.version or 0,
         op="delete" if state.deleted else "upsert",
         chunk_ids=[c.chunk_id for c in state.chunks],
-        stages=Stages.model_construct(bm25=True, vectors=vectors),
+        stages=Stages.trusted(bm25=True, vectors=vectors),
         source=source,
         terms=sorted(terms),
+        applied_at=utc_now(),
     )
 
 
 def _embed_job(state: DocumentState, source: SourcePosition) -> EmbedJob:
     """From validated state: constructed without validating again, like ``_index_update``."""
-    return EmbedJob.model_construct(
+    return EmbedJob.trusted(
+        schema_version=SCHEMA_VERSION,
         op="delete" if state.deleted else "upsert",
         doc_id=state.doc_id,
         collection=state.collection,
         version=state.version or 0,
         metadata=state.metadata,
-        chunks=[EmbedChunk.model_construct(chunk_id=c.chunk_id, chunk_no=c.chunk_no, text=c.text,
-                                           content_hash=c.content_hash)
+        chunks=[EmbedChunk.trusted(chunk_id=c.chunk_id, chunk_no=c.chunk_no, text=c.text, content_hash=c.content_hash)
                 for c in state.chunks],
         source=source,
     )

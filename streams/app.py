@@ -234,6 +234,9 @@ def build_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=max(settings.session_timeout / 10, 0.5),
         broker_commit_interval=1.0,
         producer_max_request_size=8 * 1024 * 1024,  # a dead letter carries the original record
+        # Follow-up records (an embed job carries its chunk texts) are ~1-2 KB: at Kafka's 16 KB default
+        # a busy batch went out as dozens of small produce batches per partition.
+        producer_max_batch_size=1024 * 1024,
         consumer_auto_offset_reset="earliest",
         # On stop, commit what is acknowledged instead of waiting for every fetched record to be: records
         # buffered for an agent that is stopping would hold the shutdown forever. Unacked ones are redelivered.

@@ -409,5 +409,5 @@ def _count_consumed(records: Sequence[Record]) -> None:
 def _position(record: Record) -> SourcePosition:
     """Where ``record`` was read; built without validation (the broker's values are well-formed)."""
     timestamp_ms = int(record.timestamp * 1000) if record.timestamp else None
-    return SourcePosition.model_construct(topic=record.topic, partition=record.partition, offset=record.offset,
-                                          timestamp_ms=timestamp_ms)
+    return SourcePosition.trusted(topic=record.topic, partition=record.partition, offset=record.offset,
+                                  timestamp_ms=timestamp_ms)

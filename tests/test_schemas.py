@@ -6,7 +6,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from schemas.events import DocumentChange
+from schemas.events import DocumentChange, EmbedChunk, EmbedJob, IndexUpdate, SourcePosition, Stages
 from schemas.registry import ALL_MODELS, render, schema_path
 
 
@@ -35,3 +35,29 @@ def test_configuration_reference_is_current() -> None:
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
     assert doc.read_text() == markdown_reference(), "run: fluxstream config --markdown > docs/configuration.md"
+
+
+def test_trusted_events_equal_validated_ones_and_need_every_field() -> None:
+    """``trusted`` (the worker's fast path for events it builds itself) gives what validation gives."""
+    source = {"topic": "documents", "partition": 2, "offset": 41, "timestamp_ms": 1_700_000_000_000}
+    update = {"schema_version": 1, "doc_id": "d1", "collection": "docs@g2", "version": 7, "op": "upsert",
+              "chunk_ids": ["d1#0"], "stages": {"bm25": True, "vectors": False}, "source": source,
+              "terms": ["alpha", "beta"], "applied_at": "2026-11-30T08:00:00+00:00"}
+    validated = IndexUpdate.model_validate(update)
+    trusted = IndexUpdate.trusted(**{**update, "stages": Stages.trusted(**update["stages"]),
+                                     "source": SourcePosition.trusted(**source),
+                                     "applied_at": validated.applied_at})
+    assert trusted == validated
+    assert trusted.to_json() == validated.to_json()
+    assert IndexUpdate.model_validate_json(trusted.to_json()) == validated
+    assert trusted.model_copy(update={"collection": "docs"}).collection == "docs"
+    job = {"schema_version": 1, "op": "upsert", "doc_id": "d1", "collection": "docs", "version": 7,
+           "metadata": {"lang": "en"}, "source": source,
+           "chunks": [{"chunk_id": "d1#0", "chunk_no": 0, "text": "hello", "content_hash": "h"}]}
+    built = EmbedJob.trusted(**{**job, "source": SourcePosition.trusted(**source),
+                                "chunks": [EmbedChunk.trusted(**c) for c in job["chunks"]]})
+    assert built.to_json() == EmbedJob.model_validate(job).to_json()
+    with pytest.raises(TypeError, match="exactly its fields"):
+        SourcePosition.trusted(topic="documents", partition=2, offset=41)  # timestamp_ms left out
+    with pytest.raises(TypeError, match="exactly its fields"):
+        Stages.trusted(bm25=True, vectors=False, extra=1)

@@ -109,6 +109,17 @@ async def test_a_write_of_many_documents_keeps_each_ones_outcome(
         await vector_store.replace_documents([(collection, "x", 1, True, []), (collection, "x", 2, True, [])])
 
 
+async def test_stored_vectors_are_the_embedders_bit_for_bit(vector_store: VectorStore,
+                                                              embedder: RecordingEmbedder, collection: str) -> None:
+    """Vectors travel in pgvector's binary form: nothing is lost on the way to PostgreSQL."""
+    texts = ["binary vectors", "a second chunk of text"]
+    await VectorStage(vector_store, embedder).apply([job(collection, "v", 1, texts)])
+    stored = await vector_store.embeddings_of(collection, ["v#0", "v#1"])
+    expected = await embedder.inner.embed(texts)
+    assert stored["v#0"].dtype == np.float32
+    assert np.array_equal(stored["v#0"], expected[0]) and np.array_equal(stored["v#1"], expected[1])
+
+
 class PoisonEmbedder(RecordingEmbedder):
     """Refuses texts containing POISON the way a provider refuses bad input (HTTP 400)."""
 
