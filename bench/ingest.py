@@ -10,6 +10,8 @@
   abstracts until their vectors are applied. Reference in the same run: the embedder alone (set up as
   the worker sets it up) on the same chunk texts, in the vector stage's parts. Then once more with every
   stage (cache invalidation and chunk enrichment too), against its own embedder-alone run.
+* Every measurement reports ``cpu_cores``: the cores each part of the stack used meanwhile
+  (bench/cpu.py), which is what sets the ratios on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import orjson
 
 from bench.common import load_vaswani_corpus, percentiles, running_stack, wait_until_indexed
+from bench.cpu import CpuMeter
 from fluxstream.client import publish_documents
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, open_embedder, open_redis
@@ -71,10 +74,13 @@ async def measure_pipeline(settings: Settings, docs: int, vectors: bool, skip: i
     await publish_documents(settings, workload(100, warmup, skip=11_000 - skip))
     await wait_until_indexed(settings, warmup, 100, vectors=vectors)
     collection = f"ingest-{uuid.uuid4().hex[:6]}"
+    meter = CpuMeter()
+    meter.start()
     started = time.time()
     await publish_documents(settings, workload(docs, collection, skip))
     published = time.time() - started
     await wait_until_indexed(settings, collection, docs, vectors=vectors)
+    cores = meter.cores()  # until the poll saw the last document: up to 0.25 s after it was applied
     updates = await index_updates(settings, collection, vectors)
     stamps = await produced_at(settings, collection)
     applied = [datetime.fromisoformat(u["applied_at"]).timestamp() for u in updates]
@@ -83,7 +89,7 @@ async def measure_pipeline(settings: Settings, docs: int, vectors: bool, skip: i
     elapsed = max(applied) - started
     return {"documents": docs, "updates": len(updates), "publish_seconds": round(published, 2),
             "seconds": round(elapsed, 2), "docs_per_second": round(docs / elapsed, 1),
-            "produced_to_applied_ms": percentiles(latencies), "collection": collection}
+            "produced_to_applied_ms": percentiles(latencies), "cpu_cores": cores, "collection": collection}
 
 
 async def raw_limit(settings: Settings, collection: str) -> dict[str, Any]:
@@ -134,15 +140,19 @@ async def embedder_alone(settings: Settings, docs: int, skip: int = 0, *, child_
         async with in_flight:
             await embedder.embed(texts[start:start + EMBED_PART])
 
+    meter = CpuMeter()
     try:
         await embedder.embed(["warm up"] * EMBED_PART)
+        meter.start()
         started = time.perf_counter()
         await asyncio.gather(*(part(i) for i in range(0, len(texts), EMBED_PART)))
         elapsed = time.perf_counter() - started
+        cores = meter.cores()
     finally:
         await close_embedder(embedder)
+    # In process, the embedding shows under "benchmark".
     return {"documents": docs, "chunks": len(texts), "seconds": round(elapsed, 2),
-            "docs_per_second": round(docs / elapsed, 1)}
+            "docs_per_second": round(docs / elapsed, 1), "cpu_cores": cores}
 
 
 def main() -> None:
