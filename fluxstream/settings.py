@@ -62,9 +62,11 @@ class Settings:
     app_id: str = _env_field("fluxstream", "Faust app id, also the consumer group id.")
     session_timeout: float = _env_field(30.0, "Kafka consumer session timeout (s).")
     fetch_max_wait_ms: int = _env_field(100, "Longest a consumer fetch waits for data (Faust hard-codes 1500).")
-    batch_max: int = _env_field(
-        1024, "Max change events handled as one batch (written in groups of 64 documents; two batches in flight).")
+    batch_max: int = _env_field(256, "Max change events handled as one batch (written in groups of 64 documents).")
     batch_within: float = _env_field(0.02, "Max wait (s) to fill a change-event batch.")
+    batches_in_flight: int = _env_field(
+        4, "Change-event batches a worker handles at once: the next ones are planned while Redis writes the "
+        "earlier ones (see docs/benchmarks.md).")
     embed_batch_max: int = _env_field(
         512, "Max embed jobs handled together (fewer, larger batches keep the embedder busy; see docs/benchmarks.md).")
     embed_batch_within: float = _env_field(0.1, "Max wait (s) to fill an embed-job batch.")

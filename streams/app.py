@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,41 +186,52 @@ def limit_fetch_wait(max_wait_ms: int) -> None:
 
 def add_batch_agent(app: faust.App, state: WorkerState, name: str, topics: list[str], batch: tuple[int, float],
                     handler: Callable[[Pipeline], Handler],
-                    record: Callable[[Pipeline], Handler] | None = None) -> None:
+                    record: Callable[[Pipeline], Handler] | None = None, in_flight: int = 2) -> None:
     """An agent reading raw records in batches of ``batch`` = (max size, max wait) and acking them
-    only after ``handler(pipeline)`` has applied them (and ``record(pipeline)`` recorded them).
-
-    Two batches are in flight at once: the next one is decoded, planned and written while the
-    previous one waits for Redis and for the broker to take its follow-up records, which kept
-    the worker idle about a quarter of the time (docs/benchmarks.md). Overlapping batches are safe
-    because applies are versioned compare-and-set writes: a document in both is applied in
-    version order whichever write lands first.
-    """
+    only after ``handler(pipeline)`` has applied them (and ``record(pipeline)`` recorded them);
+    ``in_flight`` batches at once (see ``handle_batches``)."""
+    if in_flight < 1:
+        raise ValueError("in_flight must be at least 1")
     max_size, within = batch
 
     async def agent(stream: faust.StreamT) -> None:
         pipeline = await state.pipeline()
-        handle, recorder = handler(pipeline), record(pipeline) if record is not None else None
-        previous: asyncio.Future[None] | None = None  # the previous batch applied
-        previous_acked: asyncio.Future[None] | None = None
-        in_flight: list[asyncio.Task[None]] = []
-        try:
-            async for events in stream.noack_take(max_size, within=within):
-                work = asyncio.ensure_future(applied_in_order(handle, [e.message for e in events], previous,
-                                                              recorder))
-                acked = asyncio.get_running_loop().create_future()
-                acking = asyncio.ensure_future(handle_then_ack(stream, events, work, acked, previous_acked))
-                in_flight = [*in_flight[-1:], acking]
-                previous, previous_acked = work, acked
-                if len(in_flight) == 2:
-                    await asyncio.shield(in_flight[0])  # at most two batches at once
-        except asyncio.CancelledError:
-            for acking in in_flight:  # each finishes its batch (within the grace period) and acks it
-                acking.cancel()
-            await asyncio.gather(*in_flight, return_exceptions=True)
-            raise
+        await handle_batches(stream, stream.noack_take(max_size, within=within), handler(pipeline),
+                             record(pipeline) if record is not None else None, in_flight)
 
     app.agent(app.topic(*topics, value_serializer="raw", key_serializer="raw"), name=name)(agent)
+
+
+async def handle_batches(stream: faust.StreamT, batches: AsyncIterator[Sequence[Any]], handle: Handler,
+                         recorder: Handler | None, in_flight: int) -> None:
+    """Handle each batch of events (and ack it) with up to ``in_flight`` batches at once.
+
+    The next batches are decoded, planned and written while earlier ones wait for Redis and for
+    the broker to take their follow-up records; one at a time kept the worker idle about a
+    quarter of the time (docs/benchmarks.md). Several smaller batches beat two large ones: a
+    backlog then arrives as full batches, where taking the next batch right after a large one
+    had drained the buffer gave a tiny one. Overlapping batches are safe because applies are
+    versioned compare-and-set writes: a document in several is applied in version order
+    whichever write lands first; acks and recorded positions still follow batch order.
+    """
+    previous: asyncio.Future[None] | None = None  # the previous batch applied
+    previous_acked: asyncio.Future[None] | None = None
+    running: list[asyncio.Task[None]] = []
+    try:
+        async for events in batches:
+            work = asyncio.ensure_future(applied_in_order(handle, [e.message for e in events], previous, recorder))
+            acked = asyncio.get_running_loop().create_future()
+            acking = asyncio.ensure_future(handle_then_ack(stream, list(events), work, acked, previous_acked))
+            running = [*running[max(0, len(running) + 1 - in_flight):], acking]  # drops the finished oldest
+            previous, previous_acked = work, acked
+            if len(running) == in_flight:
+                await asyncio.shield(running[0])  # at most ``in_flight`` batches at once
+        await asyncio.gather(*running)  # the stream ended: finish what was taken
+    except asyncio.CancelledError:
+        for acking in running:  # each finishes its batch (within the grace period) and acks it
+            acking.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -260,10 +271,10 @@ def build_app(settings: Settings) -> faust.App:
     cdc = load_cdc_mapping(settings)
     if "bm25" in stages:
         add_batch_agent(app, state, "index-documents", [settings.documents_topic], batch,
-                        lambda p: p.handle_changes, lambda p: p.record_handled)
+                        lambda p: p.handle_changes, lambda p: p.record_handled, settings.batches_in_flight)
         if cdc.topics:
             add_batch_agent(app, state, "index-cdc", cdc.topics, batch, lambda p: p.handle_cdc,
-                            lambda p: p.record_handled)
+                            lambda p: p.record_handled, settings.batches_in_flight)
     if "vectors" in stages:
         add_batch_agent(app, state, "embed-chunks", [settings.embed_jobs_topic],
                         (settings.embed_batch_max, settings.embed_batch_within), lambda p: p.handle_embed_jobs)

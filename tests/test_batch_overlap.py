@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from streams.app import applied_in_order, handle_then_ack
+from streams.app import applied_in_order, handle_batches, handle_then_ack
 
 
 def test_a_fast_batch_is_recorded_only_after_the_slow_batch_before_it() -> None:
@@ -95,3 +95,40 @@ def test_acks_follow_batch_order_even_when_a_later_batch_applies_first() -> None
 
     asyncio.run(run())
     assert stream.acked == ["a1", "a2", "b1"]
+
+
+class Event:
+    """A Faust event's ``message`` only."""
+
+    def __init__(self, message: int) -> None:
+        self.message = message
+
+
+@pytest.mark.parametrize("in_flight", [1, 2, 4])
+def test_batches_overlap_up_to_the_limit_yet_ack_and_record_in_order(in_flight: int) -> None:
+    stream = RecordingStream()
+    applied: list[int] = []
+    recorded: list[int] = []
+    now_running = most_at_once = 0
+
+    async def handle(messages: list[int]) -> None:
+        nonlocal now_running, most_at_once
+        now_running += 1
+        most_at_once = max(most_at_once, now_running)
+        await asyncio.sleep(0.03 if messages[0] % 4 == 0 else 0.005)  # batches finish out of order
+        now_running -= 1
+        applied.append(messages[0])
+
+    async def record(messages: list[int]) -> None:
+        recorded.append(messages[0])
+
+    async def batches():
+        for first in range(0, 24, 2):
+            yield [Event(first), Event(first + 1)]
+
+    asyncio.run(handle_batches(stream, batches(), handle, record, in_flight))
+    assert most_at_once == in_flight
+    assert [event.message for event in stream.acked] == list(range(24))
+    assert recorded == list(range(0, 24, 2))
+    assert sorted(applied) == list(range(0, 24, 2))
+    assert (applied == sorted(applied)) == (in_flight == 1)  # overlapping batches applied out of order
