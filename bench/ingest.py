@@ -10,6 +10,8 @@
   abstracts until their vectors are applied. Reference in the same run: the embedder alone (set up as
   the worker sets it up) on the same chunk texts, in the vector stage's parts. Then once more with every
   stage (cache invalidation and chunk enrichment too), against its own embedder-alone run.
+* The full path once more with one embedding process (``FLUXSTREAM_EMBED_PROCESSES=1``), against the
+  embedder alone set up the same way: the embedder keeps one core and the other stages get the other.
 * Every measurement reports ``cpu_cores``: the cores each part of the stack used meanwhile
   (bench/cpu.py), which is what sets the ratios on a 2-core machine.
 """
@@ -155,6 +157,19 @@ async def embedder_alone(settings: Settings, docs: int, skip: int = 0, *, child_
             "docs_per_second": round(docs / elapsed, 1), "cpu_cores": cores}
 
 
+def alternated(settings: Settings, docs: int, repeats: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``repeats`` runs of the full path, each followed by the embedder alone on the same texts."""
+    paths, references = [], []
+    for repeat in range(repeats):
+        paths.append(asyncio.run(measure_pipeline(settings, docs, True, skip=repeat * docs)))
+        references.append(asyncio.run(embedder_alone(settings, docs, skip=repeat * docs)))
+    return paths, references
+
+
+def _ratios(paths: list[dict[str, Any]], references: list[dict[str, Any]]) -> list[float]:
+    return [round(p["docs_per_second"] / r["docs_per_second"], 3) for p, r in zip(paths, references, strict=True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20_000)
@@ -170,16 +185,17 @@ def main() -> None:
         # The indexing path (BM25 + vectors); alternated with the embedder alone, so drift on a noisy
         # machine hits both alike.
         with running_stack(worker_stages="bm25,vectors") as settings:
-            results["full_path"], results["embedder_alone"] = [], []
-            for repeat in range(args.repeats):
-                skip = repeat * args.full_docs
-                results["full_path"].append(asyncio.run(measure_pipeline(settings, args.full_docs, True, skip)))
-                results["embedder_alone"].append(asyncio.run(embedder_alone(settings, args.full_docs, skip)))
+            results["full_path"], results["embedder_alone"] = alternated(settings, args.full_docs, args.repeats)
             results["embedder_in_process"] = asyncio.run(embedder_alone(settings, args.full_docs, 0,
                                                                          child_process=False))
-        ratios = [f["docs_per_second"] / e["docs_per_second"]
-                  for f, e in zip(results["full_path"], results["embedder_alone"], strict=True)]
-        results["full_vs_embedder"] = [round(r, 3) for r in ratios]
+        results["full_vs_embedder"] = _ratios(results["full_path"], results["embedder_alone"])
+        # The same with one embedding process: the embedder keeps one core, the other stages get the
+        # other (on two cores, the two-process figures above measure how the cores are shared).
+        with running_stack(worker_stages="bm25,vectors", embed_processes=1) as settings:
+            results["one_process_full_path"], results["one_process_embedder_alone"] = alternated(
+                settings, args.full_docs, args.repeats)
+        results["one_process_full_vs_embedder"] = _ratios(results["one_process_full_path"],
+                                                          results["one_process_embedder_alone"])
         # The same worker also running cache invalidation and chunk enrichment: what they cost it.
         with running_stack(worker_stages="bm25,vectors,cache,enrich") as settings:
             skip = args.repeats * args.full_docs
