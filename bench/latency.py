@@ -131,6 +131,9 @@ def load_vectors(settings: Settings, corpus: Corpus, collection: str, start: int
         # (34 ms at 10k rows instead of 4 ms through HNSW): analyse after a bulk load. VACUUM too, or
         # autovacuum starts on the new rows a minute later, in the middle of the latency measurements.
         conn.execute("VACUUM ANALYZE fluxstream_chunks")
+        # And write the load's dirty pages back now (the graph outgrows shared_buffers at 100k): else
+        # the checkpointer, or queries evicting dirty buffers, write them during the measurements.
+        conn.execute("CHECKPOINT")
 
 
 async def quiesce(settings: Settings, timeout: float = 1800) -> float:
@@ -157,6 +160,9 @@ async def quiesce(settings: Settings, timeout: float = 1800) -> float:
                 break
             time.sleep(1.0)
     return round(time.monotonic() - started, 1)
+
+
+WARM_UP_QUERIES = 20
 
 
 async def latencies(http: httpx.AsyncClient, bodies: list[dict[str, Any]], concurrency: int) -> list[float]:
@@ -207,6 +213,12 @@ async def measure(settings: Settings, sizes: list[int], vectors_up_to: int, n_qu
             modes = {"bm25": {"mode": "bm25"}}
             if size <= vectors_up_to:
                 modes["hybrid"] = {"mode": "hybrid", "fusion": "rrf"}
+            # Warm up first (pages of the index just built, connections): the live index a query
+            # service serves is queried all the time. Other texts than the measured ones, whose
+            # embeddings the service would otherwise have cached.
+            for params in modes.values():
+                await latencies(http, [{"query": q, "collection": collection, "k": 10, "cache": False, **params}
+                                       for q in corpus.queries(WARM_UP_QUERIES, seed=size + 1)], 1)
             for concurrency in (1, 8):
                 row[f"healthz_c{concurrency}"] = percentiles(await latencies(http, [{}] * n_queries, concurrency))
                 for name, params in modes.items():
