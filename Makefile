@@ -17,7 +17,7 @@ bench-full:
 	$(PYTHON) -m bench.hnsw
 	$(PYTHON) -m bench.latency --sizes 10000,100000 --vectors-up-to 100000
 	$(PYTHON) -m bench.latency --sizes 10000,100000,1000000 --vectors-up-to 100000 --out bench/results/latency-1m.json
-	$(PYTHON) bench/freshness.py --docs 4000 --rate 1400 --stages bm25
+	$(PYTHON) bench/freshness.py --docs 4000 --rate 1550 --stages bm25
 
 test:
 	$(PYTHON) -m pytest
