@@ -19,6 +19,7 @@ a document, and a stale writer (e.g. during a rebalance) is refused, not merged.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,13 +173,18 @@ class PostingsStore:
         """
         plans: dict[str, Plan] = {}
         changed_terms: dict[str, set[str]] = {}
+        stats_deltas: dict[str, Counter[str]] = {}
         for before, after in changes:
             plan = plans.setdefault(after.collection, Plan())
             terms = changed_terms.setdefault(after.collection, set())
             self._plan_document(plan, before, after, updated_at, terms)
+            stats_deltas.setdefault(after.collection, Counter()).update(_stats_delta(before, after))
         if not plans:
             return
         for collection, plan in plans.items():
+            for name, delta in stats_deltas[collection].items():  # one HINCRBY per statistic, not per document
+                if delta:
+                    plan.op("HINCRBY", self.meta_key(collection), name, delta)
             # What caches validate against (see query.cache): the collection's change counter, and per term
             # the counter's value after the last write that changed the term's postings (one HSET, not an
             # HINCRBY per term: the counter only grows, so a changed stamp means a changed term).
@@ -221,13 +227,6 @@ class PostingsStore:
                 "text", chunk.text, "hash", chunk.content_hash,
                 "metadata", _json(after.metadata), "version", after.version,
             )
-        meta_key = self.meta_key(coll)
-        delta_chunks = len(new) - len(old)
-        delta_len = sum(c.dl for c in new.values()) - sum(c.dl for c in old.values())
-        delta_docs = int(after.live) - int(before.live)
-        for name, delta in (("chunks", delta_chunks), ("total_len", delta_len), ("docs", delta_docs)):
-            if delta:
-                plan.op("HINCRBY", meta_key, name, delta)
         plan.op(
             "HSET", doc_key,
             "version", after.version, "deleted", int(after.deleted), "title", after.title,
@@ -412,6 +411,13 @@ def _with_enrichment(metadata: bytes | str, enrichment: bytes | None) -> dict[st
     if enrichment:
         merged.update(orjson.loads(enrichment))
     return merged
+
+
+def _stats_delta(before: DocumentState, after: DocumentState) -> dict[str, int]:
+    """What replacing ``before`` by ``after`` adds to the collection's BM25 statistics."""
+    return {"chunks": len(after.chunks) - len(before.chunks),
+            "total_len": sum(c.dl for c in after.chunks) - sum(c.dl for c in before.chunks),
+            "docs": int(after.live) - int(before.live)}
 
 
 def _json(value: Any) -> str:
