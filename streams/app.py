@@ -207,10 +207,10 @@ async def handle_batches(stream: faust.StreamT, batches: AsyncIterator[Sequence[
     """Handle each batch of events (and ack it) with up to ``in_flight`` batches at once.
 
     The next batches are decoded, planned and written while earlier ones wait for Redis and for
-    the broker to take their follow-up records; one at a time kept the worker idle about a
-    quarter of the time (docs/benchmarks.md). Several smaller batches beat two large ones: a
-    backlog then arrives as full batches, where taking the next batch right after a large one
-    had drained the buffer gave a tiny one. Overlapping batches are safe because applies are
+    the broker to take their follow-up records (one at a time, the worker idled about a quarter
+    of the time). Several smaller batches beat two large ones: a backlog then arrives as full
+    batches, where taking the next batch right after a large one had drained the buffer gave a
+    tiny one (docs/benchmarks.md, "Ingest throughput"). Overlapping batches are safe because applies are
     versioned compare-and-set writes: a document in several is applied in version order
     whichever write lands first; acks and recorded positions still follow batch order.
     """
