@@ -201,6 +201,10 @@ async def measure(settings: Settings, sizes: list[int], vectors_up_to: int, n_qu
     await redis.aclose()
     results: dict[str, Any] = {}
     done = postings = 0
+
+    def searches(texts: list[str], params: dict[str, str]) -> list[dict[str, Any]]:
+        return [{"query": q, "collection": collection, "k": 10, "cache": False, **params} for q in texts]
+
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=120) as http:
         for size in sizes:
             started = time.monotonic()
@@ -217,14 +221,12 @@ async def measure(settings: Settings, sizes: list[int], vectors_up_to: int, n_qu
             # service serves is queried all the time. Other texts than the measured ones, whose
             # embeddings the service would otherwise have cached.
             for params in modes.values():
-                await latencies(http, [{"query": q, "collection": collection, "k": 10, "cache": False, **params}
-                                       for q in corpus.queries(WARM_UP_QUERIES, seed=size + 1)], 1)
+                await latencies(http, searches(corpus.queries(WARM_UP_QUERIES, seed=size + 1), params), 1)
             for concurrency in (1, 8):
                 row[f"healthz_c{concurrency}"] = percentiles(await latencies(http, [{}] * n_queries, concurrency))
                 for name, params in modes.items():
-                    bodies = [{"query": q, "collection": collection, "k": 10, "cache": False, **params}
-                              for q in queries]
-                    row[f"{name}_c{concurrency}"] = percentiles(await latencies(http, bodies, concurrency))
+                    row[f"{name}_c{concurrency}"] = percentiles(await latencies(http, searches(queries, params),
+                                                                                concurrency))
                 cached = [{"query": q, "collection": collection, "k": 10, "mode": "bm25"} for q in queries]
                 await latencies(http, cached, concurrency)  # fill
                 row[f"cache_hit_c{concurrency}"] = percentiles(await latencies(http, cached, concurrency))

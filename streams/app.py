@@ -95,7 +95,7 @@ class WorkerState:
 Handler = Callable[[list[Any]], Awaitable[None]]
 
 
-async def handle_then_ack(stream: faust.StreamT, events: list[Any], work: asyncio.Future[None],
+async def handle_then_ack(stream: faust.StreamT, events: Sequence[Any], work: asyncio.Future[None],
                           acked: asyncio.Future[None], previous_acked: asyncio.Future[None] | None) -> None:
     """Wait for ``work`` (the batch applied, see ``applied_in_order``) and for the previous batch's acks,
     then ack and resolve ``acked``: offsets are committed only for applied batches.
@@ -122,7 +122,7 @@ async def handle_then_ack(stream: faust.StreamT, events: list[Any], work: asynci
     await _ack(stream, events, acked)
 
 
-async def _ack(stream: faust.StreamT, events: list[Any], acked: asyncio.Future[None]) -> None:
+async def _ack(stream: faust.StreamT, events: Sequence[Any], acked: asyncio.Future[None]) -> None:
     try:
         for event in events:
             await stream.ack(event)
@@ -221,11 +221,12 @@ async def handle_batches(stream: faust.StreamT, batches: AsyncIterator[Sequence[
         async for events in batches:
             work = asyncio.ensure_future(applied_in_order(handle, [e.message for e in events], previous, recorder))
             acked = asyncio.get_running_loop().create_future()
-            acking = asyncio.ensure_future(handle_then_ack(stream, list(events), work, acked, previous_acked))
-            running = [*running[max(0, len(running) + 1 - in_flight):], acking]  # drops the finished oldest
+            acking = asyncio.ensure_future(handle_then_ack(stream, events, work, acked, previous_acked))
+            running.append(acking)
             previous, previous_acked = work, acked
-            if len(running) == in_flight:
-                await asyncio.shield(running[0])  # at most ``in_flight`` batches at once
+            if len(running) == in_flight:  # at most ``in_flight`` batches at once
+                await asyncio.shield(running[0])
+                running.pop(0)  # only once finished: cancelled meanwhile, it is still finished below
         await asyncio.gather(*running)  # the stream ended: finish what was taken
     except asyncio.CancelledError:
         for acking in running:  # each finishes its batch (within the grace period) and acks it
