@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from indexer.chunking import Chunker, make_chunk_id
-from indexer.postings import MAX_CHUNK_TERMS, ChunkState, DocumentState, PostingsStore, VersionConflict
+from indexer.postings import MAX_CHUNK_TERMS, ChunkState, DocumentState, PendingMark, PostingsStore, VersionConflict
 from indexer.tokenizer import Tokenizer
 from schemas.events import (
     SCHEMA_VERSION,
@@ -36,11 +36,12 @@ Renderer = Callable[[Mapping[str, Any]], tuple[str, str, dict[str, Any]]]
 
 @dataclass(frozen=True)
 class SourcedChange:
-    """A change plus where it was read; CDC changes also carry their source row.
+    """A change plus where it was read; CDC changes also carry their source row and table.
 
     ``row``/``render`` let the stage rebuild title, text and metadata after filling
     ``unavailable`` columns (Debezium's unchanged-TOAST placeholder) from the row the
-    index holds, which may be the result of an earlier change in the same batch.
+    index holds, which may be the result of an earlier change in the same batch. ``table``
+    names the CDC source (``TableMapping.name``): its truncation floor applies to the change.
     """
 
     change: DocumentChange
@@ -48,6 +49,7 @@ class SourcedChange:
     row: dict[str, Any] | None = None
     unavailable: frozenset[str] = frozenset()
     render: Renderer | None = None
+    table: str | None = None
 
 
 @dataclass
@@ -156,8 +158,10 @@ class BM25Stage:
 
     async def _try_apply(self, batch: list[SourcedChange]) -> BatchOutcome | None:
         refs = list(dict.fromkeys((s.change.collection, s.change.doc_id) for s in batch))
-        before, truncated = await asyncio.gather(self.store.read_documents(refs),
-                                                 self.store.truncations(c for c, _ in refs))
+        # Read to skip what a truncate removed; the write script checks the floors again, atomically.
+        before, truncated = await asyncio.gather(
+            self.store.read_documents(refs),
+            self.store.truncations((s.change.collection, s.table) for s in batch if s.table is not None))
         current = dict(before)
         outcome = BatchOutcome()
         latest_source: dict[tuple[str, str], SourcePosition] = {}
@@ -168,7 +172,8 @@ class BM25Stage:
             change = item.change
             ref = (change.collection, change.doc_id)
             state = current[ref]
-            if change.op == "upsert" and change.version <= truncated[change.collection]:
+            if change.op == "upsert" and item.table is not None and \
+                    change.version <= truncated[(change.collection, item.table)]:
                 outcome.results.append((item, False))  # older than a truncate: must not come back
                 continue
             if state.version is not None and change.version <= state.version:
@@ -184,8 +189,9 @@ class BM25Stage:
             outcome.results.append((item, True))
             announced.append((current[ref], item.source, state))
         writes = [(before[ref], current[ref]) for ref in refs if ref in touched]
+        marks = pending_marks(batch, before, latest_source, redelivered)
         try:
-            await self.store.write_documents(writes, updated_at=datetime.now(UTC).isoformat())
+            await self.store.write_documents(writes, updated_at=datetime.now(UTC).isoformat(), marks=marks)
         except VersionConflict:
             return None
         # Built after the write, so ``applied_at`` is when the change became searchable.
@@ -209,7 +215,8 @@ class BM25Stage:
         change = item.change
         src = item.source.model_dump()
         if change.op == "delete":
-            return DocumentState(change.collection, change.doc_id, change.version, deleted=True, source=src)
+            return DocumentState(change.collection, change.doc_id, change.version, deleted=True, source=src,
+                                 table=item.table)
         row = item.row
         if row is not None and item.unavailable and item.render is not None:
             previous = state.row or {}
@@ -225,7 +232,42 @@ class BM25Stage:
             chunks=self.builder.chunks(change, state),
             source=src,
             row=row,
+            table=item.table,
         )
+
+
+def pending_marks(batch: list[SourcedChange], before: Mapping[tuple[str, str], DocumentState],
+                  jobs: Mapping[tuple[str, str], SourcePosition],
+                  redelivered: Mapping[tuple[str, str], SourcePosition]) -> list[PendingMark]:
+    """What read-your-writes must wait for (indexer.positions), written with the batch's documents.
+
+    * A document written here: its changes in the batch, down to the lowest offset, are visible once
+      the vector stage handled the job this write sends (at ``jobs[ref]``'s offset).
+    * A redelivered document: its re-sent job clears its own offset.
+    * A document whose changes were all skipped because the index holds a newer version: each is
+      superseded by that version, visible once the job of the write that made it is handled
+      (``before.source``); recorded only while that job is still pending, so a mark never waits
+      for a job that was handled already. An offset above that write's needs nothing: the write's
+      own entry already holds every position at or above it back.
+    """
+    lowest: dict[tuple[str, str, str, int], int] = {}
+    for item in batch:  # the lowest offset per document and partition
+        key = (item.change.collection, item.change.doc_id, item.source.topic, item.source.partition)
+        lowest[key] = min(lowest.get(key, item.source.offset), item.source.offset)
+    marks = []
+    for (collection, doc_id, topic, partition), offset in lowest.items():
+        ref = (collection, doc_id)
+        job = jobs.get(ref) or redelivered.get(ref)
+        if job is not None:
+            if (job.topic, job.partition) == (topic, partition):  # a document's changes share a partition
+                marks.append(PendingMark(collection, topic, partition, doc_id, min(offset, job.offset), job.offset))
+            continue
+        written = before[ref].source
+        if written and (written.get("topic"), written.get("partition")) == (topic, partition) \
+                and offset < written["offset"]:
+            marks.append(PendingMark(collection, topic, partition, doc_id, offset, written["offset"],
+                                     only_if=written["offset"]))
+    return marks
 
 
 def split_by_document(batch: list[SourcedChange], group_size: int) -> list[list[SourcedChange]]:

@@ -2,11 +2,19 @@
 
 * ``fx:applied`` hash, field ``<topic>:<partition>`` -> highest source offset the BM25 stage
   has handled (applied, skipped or dead-lettered); offsets are handled in order per partition.
-* ``fx:{c}:pending:<topic>:<partition>`` sorted set, doc_id -> source offset, added in the same
-  atomic write as the change and removed when the vector stage has handled that document.
+* ``fx:{c}:pending:<topic>:<partition>`` sorted set, doc_id -> the lowest source offset of the
+  document's changes whose vectors are not visible yet;
+* ``fx:{c}:pending-entries:<topic>:<partition>`` hash, doc_id -> its entries ``offset:clear_at ``:
+  the change at ``offset`` is visible to vectors once the vector stage has handled the document's
+  job at ``clear_at`` or a later one (that job carries the same or a newer version: a superseded
+  change counts as visible once its successor is). Entries are added inside the BM25 stage's
+  atomic write (``indexer.apply.pending_marks``), before the job is sent; each handled job removes
+  its document's entries clearing at or below its offset and rescores the document.
 
 A position (topic, partition, offset) is visible to BM25 once ``fx:applied`` reaches it, and to
-vectors once, in addition, no pending entry of that partition is at or below it.
+vectors once, in addition, no pending score of that partition is at or below it. So v1 at o1 and
+v2 at o2 of one document, folded into one job (at o2) or sent as two, hold o1 back until a job at
+o2 is handled if v1's own job was skipped or folded, and only until v1's job otherwise.
 """
 
 from __future__ import annotations
@@ -22,9 +30,31 @@ from schemas.events import EmbedJob, SourcePosition
 APPLIED_KEY = "fx:applied"
 
 
-_CLEAR_IF_AT_MOST = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+# KEYS: the pending sorted set, its entries hash; ARGV: doc_id, offset, doc_id, offset, ...
+_CLEAR = """
+for i = 1, #ARGV, 2 do
+  local doc, upto = ARGV[i], tonumber(ARGV[i + 1])
+  local entries = redis.call('HGET', KEYS[2], doc)
+  if not entries then  -- a score written before entries were kept: it clears at itself
+    local score = redis.call('ZSCORE', KEYS[1], doc)
+    if score and tonumber(score) <= upto then redis.call('ZREM', KEYS[1], doc) end
+  else
+    local kept, low = '', nil
+    for offset, clear_at in string.gmatch(entries, '(%d+):(%d+) ') do
+      if tonumber(clear_at) > upto then
+        kept = kept .. offset .. ':' .. clear_at .. ' '
+        if low == nil or tonumber(offset) < low then low = tonumber(offset) end
+      end
+    end
+    if low == nil then
+      redis.call('HDEL', KEYS[2], doc)
+      redis.call('ZREM', KEYS[1], doc)
+    elseif kept ~= entries then
+      redis.call('HSET', KEYS[2], doc, kept)
+      redis.call('ZADD', KEYS[1], low, doc)
+    end
+  end
+end
 return 1
 """
 
@@ -34,7 +64,7 @@ class Positions:
         self.redis = redis
         self.store = store
         self._raise_to = HashFieldRaiser(redis)
-        self._clear = redis.register_script(_CLEAR_IF_AT_MOST)
+        self._clear = redis.register_script(_CLEAR)
 
     async def record_handled(self, positions: Iterable[SourcePosition]) -> None:
         """Raise the BM25 stage's handled offset per partition to the highest of ``positions``."""
@@ -45,23 +75,17 @@ class Positions:
         for field, offset in highest.items():
             await self._raise_to(APPLIED_KEY, field, offset)
 
-    async def mark_pending(self, jobs: Iterable[EmbedJob]) -> None:
-        """Before embed jobs are sent (and before the batch's offsets count as handled)."""
-        by_key: dict[str, dict[str, int]] = {}
-        for job in jobs:
-            key = self.store.pending_vectors_key(job.collection, job.source.topic, job.source.partition)
-            by_key.setdefault(key, {})[job.doc_id] = job.source.offset  # a batch's jobs: one ZADD per key
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, members in by_key.items():
-                pipe.zadd(key, members)
-            await pipe.execute()
-
     async def clear_pending(self, jobs: Iterable[EmbedJob]) -> None:
-        """The vector stage handled these jobs: their documents are no longer pending (up to their offset)."""
+        """The vector stage handled these jobs: what each one supersedes is no longer pending."""
+        by_key: dict[tuple[str, str, int], list[str]] = {}
+        for job in jobs:
+            by_key.setdefault((job.collection, job.source.topic, job.source.partition), []).extend(
+                (job.doc_id, str(job.source.offset)))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                key = self.store.pending_vectors_key(job.collection, job.source.topic, job.source.partition)
-                await self._clear(keys=[key], args=[job.doc_id, job.source.offset], client=pipe)
+            for (collection, topic, partition), args in by_key.items():
+                keys = [self.store.pending_vectors_key(collection, topic, partition),
+                        self.store.pending_entries_key(collection, topic, partition)]
+                await self._clear(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
     async def bm25_offset(self, topic: str, partition: int) -> int:

@@ -5,9 +5,15 @@ collection's keys share a slot and one script may touch them all):
 
 ``fx:{c}:meta``            hash  chunks (N), total_len (sum of chunk lengths), docs, seq (change counter)
 ``fx:{c}:p:<term>``        hash  chunk_id -> dl * 2**16 + tf   (df = HLEN)
-``fx:{c}:doc:<doc_id>``    hash  version, deleted, title, metadata, chunks (JSON), source, updated_at
+``fx:{c}:doc:<doc_id>``    hash  version, deleted, title, metadata, chunks (JSON), source, updated_at,
+                                 table (the CDC source the document comes from, "" for native events)
 ``fx:{c}:chunk:<chunk_id>`` hash doc_id, chunk_no, title, text, hash, metadata, version
+``fx:{c}:pending:…``       vector-pending positions (see indexer.positions)
 ``fx:collections``         set   known collections
+
+``meta`` also holds ``truncated:<table>``, the position of the last truncate of a CDC source table:
+an upsert of that table at or below it is refused inside the write script itself, so a batch that
+read the floor before a truncate raised it cannot bring a row back.
 
 The retrieval unit is the chunk: N counts chunks and "document length" is a
 chunk's length in terms. A query reads only ``meta`` and its own terms' posting
@@ -15,6 +21,7 @@ hashes. Writes go through one Lua script per collection per batch that first
 checks every touched document still has the version the writer read
 (compare-and-set) and then applies all changes: atomic, so no reader sees half
 a document, and a stale writer (e.g. during a rebalance) is refused, not merged.
+The same script records which positions wait for vectors (``PendingMark``).
 """
 
 from __future__ import annotations
@@ -83,10 +90,25 @@ class DocumentState:
     chunks: list[ChunkState] = field(default_factory=list)
     source: dict[str, Any] | None = None
     row: dict[str, Any] | None = None  # CDC source columns, to fill TOAST placeholders later
+    table: str | None = None  # the CDC source (streams.cdc_mapping) it comes from; None for native events
 
     @property
     def live(self) -> bool:
         return self.version is not None and not self.deleted
+
+
+@dataclass(frozen=True)
+class PendingMark:
+    """A change at ``offset`` whose vectors are visible once a job at ``clear_at`` or later is handled
+    (indexer.positions); with ``only_if``, recorded only while an entry clearing at it is pending."""
+
+    collection: str
+    topic: str
+    partition: int
+    doc_id: str
+    offset: int
+    clear_at: int
+    only_if: int | None = None
 
 
 @dataclass(frozen=True)
@@ -152,8 +174,12 @@ class PostingsStore:
         return f"{self._base(collection)}:vlog"
 
     def pending_vectors_key(self, collection: str, topic: str, partition: int) -> str:
-        """Sorted set doc_id -> source offset of changes whose vectors are not applied yet."""
+        """Sorted set doc_id -> lowest source offset of its changes whose vectors are not visible yet."""
         return f"{self._base(collection)}:pending:{topic}:{partition}"
+
+    def pending_entries_key(self, collection: str, topic: str, partition: int) -> str:
+        """Hash doc_id -> its pending entries ``offset:clear_at ...`` (see indexer.positions)."""
+        return f"{self._base(collection)}:pending-entries:{topic}:{partition}"
 
     # ---- writer side ----
     @metrics.timed("redis", "read_documents")
@@ -164,12 +190,14 @@ class PostingsStore:
 
     @metrics.timed("redis", "write_documents")
     async def write_documents(
-        self, changes: Iterable[tuple[DocumentState, DocumentState]], *, updated_at: str
+        self, changes: Iterable[tuple[DocumentState, DocumentState]], *, updated_at: str,
+        marks: Iterable[PendingMark] = (),
     ) -> None:
-        """Replace each ``before`` state with its ``after`` state, atomically per collection.
+        """Replace each ``before`` state with its ``after`` state and add ``marks``, atomically per collection.
 
-        Raises VersionConflict when any ``before`` no longer matches Redis; the
-        caller re-reads and re-plans. Nothing is written in that case.
+        Raises VersionConflict when any ``before`` no longer matches Redis, or an upsert of a CDC
+        table is at or below that table's truncation floor; the caller re-reads and re-plans.
+        Nothing is written in that case.
         """
         plans: dict[str, Plan] = {}
         changed_terms: dict[str, set[str]] = {}
@@ -179,9 +207,16 @@ class PostingsStore:
             terms = changed_terms.setdefault(after.collection, set())
             self._plan_document(plan, before, after, updated_at, terms)
             stats_deltas.setdefault(after.collection, Counter()).update(_stats_delta(before, after))
+        for mark in marks:
+            plans.setdefault(mark.collection, Plan()).pending(
+                self.pending_vectors_key(mark.collection, mark.topic, mark.partition),
+                self.pending_entries_key(mark.collection, mark.topic, mark.partition),
+                mark.doc_id, mark.offset, mark.clear_at, mark.only_if)
         if not plans:
             return
         for collection, plan in plans.items():
+            if collection not in stats_deltas:  # marks only: no document written
+                continue
             for name, delta in stats_deltas[collection].items():  # one HINCRBY per statistic, not per document
                 if delta:
                     plan.op("HINCRBY", self.meta_key(collection), name, delta)
@@ -190,7 +225,8 @@ class PostingsStore:
             # HINCRBY per term: the counter only grows, so a changed stamp means a changed term).
             plan.stamp_fields(self.term_versions_key(collection), self.meta_key(collection),
                               sorted(changed_terms[collection]))
-        await self.redis.sadd(COLLECTIONS_KEY, *plans)
+        if stats_deltas:
+            await self.redis.sadd(COLLECTIONS_KEY, *stats_deltas)
         for plan in plans.values():
             conflict = await self._plans.run(plan)
             if conflict is not None:
@@ -203,6 +239,8 @@ class PostingsStore:
         coll = after.collection
         doc_key = self.doc_key(coll, after.doc_id)
         plan.check(doc_key, "version", before.version)
+        if after.table is not None and not after.deleted:
+            plan.check_below(self.meta_key(coll), truncation_field(after.table), after.version or 0)
         old = {c.chunk_id: c for c in before.chunks}
         new = {c.chunk_id: c for c in after.chunks}
         postings = self.posting_key(coll, "")
@@ -233,21 +271,22 @@ class PostingsStore:
             "metadata", _json(after.metadata),
             "chunks", _json([c.to_json() for c in after.chunks]),
             "source", _json(after.source), "updated_at", updated_at,
-            "row", _json(after.row),
+            "row", _json(after.row), "table", after.table or "",
         )
 
     # ---- reader side ----
-    async def raise_truncation(self, collection: str, position: int) -> None:
-        """Record a truncate: changes at or below ``position`` can no longer create documents."""
-        await self._raise(self.meta_key(collection), "truncated", position)
+    async def raise_truncation(self, collection: str, table: str, position: int) -> None:
+        """Record a truncate of ``table``: its changes at or below ``position`` can no longer create documents."""
+        await self._raise(self.meta_key(collection), truncation_field(table), position)
 
-    async def truncations(self, collections: Iterable[str]) -> dict[str, int]:
-        names = sorted(set(collections))
+    async def truncations(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The truncation floor of each (collection, table); -1 where the table was never truncated."""
+        names = sorted(set(refs))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for collection in names:
-                pipe.hget(self.meta_key(collection), "truncated")
+            for collection, table in names:
+                pipe.hget(self.meta_key(collection), truncation_field(table))
             values = await pipe.execute()
-        return {c: int(v) if v is not None else -1 for c, v in zip(names, values, strict=True)}
+        return {ref: int(v) if v is not None else -1 for ref, v in zip(names, values, strict=True)}
 
     async def change_seq(self, collection: str) -> int:
         """Bumped by every BM25 write and after every vector write of the collection."""
@@ -375,8 +414,21 @@ class PostingsStore:
         return written
 
     async def document_ids(self, collection: str) -> list[str]:
-        """Every document id the collection has a record for (tombstones included); for truncation."""
+        """Every document id the collection has a record for (tombstones included)."""
         return await self.scan_suffixes(self.doc_key(collection, ""))
+
+    async def table_document_ids(self, collection: str, table: str, *, untagged: bool) -> list[str]:
+        """Ids of the documents (tombstones included) that come from CDC source ``table``, for its
+        truncate; ``untagged``: also those with no source table (native events, or indexed before
+        records named their table)."""
+        ids = await self.document_ids(collection)
+        found: list[str] = []
+        for start in range(0, len(ids), 1000):
+            page = ids[start : start + 1000]
+            rows = await self._hmget_each([self.doc_key(collection, d) for d in page], ("table",))
+            found += [d for d, (tag,) in zip(page, rows, strict=True)
+                      if tag == table.encode() or (untagged and not tag)]
+        return found
 
     async def scan_suffixes(self, prefix: str) -> list[str]:
         """What follows ``prefix`` in every key that starts with it."""
@@ -392,7 +444,7 @@ class PostingsStore:
         return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
 
 
-DOC_FIELDS = ("version", "deleted", "title", "metadata", "chunks", "source", "row")  # read back by the writer
+DOC_FIELDS = ("version", "deleted", "title", "metadata", "chunks", "source", "row", "table")  # read by the writer
 CHUNK_FIELDS = ("doc_id", "chunk_no", "title", "text", "hash", "metadata", "version", "enrich")
 
 
@@ -418,6 +470,11 @@ def _stats_delta(before: DocumentState, after: DocumentState) -> dict[str, int]:
     return {"chunks": len(after.chunks) - len(before.chunks),
             "total_len": sum(c.dl for c in after.chunks) - sum(c.dl for c in before.chunks),
             "docs": int(after.live) - int(before.live)}
+
+
+def truncation_field(table: str) -> str:
+    """The ``meta`` field holding the truncation floor of CDC source ``table``."""
+    return f"truncated:{table}"
 
 
 def _json(value: Any) -> str:
@@ -466,7 +523,7 @@ def decode_stats(meta: list[bytes | None]) -> CollectionStats:
 def _decode_document(ref: tuple[str, str], row: Sequence[bytes | None]) -> DocumentState:
     """A document record from its ``DOC_FIELDS`` values (all None: not indexed yet)."""
     collection, doc_id = ref
-    version, deleted, title, metadata, chunks, source, source_row = row
+    version, deleted, title, metadata, chunks, source, source_row, table = row
     if version is None:
         return DocumentState(collection, doc_id)
     return DocumentState(
@@ -479,4 +536,5 @@ def _decode_document(ref: tuple[str, str], row: Sequence[bytes | None]) -> Docum
         chunks=[ChunkState.from_json(c) for c in orjson.loads(chunks)] if chunks is not None else [],
         source=orjson.loads(source) if source is not None else None,
         row=orjson.loads(source_row) if source_row is not None else None,
+        table=table.decode() if table else None,
     )

@@ -14,21 +14,35 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-# ARGV[1]: {"checks": [[key_no, field, expected or ""]...], "ops": [op...]}, an op being one of
+# ARGV[1]: {"checks": [check...], "ops": [op...]}, a check being one of
+#   [key_no, field, expected or ""]             HGET key field must equal expected ("" = absent)
+#   [key_no, field, bound, "<"]                 HGET key field must be absent or an integer below bound
+# and an op one of
 #   [cmd, key_no, args...]                      one command (cmd in `allowed`)
 #   ["HSET*", field, key_no, value, key_no, value...]   HSET key field value, for many keys
 #   ["HDEL*", field, key_no, key_no...]                 HDEL key field, for many keys
 #   ["HSTAMP*", key_no, seq_key_no, field, field...]    seq = HINCRBY seq_key seq 1, then
 #                                                       HSET key field seq ... in a few big commands
+#   ["PENDING*", zset_no, hash_no, doc_id, offset, clear_at, only_if]
+#                                               a vector-pending entry (see indexer.positions)
 # The starred forms carry one chunk's postings (or a write's changed terms) in one small table,
 # not one table per posting: the decode and dispatch they save is most of the script's time.
 _SCRIPT = """
+local function below(a, b)  -- decimal integer strings (b without sign): a < b, exactly at any size
+  if string.sub(a, 1, 1) == '-' then return true end
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
 local plan = cjson.decode(ARGV[1])
 for _, check in ipairs(plan.checks) do
   local current = redis.call('HGET', KEYS[check[1]], check[2])
-  if current == false then current = '' end
-  if current ~= check[3] then
-    return {0, KEYS[check[1]]}
+  if check[4] == '<' then
+    if current and not below(current, check[3]) then return {0, KEYS[check[1]]} end
+  else
+    if current == false then current = '' end
+    if current ~= check[3] then
+      return {0, KEYS[check[1]]}
+    end
   end
 end
 local allowed = {HSET=1, HDEL=1, DEL=1, HINCRBY=1, SADD=1, SET=1, EXPIRE=1, ZADD=1, XADD=1}
@@ -46,6 +60,25 @@ for _, op in ipairs(plan.ops) do
     local args = {}
     for i = 4, #op do args[#args + 1] = op[i]; args[#args + 1] = seq end
     for i = 1, #args, 1000 do call('HSET', key, unpack(args, i, math.min(i + 999, #args))) end
+  elseif cmd == 'PENDING*' then
+    local zset, hash, doc, entry, only_if = KEYS[op[2]], KEYS[op[3]], op[4], op[5] .. ':' .. op[6], op[7]
+    local entries = call('HGET', hash, doc)
+    if not entries then  -- none, or a score written before entries were kept: it clears at itself
+      local score = call('ZSCORE', zset, doc)
+      entries = score and string.format('%d:%d ', tonumber(score), tonumber(score)) or ''
+    end
+    local wanted = only_if == ''
+    for clear_at in string.gmatch(entries, '%d+:(%d+) ') do wanted = wanted or clear_at == only_if end
+    if wanted and not string.find(' ' .. entries, ' ' .. entry .. ' ', 1, true) then
+      entries = entries .. entry .. ' '
+      local low
+      for o in string.gmatch(entries, '(%d+):%d+ ') do
+        o = tonumber(o)
+        if low == nil or o < low then low = o end
+      end
+      call('HSET', hash, doc, entries)
+      call('ZADD', zset, low, doc)
+    end
   elseif allowed[cmd] == nil then
     return redis.error_reply('unsupported op ' .. tostring(cmd))
   else
@@ -75,6 +108,17 @@ class Plan:
     def check(self, key: str, field: str, expected: str | int | None) -> None:
         """Refuse the whole plan unless HGET key field equals ``expected`` (None: field absent)."""
         self.checks.append([self.key(key), field, "" if expected is None else str(expected)])
+
+    def check_below(self, key: str, field: str, bound: int) -> None:
+        """Refuse the whole plan if HGET key field holds an integer at or above ``bound`` (a floor)."""
+        self.checks.append([self.key(key), field, str(bound), "<"])
+
+    def pending(self, zset: str, hash_key: str, doc_id: str, offset: int, clear_at: int,
+                only_if: int | None = None) -> None:
+        """Add the vector-pending entry ``offset:clear_at`` of ``doc_id`` (format: indexer.positions);
+        with ``only_if``, only while the document has an entry that clears at ``only_if``."""
+        self.ops.append(["PENDING*", self.key(zset), self.key(hash_key), doc_id, str(offset), str(clear_at),
+                         "" if only_if is None else str(only_if)])
 
     def op(self, cmd: str, key: str, *args: Any) -> None:
         self.ops.append([cmd, self.key(key), *map(str, args)])

@@ -193,19 +193,27 @@ class Pipeline:
         size = len(title.encode()) + len(text.encode())
         if size > self.settings.max_text_bytes:
             return Rejected("oversized", f"title+text is {size} bytes, limit {self.settings.max_text_bytes}")
-        return SourcedChange(change, source, event.row, event.unavailable, mapping.render)
+        return SourcedChange(change, source, event.row, event.unavailable, mapping.render, mapping.name)
 
     async def _truncation(self, event: debezium.TruncateEvent, source: SourcePosition) -> list[SourcedChange]:
-        """Deletes for every document of every target index, after raising their truncation floors."""
-        collection = event.mapping.collection
+        """Deletes for every document of the truncated table in every target index, after raising the
+        table's truncation floors there.
+
+        Raising the floor first is what makes this exact with batches in flight: a write of that table
+        at or below the floor is refused by the write script from then on, so a row an earlier batch
+        writes late was either written before the floor rose (and is listed here) or is refused.
+        """
+        mapping = event.mapping
+        collection, table = mapping.collection, mapping.name
         postings = self.resources.postings
         doc_ids: set[str] = set()
         for index in (await self.scope.targets([collection]))[collection]:
-            await self._until_done("bm25", lambda index=index: postings.raise_truncation(index, event.version))
-            doc_ids.update(await self._until_done("bm25", lambda index=index: postings.document_ids(index)))
+            await self._until_done("bm25", lambda index=index: postings.raise_truncation(index, table, event.version))
+            doc_ids.update(await self._until_done("bm25", lambda index=index: postings.table_document_ids(
+                index, table, untagged=mapping.sole_source)))
         return [
             SourcedChange(DocumentChange(op="delete", doc_id=doc_id, collection=collection, version=event.version),
-                          source)
+                          source, table=table)
             for doc_id in sorted(doc_ids)
         ]
 
@@ -219,7 +227,8 @@ class Pipeline:
         primary = {c: indexes[0] for c, indexes in targets.items() if indexes}
 
         async def announce(outcome: BatchOutcome) -> None:
-            """A written group's metrics, pending marks, embed jobs and index updates, sent at once."""
+            """A written group's metrics, embed jobs and index updates, sent at once (the group's write
+            recorded which positions wait for these jobs: indexer.positions)."""
             applied_times = []
             for item, applied in outcome.results:
                 if primary.get(parse_index_name(item.change.collection)[0]) == item.change.collection:  # once
@@ -227,7 +236,6 @@ class Pipeline:
                     if applied and item.source.timestamp_ms:
                         applied_times.append(item.source.timestamp_ms / 1000)
             metrics.observe_freshness("bm25", applied_times)
-            await self.positions.mark_pending(outcome.embed_jobs)
             for job in outcome.embed_jobs:
                 sends.append(await self.publish(self.settings.embed_jobs_topic, job.doc_id.encode(), job.to_json()))
             sends.extend([await self._announce(update) for update in outcome.index_updates])

@@ -47,6 +47,25 @@ topics = ["pg.public.notes"]
 collection = "cdc-notes"
 id_columns = ["id"]
 text = "{body}"
+
+# tests/test_truncation.py: a burst of rows then a truncate; two tables feeding one collection
+[[sources]]
+topics = ["pg.public.burst"]
+collection = "cdc-burst"
+id_columns = ["id"]
+text = "{body}"
+
+[[sources]]
+topics = ["pg.public.posts"]
+collection = "cdc-mixed"
+id_columns = ["id"]
+text = "{body}"
+
+[[sources]]
+topics = ["pg.public.comments"]
+collection = "cdc-mixed"
+id_columns = ["id"]
+text = "{body}"
 """
 
 
