@@ -3,7 +3,7 @@
 Accepted shapes, each with or without the ``{"schema", "payload"}`` wrapper:
 
 * the full envelope: ``op`` c/u/r (upsert from ``after``), d (delete, id from ``before``
-  or the key), t (truncate the collection), with ``source.lsn``/``source.ts_ms``;
+  or the key), t (truncate the table: its documents in the collection), with ``source.lsn``/``source.ts_ms``;
 * the ``ExtractNewRecordState`` (unwrap) form: the row itself plus ``__deleted``,
   ``__op``, ``__lsn``, ``__source_ts_ms``/``__ts_ms``, ``__table`` fields;
 * tombstones (null value, emitted after a delete): no effect.
