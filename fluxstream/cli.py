@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -16,21 +18,26 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from fluxstream import devenv
 from fluxstream.logging import configure_logging, get_logger
 from fluxstream.settings import Settings, describe, markdown_reference
 
 if TYPE_CHECKING:
+    from fluxstream.stack import Stack
     from streams.rebuild import RebuildPlan
     from streams.topic_range import TopicRange
 
 log = get_logger("fluxstream.cli")
 
-DEMO_COLLECTION = "demo"
+DEMO_COLLECTION = "default"  # the collection `fluxstream search`, the README and the event schema default to
 DEMO_QUERY = "how do vector databases find similar embeddings"
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
+def _settings(args: argparse.Namespace, *, dev_stack: bool = True) -> Settings:
+    """Settings from the environment; with ``dev_stack``, unset URLs come from a running `fluxstream dev`
+    with the same state directory (fluxstream/devenv.py)."""
+    state_dir = getattr(args, "state_dir", None) or os.environ.get("FLUXSTREAM_STATE_DIR") or ".fluxstream"
+    settings = Settings.from_env(devenv.environ_with_dev_stack(state_dir) if dev_stack else None)
     if getattr(args, "state_dir", None):
         settings = replace(settings, state_dir=args.state_dir)
     return settings
@@ -38,45 +45,104 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 # ---------------------------------------------------------------- dev
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Start the embedded stack (or use configured URLs), run worker + query service until signalled."""
-    from fluxstream.stack import Stack
+    """Start the embedded stack (or use configured URLs), run worker + query service until signalled.
 
-    base = _settings(args)
+    Exit status 1 when the stack cannot start or a child exits while it runs; 0 after Ctrl-C/SIGTERM.
+    """
+    from fluxstream.logging import log_to_file
+    from fluxstream.stack import Stack, StackError
+
+    base = _settings(args, dev_stack=False)
+    state_dir = Path(base.state_dir)
+    other = devenv.read(state_dir)
+    if other is not None and other.running:
+        print(f"fluxstream dev: a dev stack is already running with state directory {state_dir} (pid {other.pid}); "
+              "stop it first, or give another --state-dir and FLUXSTREAM_HTTP_PORT", file=sys.stderr)
+        return 1
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_to_file(state_dir / "dev.log", base.log_level)  # embedded PostgreSQL's commands, HTTP polls, warnings
     stop = threading.Event()
+    started = False
 
     def on_signal(signum: int, frame: object) -> None:
         print(f"\nfluxstream: received {signal.Signals(signum).name}, shutting down...", flush=True)
         stop.set()
+        if not started:
+            raise KeyboardInterrupt  # interrupt the start-up itself; `finally` stops what has started
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stack = Stack(base, workers=args.workers)
-    print(f"fluxstream: starting the stack under {Path(base.state_dir).resolve()} ...", flush=True)
+    stack = Stack(base, workers=args.workers, progress=_step)
+    print(f"fluxstream: starting the stack under {state_dir.resolve()}", flush=True)
+    status = 0
     try:
         settings = stack.start()
-        origin = {True: "embedded", False: "external"}
-        started = stack.services.started if stack.services else []
-        print("fluxstream: services", flush=True)
-        print(f"  kafka     {settings.kafka_url}  ({origin['kafka' in started]})", flush=True)
-        print(f"  redis     {settings.redis_url}  ({origin['redis' in started]})", flush=True)
-        print(f"  postgres  {settings.database_url}  ({origin['postgres' in started]})", flush=True)
-        print(f"  query     http://127.0.0.1:{settings.http_port}  (OpenAPI: /docs)", flush=True)
-        if settings.worker_web_port:
-            print(f"  worker    http://127.0.0.1:{settings.worker_web_port}/readyz  (metrics: /metrics)",
-                  flush=True)
-        print(f"  logs      {settings.state_dir}/*.log", flush=True)
+        devenv.write(state_dir, settings)
+        _print_services(stack, settings)
         if args.demo:
             run_demo(settings)
         print("fluxstream: running; press Ctrl-C to stop.", flush=True)
+        started = True
         while not stop.wait(0.5):
-            for name, proc in (stack.apps.procs.items() if stack.apps else []):
-                if proc.poll() is not None:
-                    print(f"fluxstream: {name} exited with {proc.returncode}; stopping", flush=True)
-                    stop.set()
+            failed = stack.apps.failed() if stack.apps else None
+            if failed is not None:
+                name, code = failed
+                log = stack.apps.log_path(name)  # type: ignore[union-attr]
+                print(f"fluxstream dev: {name} exited with {code}; stopping (log: {log})", file=sys.stderr)
+                _print_tail(log)
+                status = 1
+                break
+    except StackError as exc:
+        print(f"fluxstream dev: {exc}" + (f" (log: {exc.log})" if exc.log else ""), file=sys.stderr, flush=True)
+        if exc.log:
+            _print_tail(exc.log)
+        status = 1
+    except KeyboardInterrupt:
+        pass
     finally:
+        started = True  # a second signal while stopping must not interrupt the clean-up
+        devenv.remove(state_dir)
         stack.stop()
         print("fluxstream: stopped.", flush=True)
-    return 0
+    return status
+
+
+@contextmanager
+def _step(what: str) -> Iterator[None]:
+    """'fluxstream: starting Kafka (Tansu)... ok 1.2 s' (the stack's progress in `fluxstream dev`)."""
+    print(f"fluxstream: {what}... ", end="", flush=True)
+    began = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        print(f"failed after {time.monotonic() - began:.1f} s", flush=True)
+        raise
+    print(f"ok {time.monotonic() - began:.1f} s", flush=True)
+
+
+def _print_tail(log: Path, lines: int = 8) -> None:
+    try:
+        tail = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-lines:]
+    except OSError:
+        return
+    for line in tail:
+        print(f"  | {line}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def _print_services(stack: Stack, settings: Settings) -> None:
+    origin = {True: "embedded", False: "external"}
+    started = stack.services.started if stack.services else []
+    print("fluxstream: services", flush=True)
+    print(f"  kafka     {settings.kafka_url}  ({origin['kafka' in started]})", flush=True)
+    print(f"  redis     {settings.redis_url}  ({origin['redis' in started]})", flush=True)
+    print(f"  postgres  {settings.database_url}  ({origin['postgres' in started]})", flush=True)
+    print(f"  query     http://127.0.0.1:{settings.http_port}  (OpenAPI: /docs)", flush=True)
+    if settings.worker_web_port:
+        print(f"  worker    http://127.0.0.1:{settings.worker_web_port}/readyz  (metrics: /metrics)", flush=True)
+    print(f"  logs      {settings.state_dir}/*.log", flush=True)
+    print(f"  env       {devenv.env_path(settings.state_dir)}  (other fluxstream commands run here use these URLs)",
+          flush=True)
 
 
 def sample_documents() -> list[dict[str, object]]:
@@ -89,6 +155,7 @@ def run_demo(settings: Settings) -> None:
     import httpx
 
     from fluxstream.client import publish_documents
+    from fluxstream.stack import StackError
 
     docs = sample_documents()
     for doc in docs:
@@ -98,16 +165,21 @@ def run_demo(settings: Settings) -> None:
     url = f"http://127.0.0.1:{settings.http_port}/v1/search"
     body = {"query": DEMO_QUERY, "collection": DEMO_COLLECTION, "k": 3, "mode": "hybrid"}
     deadline = time.monotonic() + 120
-    while True:
-        hits = httpx.post(url, json=body, timeout=10).json()["hits"]
-        if (hits and all(h["vector"] is not None for h in hits[:1])) or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+    with _step("waiting until they are searchable (keywords and vectors)"):
+        while True:
+            try:
+                resp = httpx.post(url, json=body, timeout=10)
+            except httpx.HTTPError as exc:
+                raise StackError(f"the demo search failed: {exc}") from exc
+            hits = resp.json().get("hits", []) if resp.status_code in {200, 404} else []
+            if (hits and all(h["vector"] is not None for h in hits[:1])) or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
     print(f"fluxstream: query {DEMO_QUERY!r} -> {len(hits)} hits", flush=True)
     for rank, hit in enumerate(hits, start=1):
         print(f"  {rank}. [{hit['doc_id']}] {hit['title']}  score={hit['score']:.4f}", flush=True)
-    print(f"fluxstream: try it:  curl -s -X POST {url} -H 'content-type: application/json' "
-          f"-d '{orjson.dumps(body).decode()}'", flush=True)
+    print(f"fluxstream: try it:  fluxstream search {DEMO_QUERY!r}   (or: curl -s -X POST {url} "
+          f"-H 'content-type: application/json' -d '{orjson.dumps(body).decode()}')", flush=True)
 
 
 # ---------------------------------------------------------------- processes
@@ -168,25 +240,72 @@ def cmd_create_topics(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_ndjson(path: str) -> Iterator[dict[str, object]]:
-    stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
-    with stream:
-        for line in stream:
-            if line.strip():
-                yield orjson.loads(line)
+MAX_BAD_LINES_SHOWN = 20
+
+
+@contextmanager
+def _seekable(path: str) -> Iterator[str]:
+    """A file that can be read twice: ``path`` itself, or stdin ('-') spooled to a temporary file."""
+    if path != "-":
+        yield path
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(prefix="fluxstream-publish-", suffix=".ndjson") as spool:
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+        spool.flush()
+        yield spool.name
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from fluxstream.client import publish_documents
+    """Check every line first and publish nothing if one is bad; then stream the lines to the documents topic
+    and print the last position per partition (what a search's min_position waits for)."""
+    from fluxstream.client import publish_changes
+    from streams.eventlog import BadLine
+    from streams.replay import Progress, read_documents
 
     settings = _settings(args)
     _require(settings, "kafka_url")
-    docs = list(_read_ndjson(args.file))
-    if args.collection:
-        for doc in docs:
-            doc["collection"] = args.collection
-    positions = asyncio.run(publish_documents(settings, docs))
-    print(f"published {len(positions)} change events to {settings.documents_topic}")
+    options = {"collection": args.collection, "require_version": args.require_version}
+    with _seekable(args.file) as path:
+        checking = Progress("checking", quiet_if_quick=True)
+        try:
+            total, bad = 0, 0
+            for item in read_documents(path, settings, **options):
+                total += 1
+                checking.update(total)
+                if isinstance(item, BadLine):
+                    bad += 1
+                    if bad <= MAX_BAD_LINES_SHOWN:
+                        print(f"bad {item}", file=sys.stderr)
+        except OSError as exc:
+            sys.exit(f"fluxstream publish: cannot read {args.file}: {exc.strerror or exc}")
+        checking.update(total, final=True)
+        if bad:
+            more = f" ({bad - MAX_BAD_LINES_SHOWN} more not shown)" if bad > MAX_BAD_LINES_SHOWN else ""
+            print(f"fluxstream publish: {bad} bad of {total} lines{more}; nothing published", file=sys.stderr)
+            return 1
+        meter = Progress("publish", total, quiet_if_quick=True)
+        last: dict[tuple[str, int], int] = {}
+
+        async def send() -> int:
+            sent = 0
+            changes = (c for c in read_documents(path, settings, **options) if not isinstance(c, BadLine))
+            async for position in publish_changes(settings, changes):
+                sent += 1
+                key = (position.topic, position.partition)
+                last[key] = max(position.offset, last.get(key, -1))
+                meter.update(sent)
+            meter.update(sent, final=True)
+            return sent
+
+        sent = asyncio.run(send())
+    print(f"published {sent} change events to {settings.documents_topic}")
+    if last:
+        print("last position per partition (a search with it as min_position waits until it is applied):")
+        for (topic, partition), offset in sorted(last.items()):
+            print("  " + orjson.dumps({"topic": topic, "partition": partition, "offset": offset}).decode())
     return 0
 
 
@@ -358,8 +477,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"\n{'topic':32} {'partition':>9} {'committed':>10} {'end':>10} {'lag':>8} {'applied':>10}")
     for row in report["consumer_lag"]:
         applied = report["applied_positions"].get(f"{row['topic']}:{row['partition']}", "-")
-        print(f"{row['topic']:32} {row['partition']:>9} {row['committed']:>10} {row['end']:>10} {row['lag']:>8} "
+        committed = f"{row['committed']}{'!' if row.get('ahead') else ''}"
+        print(f"{row['topic']:32} {row['partition']:>9} {committed:>10} {row['end']:>10} {row['lag']:>8} "
               f"{applied:>10}")
+    if any(row.get("ahead") for row in report["consumer_lag"]):
+        print("\n! committed past the partition's end: the topic was recreated or lost records (an in-memory broker "
+              "restarted?); the worker group skips or re-reads records until its offsets are reset")
     return 0
 
 
@@ -368,9 +491,21 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     body = {"query": args.query, "collection": args.collection, "k": args.k, "mode": args.mode}
-    resp = httpx.post(f"http://127.0.0.1:{settings.http_port}/v1/search", json=body, timeout=30)
-    sys.stdout.write(orjson.dumps(resp.json(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 0 if resp.status_code == 200 else 1
+    url = (args.url or f"http://127.0.0.1:{settings.http_port}").rstrip("/")
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    try:
+        resp = httpx.post(f"{url}/v1/search", json=body, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        sys.exit(f"fluxstream search: no answer from {url} ({exc}); is `fluxstream dev` or `fluxstream serve` "
+                 "running? (--url to ask another)")
+    try:
+        sys.stdout.write(orjson.dumps(resp.json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    except ValueError:
+        sys.stdout.write(resp.text + "\n")
+    if resp.status_code != 200:
+        print(f"fluxstream search: {url} answered {resp.status_code}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -448,8 +583,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="run the HTTP query service").set_defaults(func=cmd_serve)
     sub.add_parser("create-topics", help="create fluxstream's topics").set_defaults(func=cmd_create_topics)
     pub = sub.add_parser("publish", help="publish DocumentChange events from NDJSON (- for stdin)")
-    pub.add_argument("--file", default="-")
+    pub.add_argument("--file", default="-", help="NDJSON, one change event per line (.gz read as gzip; - stdin)")
     pub.add_argument("--collection", help="override the collection of every event")
+    pub.add_argument("--require-version", action="store_true",
+                     help="a line without version is bad (default: the current time in ms)")
     pub.set_defaults(func=cmd_publish)
     rep = sub.add_parser("replay", help="publish event-log files (NDJSON, .gz), or a topic range, to topics")
     rep.add_argument("files", nargs="*")
@@ -486,6 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--collection", default="default")
     search.add_argument("--k", type=int, default=5)
     search.add_argument("--mode", default="hybrid", choices=["bm25", "vector", "hybrid"])
+    search.add_argument("--url", help="query service base URL (default: local FLUXSTREAM_HTTP_PORT)")
+    search.add_argument("--api-key")
     search.set_defaults(func=cmd_search)
     ev = sub.add_parser("eval", help="precision, recall, F1, MRR, nDCG@k of the live service against qrels")
     ev.add_argument("qrels", help="TREC qrels: qid iteration docid relevance")

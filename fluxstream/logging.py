@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -35,7 +36,9 @@ def logging_config(fmt: str = "json", level: str = "info") -> dict[str, Any]:
         },
         "handlers": {"default": {"class": "logging.StreamHandler", "formatter": "structlog"}},
         "root": {"handlers": ["default"], "level": level.upper()},
-        "loggers": {"aiokafka": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"}},
+        # httpx logs every request at info: a line per readiness poll or API call is noise, not news.
+        "loggers": {"aiokafka": {"level": "WARNING"}, "uvicorn.access": {"level": "WARNING"},
+                    "httpx": {"level": "WARNING"}},
     }
 
 
@@ -52,3 +55,16 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
+
+
+def log_to_file(path: str | Path, level: str = "info") -> None:
+    """Send this process's log records and Python warnings to ``path`` instead of the terminal.
+
+    `fluxstream dev` prints its own progress; what the libraries it drives say (embedded PostgreSQL's
+    commands and initdb output, HTTP client lines, deprecation warnings) belongs in the state directory.
+    """
+    config = logging_config("console", level)
+    config["handlers"]["default"] = {"class": "logging.FileHandler", "filename": str(path), "formatter": "structlog",
+                                     "encoding": "utf-8"}
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)

@@ -2,7 +2,9 @@
 
 Used by ``fluxstream dev`` and by the test fixtures, so both run the same code.
 Each service is started only when its URL is not configured; state lives under
-one directory. Child processes get PR_SET_PDEATHSIG so they die with the parent
+one directory, with each server's output in its own log file there. Fixed ports
+are checked before anything starts, and a child counts as ready only when the
+server answering on its port is that child. Child processes get PR_SET_PDEATHSIG so they die with the parent
 even if it is killed hard; PostgreSQL (daemonised by pg_ctl) is stopped with
 ``pg_ctl stop`` on shutdown.
 """
@@ -16,12 +18,30 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from fluxstream import ports
 from fluxstream.lifetime import die_with_parent
 from fluxstream.settings import Settings
 from streams.topics import create_topics
+
+Progress = Callable[[str], AbstractContextManager[object]]
+"""``with progress("starting Kafka"):`` around each start-up step (`fluxstream dev` prints them)."""
+
+
+def quiet(what: str) -> AbstractContextManager[object]:
+    return nullcontext()
+
+
+class StackError(RuntimeError):
+    """A start-up failure told in one line (which port, which child, which log)."""
+
+    def __init__(self, message: str, log: Path | None = None) -> None:
+        super().__init__(message)
+        self.log = log
 
 
 def free_port() -> int:
@@ -72,6 +92,7 @@ class EmbeddedServices:
     redis_url: str = ""
     database_url: str = ""
     started: list[str] = field(default_factory=list)
+    progress: Progress = quiet
     _tansu: subprocess.Popen[bytes] | None = None
     _valkey: object | None = None
     _postgres: object | None = None
@@ -80,11 +101,14 @@ class EmbeddedServices:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             if not self.kafka_url:
-                self._start_tansu()
+                with self.progress("starting Kafka (Tansu)"):
+                    self._start_tansu()
             if not self.redis_url:
-                self._start_valkey()
+                with self.progress("starting Redis (Valkey)"):
+                    self._start_valkey()
             if not self.database_url:
-                self._start_postgres()
+                with self.progress("starting PostgreSQL"):
+                    self._start_postgres()
         except BaseException:
             self.stop()
             raise
@@ -165,6 +189,7 @@ class AppProcesses:
     log_dir: Path
     workers: int = 1
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    progress: Progress = quiet
 
     web_ports: dict[str, int] = field(default_factory=dict)
 
@@ -172,7 +197,11 @@ class AppProcesses:
         for n in range(self.workers):
             self.start_worker(f"worker-{n}", wait=False)
         self.procs["query"] = spawn([*self._cli, "serve"], self.log_dir / "query.log", self._env())
-        self.wait_ready(["query", *self.web_ports], ready_timeout)
+        workers = "the worker" if self.workers == 1 else f"{self.workers} workers"
+        with self.progress(f"starting {workers} (loads the embedding model, joins the consumer group)"):
+            self.wait_ready(list(self.web_ports), ready_timeout)
+        with self.progress("starting the query service"):
+            self.wait_ready(["query"], ready_timeout)
 
     @property
     def _cli(self) -> list[str]:
@@ -198,26 +227,48 @@ class AppProcesses:
         proc.wait(60)
 
     def url(self, name: str) -> str:
-        port = self.settings.http_port if name == "query" else self.web_ports[name]
-        return f"http://127.0.0.1:{port}"
+        return f"http://127.0.0.1:{self.port(name)}"
+
+    def port(self, name: str) -> int:
+        return self.settings.http_port if name == "query" else self.web_ports[name]
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
 
     def wait_ready(self, names: list[str], timeout: float) -> None:
+        """Until each child answers /readyz 200 on its port, and holds that port itself.
+
+        A 200 from a port some other process holds (another stack's service) does not count:
+        the child would fail to bind it and exit, which is reported instead.
+        """
         import httpx
 
         deadline = time.monotonic() + timeout
         pending = set(names)
         while pending:
             for name in sorted(pending):
-                if self.procs[name].poll() is not None:
-                    raise RuntimeError(f"{name} exited with {self.procs[name].returncode}; see {self.log_dir}")
+                proc = self.procs[name]
+                if proc.poll() is not None:
+                    raise StackError(f"{name} exited with {proc.returncode} before it was ready",
+                                     self.log_path(name))
                 try:
-                    if httpx.get(self.url(name) + "/readyz", timeout=1).status_code == 200:
-                        pending.discard(name)
+                    answered = httpx.get(self.url(name) + "/readyz", timeout=1).status_code == 200
                 except httpx.HTTPError:
-                    pass
+                    answered = False
+                if answered and ports.listens(proc.pid, self.port(name)) is not False:
+                    pending.discard(name)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"not ready after {timeout}s: {sorted(pending)}; see logs in {self.log_dir}")
+                names_left = ", ".join(sorted(pending))
+                raise StackError(f"{names_left} not ready after {timeout:.0f} s",
+                                 self.log_path(sorted(pending)[0]))
             time.sleep(0.2)
+
+    def failed(self) -> tuple[str, int] | None:
+        """The first child that has exited (name, exit status), if any."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -225,6 +276,18 @@ class AppProcesses:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs.values():
             stop_process(proc, timeout=30)
+
+
+def check_ports(settings: Settings) -> None:
+    """Fail before starting anything if a port the stack must use is taken (one line: which, by whom)."""
+    wanted = [(settings.http_host, settings.http_port, "the query service's port (FLUXSTREAM_HTTP_PORT)")]
+    if settings.worker_web_port:
+        wanted.append((settings.http_host, settings.worker_web_port,
+                       "the worker's web port (FLUXSTREAM_WORKER_WEB_PORT)"))
+    for host, port, what in wanted:
+        problem = ports.bind_problem(host, port)
+        if problem is not None:
+            raise StackError(f"port {port}, {what}, is {problem}")
 
 
 @dataclass
@@ -236,20 +299,24 @@ class Stack:
     services: EmbeddedServices | None = None
     apps: AppProcesses | None = None
     settings: Settings | None = None
+    progress: Progress = quiet
 
     def start(self) -> Settings:
         state_dir = Path(self.base.state_dir).resolve()
+        base = self.base
+        if base.worker_web_port == 6066 and "FLUXSTREAM_WORKER_WEB_PORT" not in os.environ:
+            base = replace(base, worker_web_port=free_port())  # the default: any free port
+        check_ports(base)
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.services = EmbeddedServices(state_dir, self.base.kafka_url, self.base.redis_url,
-                                         self.base.database_url)
+        self.services = EmbeddedServices(state_dir, base.kafka_url, base.redis_url, base.database_url,
+                                         progress=self.progress)
         try:
             self.services.start()
-            settings = self.services.settings(replace(self.base, state_dir=str(state_dir)))
-            if settings.worker_web_port == 6066 and "FLUXSTREAM_WORKER_WEB_PORT" not in os.environ:
-                settings = replace(settings, worker_web_port=free_port())
-            asyncio.run(create_topics(settings))
+            settings = self.services.settings(replace(base, state_dir=str(state_dir)))
+            with self.progress("creating topics"):
+                asyncio.run(create_topics(settings))
             self.settings = settings
-            self.apps = AppProcesses(settings, state_dir, self.workers)
+            self.apps = AppProcesses(settings, state_dir, self.workers, progress=self.progress)
             self.apps.start()
         except BaseException:
             self.stop()

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 
+from fluxstream.client import with_defaults
 from fluxstream.kafka import new_producer
 from fluxstream.settings import Settings
+from schemas.events import DocumentChange
 from streams.decoding import Rejected, decode_change
 from streams.eventlog import BadLine, LogRecord, encode, open_log, read_log
 from streams.topic_range import TopicRange, read_range
@@ -31,15 +34,20 @@ class ReplayReport:
 class Progress:
     """One status line on stderr with count, rate and ETA (when the total is known)."""
 
-    def __init__(self, label: str, total: int | None = None, every: float = 0.5) -> None:
-        self.label, self.total, self.every = label, total, every
+    def __init__(self, label: str, total: int | None = None, every: float = 0.5, *, quiet_if_quick: bool = False
+                 ) -> None:
+        """``quiet_if_quick``: no final line either when the work ended before the first update."""
+        self.label, self.total, self.every, self.quiet_if_quick = label, total, every, quiet_if_quick
         self.started = self.last = time.monotonic()
+        self.shown = False
 
     def update(self, done: int, *, final: bool = False) -> None:
         now = time.monotonic()
         if not final and now - self.last < self.every:
             return
-        self.last = now
+        if final and self.quiet_if_quick and not self.shown:
+            return
+        self.last, self.shown = now, True
         rate = done / max(now - self.started, 1e-9)
         eta = f", ETA {(self.total - done) / rate:.0f}s" if self.total and rate > 0 and not final else ""
         of = f"/{self.total}" if self.total else ""
@@ -49,13 +57,44 @@ class Progress:
         sys.stderr.flush()
 
 
+def validate_change(line_no: int, value: bytes, settings: Settings) -> DocumentChange | BadLine:
+    """The one check of a change event before it is produced (`replay`, `publish`): the worker's own
+    decoding, so what passes here is not dead-lettered for its shape or size."""
+    result = decode_change(value, settings.max_text_bytes)
+    return BadLine(line_no, f"{result.reason}: {result.detail}") if isinstance(result, Rejected) else result
+
+
 def check(record: LogRecord, topic: str, settings: Settings) -> BadLine | None:
     """Records for the documents topic must be valid DocumentChange events (tombstones excepted)."""
     if topic == settings.documents_topic and record.value is not None:
-        result = decode_change(record.value, settings.max_text_bytes)
-        if isinstance(result, Rejected):
-            return BadLine(record.line_no, f"{result.reason}: {result.detail}")
+        result = validate_change(record.line_no, record.value, settings)
+        if isinstance(result, BadLine):
+            return result
     return None
+
+
+def read_documents(path: str | Path, settings: Settings, *, collection: str | None = None,
+                   require_version: bool = False) -> Iterator[DocumentChange | BadLine]:
+    """`fluxstream publish`'s input: one change event per line (plain or .gz), streamed.
+
+    ``op`` defaults to upsert and ``version`` to the current time in ms (``with_defaults``) unless
+    ``require_version``; ``collection`` overrides every line's. Each line is checked by
+    ``validate_change``; a bad one is yielded as a BadLine with its number.
+    """
+    with open_log(path) as stream:
+        for line_no, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield BadLine(line_no, f"invalid_json: {exc}")
+                continue
+            if isinstance(doc, dict):
+                if collection:
+                    doc["collection"] = collection
+                doc = with_defaults(doc, version=not require_version)
+            yield validate_change(line_no, orjson.dumps(doc), settings)
 
 
 def retarget(record: LogRecord, collection: str | None) -> LogRecord:

@@ -12,12 +12,17 @@ from fluxstream.settings import Settings
 from indexer.generations import GenerationRegistry, index_name, parse_index_name
 from indexer.positions import APPLIED_KEY
 from indexer.postings import PostingsStore
+from streams.topic_range import end_offsets
 
 Offsets = tuple[dict[int, int], dict[int, int]]  # (committed by the worker group, end) per partition
 
 
 async def group_offsets(settings: Settings, *topics: str) -> dict[str, Offsets]:
-    """Committed offset of the worker group and end offset per partition, for each topic (one connection)."""
+    """Committed offset of the worker group and end offset per partition, for each topic (one connection).
+
+    The one source of lag for `fluxstream status`, the worker's lag metric and the rebuild's catch-up
+    wait; ends come from ``end_offsets`` (the fetch high-water mark, right on Tansu too).
+    """
     admin = new_admin(settings)
     consumer = new_consumer(settings)
     await admin.start()
@@ -25,7 +30,7 @@ async def group_offsets(settings: Settings, *topics: str) -> dict[str, Offsets]:
     try:
         await consumer.topics()
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
-        ends = await consumer.end_offsets(tps) if tps else {}
+        ends = await end_offsets(consumer, tps) if tps else {}
         committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps) if tps else {}
     finally:
         await consumer.stop()
@@ -36,7 +41,10 @@ async def group_offsets(settings: Settings, *topics: str) -> dict[str, Offsets]:
 
 
 async def consumer_lag(settings: Settings, *topics: str) -> list[dict[str, Any]]:
-    return [{"topic": topic, "partition": p, "committed": committed[p], "end": end, "lag": max(0, end - committed[p])}
+    """One row per partition; ``ahead``: the group committed past the end, which a consistent broker
+    never shows (the topic was recreated or lost records, e.g. an in-memory broker restarted)."""
+    return [{"topic": topic, "partition": p, "committed": committed[p], "end": end, "lag": max(0, end - committed[p]),
+             "ahead": committed[p] > end}
             for topic, (committed, ends) in (await group_offsets(settings, *topics)).items()
             for p, end in ends.items()]
 

@@ -2,12 +2,17 @@
 
 Shared by `fluxstream export` (window -> event-log file) and `fluxstream rebuild` (window ->
 a new index generation). Each partition is read up to the end offset it had when reading
-started; bounds are checked per record because some brokers (Tansu) number record batches,
-not records, so offset arithmetic alone would cut batches short.
+started; bounds are checked per record.
+
+``end_offsets`` is the one place fluxstream learns where a partition ends (status, the lag
+metric, the rebuild's catch-up wait and the readers here): some brokers (Tansu) answer
+ListOffsets(latest) with the last record batch's base offset + 1, so one 10-record batch
+reads as "end 1"; the high-water mark of a fetch is right on every broker.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -44,8 +49,8 @@ async def read_range(settings: Settings, window: TopicRange) -> AsyncIterator[li
         if not tps:
             return
         consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
         firsts = await consumer.beginning_offsets(tps)
+        ends = await end_offsets(consumer, tps, firsts)
         begin = {tp: max(firsts[tp], window.start or 0) for tp in tps}
         if window.start_ms is not None:
             at = await _first_offsets_at(consumer, tps, window.start_ms, ends)
@@ -64,6 +69,29 @@ async def read_range(settings: Settings, window: TopicRange) -> AsyncIterator[li
                     remaining.discard(tp)
     finally:
         await consumer.stop()
+
+
+async def end_offsets(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
+                      firsts: dict[TopicPartition, int] | None = None,
+                      timeout: float = 10.0) -> dict[TopicPartition, int]:
+    """The offset after the last record of each partition (the next one to be written).
+
+    ListOffsets(latest) first; for each non-empty partition, one fetch from just before it
+    returns the high-water mark, which is what counts (see the module docstring). ``consumer``
+    must not be subscribed (the partitions are assigned here); its positions are moved.
+    """
+    listed = await consumer.end_offsets(tps)
+    firsts = firsts if firsts is not None else await consumer.beginning_offsets(tps)
+    probe = [tp for tp in tps if listed[tp] > firsts[tp]]
+    if not probe:
+        return listed
+    consumer.assign(sorted(set(probe) | set(consumer.assignment())))
+    for tp in probe:
+        consumer.seek(tp, max(listed[tp] - 1, firsts[tp]))
+    deadline = time.monotonic() + timeout
+    while any(consumer.highwater(tp) is None for tp in probe) and time.monotonic() < deadline:
+        await consumer.getmany(*probe, timeout_ms=200)
+    return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in tps}
 
 
 async def _first_offsets_at(consumer: AIOKafkaConsumer, tps: list[TopicPartition], ms: int,
