@@ -91,7 +91,7 @@ async def end_offsets(consumer: AIOKafkaConsumer, tps: list[TopicPartition],
     deadline = time.monotonic() + timeout
     while any(consumer.highwater(tp) is None for tp in probe) and time.monotonic() < deadline:
         await consumer.getmany(*probe, timeout_ms=200)
-    return {tp: max(listed[tp], consumer.highwater(tp) or 0) for tp in tps}
+    return {tp: max(listed[tp], consumer.highwater(tp) or 0) if tp in probe else listed[tp] for tp in tps}
 
 
 async def _first_offsets_at(consumer: AIOKafkaConsumer, tps: list[TopicPartition], ms: int,
