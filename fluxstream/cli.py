@@ -226,7 +226,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _require(settings: Settings, *names: str) -> None:
     missing = [f"FLUXSTREAM_{n.upper()}" for n in names if not getattr(settings, n)]
     if missing:
-        sys.exit(f"fluxstream: set {', '.join(missing)} (or use `fluxstream dev` for an embedded stack)")
+        sys.exit(f"fluxstream: set {', '.join(missing)}, or start `fluxstream dev` here: other commands read a "
+                 f"running dev stack's URLs from {devenv.env_path(settings.state_dir)} (--state-dir or "
+                 "FLUXSTREAM_STATE_DIR for another directory)")
 
 
 # ---------------------------------------------------------------- admin
