@@ -263,6 +263,8 @@ def _seekable(path: str) -> Iterator[str]:
 def cmd_publish(args: argparse.Namespace) -> int:
     """Check every line first and publish nothing if one is bad; then stream the lines to the documents topic
     and print the last position per partition (what a search's min_position waits for)."""
+    from aiokafka.errors import KafkaError
+
     from fluxstream.client import publish_changes
     from streams.eventlog import BadLine
     from streams.replay import Progress, read_documents
@@ -289,21 +291,22 @@ def cmd_publish(args: argparse.Namespace) -> int:
             print(f"fluxstream publish: {bad} bad of {total} lines{more}; nothing published", file=sys.stderr)
             return 1
         meter = Progress("publish", total, quiet_if_quick=True)
-        last: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset of the last acknowledged event
 
-        async def send() -> int:
-            sent = 0
+        async def send() -> None:
             changes = (c for c in read_documents(path, settings, **options) if not isinstance(c, BadLine))
             async for position in publish_changes(settings, changes):
-                sent += 1
                 key = (position.topic, position.partition)
                 last[key] = max(position.offset, last.get(key, -1))
-                meter.update(sent)
-            meter.update(sent, final=True)
-            return sent
+                meter.update(meter.done + 1)
 
-        sent = asyncio.run(send())
-    print(f"published {sent} change events to {settings.documents_topic}")
+        try:
+            asyncio.run(send())
+        except KafkaError as exc:
+            sys.exit(f"fluxstream publish: Kafka at {settings.kafka_url} failed after {meter.done} acknowledged "
+                     f"events: {exc!r}")
+        meter.update(meter.done, final=True)
+    print(f"published {meter.done} change events to {settings.documents_topic}")
     if last:
         print("last position per partition (a search with it as min_position waits until it is applied):")
         for (topic, partition), offset in sorted(last.items()):

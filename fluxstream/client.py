@@ -49,8 +49,8 @@ async def publish_changes(settings: Settings, changes: Iterable[DocumentChange],
     through in bounded memory.
     """
     producer = new_producer(settings)
-    await producer.start()
     try:
+        await producer.start()  # inside: a producer that failed to start is closed too
         pending: deque[Any] = deque()
         for change in changes:
             pending.append(await producer.send(settings.documents_topic, key=change.doc_id.encode(),

@@ -40,8 +40,10 @@ class Progress:
         self.label, self.total, self.every, self.quiet_if_quick = label, total, every, quiet_if_quick
         self.started = self.last = time.monotonic()
         self.shown = False
+        self.done = 0
 
     def update(self, done: int, *, final: bool = False) -> None:
+        self.done = done
         now = time.monotonic()
         if not final and now - self.last < self.every:
             return
