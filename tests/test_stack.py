@@ -89,7 +89,9 @@ def test_dev_env_file_fills_unset_variables_while_its_stack_runs(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     settings = replace(Settings(), kafka_url="127.0.0.1:1234", redis_url="redis://u:p&q@127.0.0.1:5/0",
                        database_url="postgresql://postgres:@/postgres?host=/tmp/x y", http_port=8123)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "fluxstream"])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; print(flush=True); time.sleep(60)", "fluxstream"],
+                               stdout=subprocess.PIPE)
+    sleeper.stdout.readline()  # type: ignore[union-attr]  # it runs (its command line is its own)
     try:
         path = devenv.write(tmp_path, settings, pid=sleeper.pid)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
