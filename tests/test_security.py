@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import pytest
@@ -92,3 +96,21 @@ def test_key_entries_are_validated() -> None:
         ApiKeys.parse("plain-text-key:search")
     with pytest.raises(ValueError, match="scopes"):
         ApiKeys.parse(SEARCH_ENTRY.replace("search", "root"))
+
+
+async def test_search_command_takes_url_and_key(guarded: tuple[Settings, httpx.AsyncClient], tmp_path: Path) -> None:
+    """`fluxstream search --url --api-key`, as `eval` takes them, against a guarded service elsewhere."""
+    settings, _ = guarded
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSTREAM_")}
+    url = f"http://127.0.0.1:{settings.http_port}"
+
+    def search(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fluxstream.cli", "search", "anything", "--collection",
+                               "nothing-here", "--mode", "bm25", "--url", url, *extra], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    refused = await asyncio.to_thread(search)
+    assert refused.returncode == 1 and f"{url} answered 401" in refused.stderr
+    answered = await asyncio.to_thread(search, "--api-key", SEARCH_KEY)
+    assert "401" not in answered.stderr, answered.stderr  # the key was sent and accepted; the collection
+    assert '"hits"' in answered.stdout or "collection_not_found" in answered.stdout  # may be unknown (404)
