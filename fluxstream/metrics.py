@@ -39,6 +39,8 @@ CONSUMER_LAG = Gauge("fluxstream_consumer_lag", "End offset minus the worker gro
 CACHE_INVALIDATIONS = Counter("fluxstream_cache_invalidations_total", "Cache entries deleted by index updates")
 ENRICHED = Counter("fluxstream_enriched_chunks_total", "Chunk enrichments by result (written, stale, failed)",
                    ["result"])
+BATCHES_RETRYING = Gauge("fluxstream_batches_retrying", "Batches an agent is retrying (its partitions wait): "
+                         "the worker is not ready while any is", ["agent"])
 GENERATIONS_DROPPED = Counter("fluxstream_generations_dropped_total", "Index generations garbage-collected")
 
 # --- both ---

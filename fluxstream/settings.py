@@ -71,6 +71,9 @@ class Settings:
         512, "Max embed jobs handled together (fewer, larger batches keep the embedder busy; see docs/benchmarks.md).")
     embed_batch_within: float = _env_field(0.1, "Max wait (s) to fill an embed-job batch.")
     max_text_bytes: int = _env_field(1_000_000, "Larger title+text is dead-lettered.")
+    dead_letter_max_bytes: int = _env_field(
+        1_000_000, "Largest dead-letter record (key, value, headers); a longer original value is cut to fit, its size "
+        "and SHA-256 in headers. Keep it under the broker's message.max.bytes (Kafka's default: 1,048,588).")
     retry_max_backoff: float = _env_field(10.0, "Cap (s) of the backoff while Redis/Postgres are down.")
     worker_web_port: int = _env_field(6066, "Faust worker web port (metrics, health); 0 disables it.")
     worker_stages: str = _env_field(

@@ -54,7 +54,7 @@ from schemas.api import (
     SearchRequest,
     SearchResponse,
 )
-from schemas.events import CollectionName
+from schemas.events import CollectionName, DocId
 from streams.status import collection_status
 
 log = get_logger("fluxstream.query")
@@ -431,7 +431,7 @@ def create_app(settings: Settings) -> FastAPI:
                                    timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)})
 
     @app.get("/v1/documents/{doc_id:path}", response_model=DocumentResponse)
-    async def get_document(doc_id: str, principal: SearchKey,
+    async def get_document(doc_id: DocId, principal: SearchKey,
                            collection: Annotated[CollectionName, Query()] = "default") -> Any:
         assert state.searcher is not None and state.vectors is not None and state.generations is not None
         postings = state.searcher.postings

@@ -6,9 +6,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.events import CollectionName, MetadataValue, SourcePosition
+from schemas.events import (
+    NO_NUL,
+    NUL_FREE_KEYS,
+    CollectionName,
+    MetadataScalar,
+    SourcePosition,
+    StoredMetadataValue,
+    Text,
+)
 
-FilterValue = str | int | float | bool | None
+FilterValue = MetadataScalar | None
+"""What a filter may compare with: what metadata may hold (no NUL, numbers within 64 bits)."""
+Filters = Annotated[dict[Text, FilterValue], NUL_FREE_KEYS]
+QueryText = Annotated[str, Field(min_length=1, max_length=4096, pattern=NO_NUL)]
 
 
 class FusionWeights(BaseModel):
@@ -23,7 +34,7 @@ class SearchRequest(BaseModel):
     """``POST /v1/search`` body."""
 
     model_config = ConfigDict(extra="forbid")
-    query: Annotated[str, Field(min_length=1, max_length=4096)]
+    query: QueryText
     collection: CollectionName = "default"
     k: Annotated[int, Field(ge=1, le=100)] = 10
     mode: Literal["bm25", "vector", "hybrid"] = "hybrid"
@@ -35,7 +46,7 @@ class SearchRequest(BaseModel):
     weights: FusionWeights | None = None
     ef_search: Annotated[int, Field(ge=1, le=1000)] | None = None
     """HNSW candidate list for this query (higher: better recall, slower); default from the preset."""
-    filters: dict[str, FilterValue] = Field(default_factory=dict)
+    filters: Filters = Field(default_factory=dict)
     cache: bool = True
     """Use the semantic cache (when the service has it enabled); false forces a fresh search."""
     min_position: SourcePosition | None = None
@@ -54,7 +65,7 @@ class SearchHit(BaseModel):
     chunk_no: int
     title: str
     text: str
-    metadata: dict[str, MetadataValue]
+    metadata: dict[str, StoredMetadataValue]
     score: float
     bm25: RetrieverScore | None = None
     vector: RetrieverScore | None = None
@@ -95,7 +106,7 @@ class DocumentResponse(BaseModel):
     version: int
     deleted: bool
     title: str
-    metadata: dict[str, MetadataValue]
+    metadata: dict[str, StoredMetadataValue]
     chunks: list[ChunkView]
 
 
@@ -140,12 +151,12 @@ class AnswerRequest(BaseModel):
     """``POST /v1/answer``: retrieve, build a cited prompt, and (with a chat model) answer."""
 
     model_config = ConfigDict(extra="forbid")
-    query: Annotated[str, Field(min_length=1, max_length=4096)]
+    query: QueryText
     collection: CollectionName = "default"
     k: Annotated[int, Field(ge=1, le=50)] = 5
     mode: Literal["bm25", "vector", "hybrid"] = "hybrid"
     fusion: Literal["rrf", "weighted", "product", "max", "harmonic", "auto"] = "weighted"
-    filters: dict[str, FilterValue] = Field(default_factory=dict)
+    filters: Filters = Field(default_factory=dict)
     cache: bool = True
     transform: Literal["none", "hyde", "quote"] = "none"
     """hyde: search with the embedding of a generated hypothetical answer; quote: search the query and

@@ -11,15 +11,41 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 SCHEMA_VERSION = 1
 
+NO_NUL = r"^[^\x00]*$"
+"""Strings every store can hold: PostgreSQL text and jsonb refuse NUL (U+0000), so no string may carry one."""
+Text = Annotated[str, StringConstraints(pattern=NO_NUL)]
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
+"""Integers PostgreSQL (bigint, jsonb comparisons) and orjson (cache keys) all take."""
+Number64 = Annotated[float, Field(ge=INT64_MIN, le=INT64_MAX - 1023, allow_inf_nan=False)]
+"""Finite numbers in the same range, so a number too large for ``Int64`` is not stored as a float instead."""
+Version = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True)]
+"""A document version: a PostgreSQL bigint; strict, so ``"7"`` and ``true`` are refused as the JSON Schema says."""
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected the integer 1, not a boolean")  # JSON Schema's const 1 is not true
+    return value
+
+
+SchemaVersion = Annotated[Literal[1], BeforeValidator(_no_bool)]
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 IndexName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}(@g[1-9][0-9]{0,8})?$")]
 """A collection generation's index: the collection name, or ``<collection>@g<N>`` after a rebuild."""
-DocId = Annotated[str, StringConstraints(min_length=1, max_length=512)]
-MetadataValue = str | int | float | bool | None | list[str | int | float | bool]
+DocId = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=NO_NUL)]
+MetadataScalar = Text | Int64 | Number64 | bool
+MetadataValue = MetadataScalar | None | list[MetadataScalar]
+# patternProperties alone would still allow any other key: propertyNames refuses them
+NUL_FREE_KEYS = Field(json_schema_extra={"propertyNames": {"pattern": NO_NUL}})
+Metadata = Annotated[dict[Text, MetadataValue], NUL_FREE_KEYS]
+"""Metadata every store holds as given: no NUL in keys or strings, numbers within 64 bits."""
+StoredMetadataValue = str | int | float | bool | None | list[str | int | float | bool]
+"""Metadata as read back from the stores (responses): whatever was accepted, including before these limits."""
 
 
 def utc_now() -> datetime:
@@ -66,24 +92,24 @@ class DocumentChange(_Event):
     already applied is skipped, so duplicates and replays are harmless.
     """
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     op: Literal["upsert", "delete"]
     doc_id: DocId
     collection: CollectionName = "default"
-    version: Annotated[int, Field(ge=0)]
-    title: str = ""
-    text: str = ""
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    version: Version
+    title: Text = ""
+    text: Text = ""
+    metadata: Metadata = Field(default_factory=dict)
     occurred_at: datetime | None = None
 
 
 class SourcePosition(_Event):
     """Where an event was read: the read-your-writes token and audit trail."""
 
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int | None = None
+    topic: Text
+    partition: Annotated[int, Field(ge=0, le=2**31 - 1)]
+    offset: Annotated[int, Field(ge=0, le=INT64_MAX)]
+    timestamp_ms: Int64 | None = None
     """The record's Kafka timestamp, when known: event-to-searchable latency is measured from it."""
 
 
@@ -97,15 +123,15 @@ class Stages(_Event):
 class IndexUpdate(_Event):
     """Published on the index-updates topic after a stage applied a change."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     doc_id: DocId
     collection: IndexName
-    version: int
+    version: Version
     op: Literal["upsert", "delete"]
-    chunk_ids: list[str]
+    chunk_ids: list[Text]
     stages: Stages
     source: SourcePosition
-    terms: list[str] = Field(default_factory=list)
+    terms: list[Text] = Field(default_factory=list)
     """BM25 stage: index terms the change removed or added (the document's old and new terms)."""
     applied_at: datetime = Field(default_factory=utc_now)
 
@@ -113,10 +139,10 @@ class IndexUpdate(_Event):
 class EmbedChunk(_Event):
     """One chunk waiting for its vector."""
 
-    chunk_id: str
-    chunk_no: int
-    text: str
-    content_hash: str
+    chunk_id: Text
+    chunk_no: Annotated[int, Field(ge=0)]
+    text: Text
+    content_hash: Text
 
 
 class EmbedJob(_Event):
@@ -126,12 +152,12 @@ class EmbedJob(_Event):
     per-document order because it uses the same key as the change event.
     """
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     op: Literal["upsert", "delete"]
     doc_id: DocId
     collection: IndexName
-    version: int
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    version: Version
+    metadata: Metadata = Field(default_factory=dict)
     chunks: list[EmbedChunk] = Field(default_factory=list)
     source: SourcePosition
 
@@ -140,15 +166,22 @@ class DeadLetter(_Event):
     """A record that could not be applied.
 
     On the dead-letter topic the record keeps its original key and its original
-    bytes as value (so it fits wherever the original fitted and can be replayed
-    as is); these fields travel as headers named ``fluxstream.<field>``.
+    bytes as value (so it can be replayed as is); these fields travel as headers
+    named ``fluxstream.<field>``. A dead letter is always publishable: when the
+    original does not fit ``FLUXSTREAM_DEAD_LETTER_MAX_BYTES`` (or the producer's
+    request limit) its value is cut to fit, and ``original_size`` and
+    ``original_sha256`` describe the whole original (absent: the value is whole).
     """
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     reason: str
     detail: str
     source: SourcePosition
     failed_at: datetime = Field(default_factory=utc_now)
+    original_size: Annotated[int, Field(ge=0)] | None = None
+    """Bytes of the original value, when the dead letter carries only its beginning."""
+    original_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """SHA-256 (hex) of the whole original value, when the dead letter carries only its beginning."""
 
     HEADER_PREFIX: ClassVar[str] = "fluxstream."
 
@@ -160,15 +193,21 @@ class DeadLetter(_Event):
             (p + "detail", self.detail[:4000].encode()),
             (p + "source", self.source.to_json()),
             (p + "failed_at", self.failed_at.isoformat().encode()),
-        ]
+        ] + ([] if self.original_size is None else [
+            (p + "original_size", str(self.original_size).encode()),
+            (p + "original_sha256", (self.original_sha256 or "").encode()),
+        ])
 
     @classmethod
     def from_headers(cls, headers: list[tuple[str, bytes]]) -> DeadLetter:
         p = cls.HEADER_PREFIX
         fields = {k[len(p):]: v for k, v in headers if k.startswith(p)}
+        size = fields.get("original_size")
         return cls(reason=fields["reason"].decode(), detail=fields["detail"].decode(),
                    source=SourcePosition.model_validate_json(fields["source"]),
-                   failed_at=datetime.fromisoformat(fields["failed_at"].decode()))
+                   failed_at=datetime.fromisoformat(fields["failed_at"].decode()),
+                   original_size=int(size) if size is not None else None,
+                   original_sha256=fields["original_sha256"].decode() if size is not None else None)
 
 
 EVENT_MODELS: dict[str, type[BaseModel]] = {

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fluxstream import metrics
@@ -24,13 +27,15 @@ from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from indexer.retirement import Retirement
 from streams.cdc_mapping import CdcMapping
-from streams.pipeline import TRANSIENT_ERRORS, Pipeline, Resources
+from streams.pipeline import PRODUCER_MAX_REQUEST_BYTES, TRANSIENT_ERRORS, Pipeline, Resources
 from streams.status import group_offsets
 
 log = get_logger("fluxstream.worker")
 
 SHUTDOWN_GRACE_SECONDS = 20.0  # below Kubernetes' default 30 s termination grace period
 GC_GEN0_THRESHOLD = 50_000
+NON_OUTAGE_ATTEMPTS = 3
+"""Attempts at a batch failing for a reason other than an outage before it is split record by record."""
 
 
 def load_cdc_mapping(settings: Settings) -> CdcMapping:
@@ -50,6 +55,7 @@ class WorkerState:
         self.settings = settings
         self._pipeline: Pipeline | None = None
         self._lock = asyncio.Lock()
+        self.health = BatchHealth()
 
     async def pipeline(self) -> Pipeline:
         async with self._lock:
@@ -82,10 +88,11 @@ class WorkerState:
             return {"ready": False, "redis": False, "postgres": False, "stages": "starting", "rebalancing": False}
         checks = await self._pipeline.resources.ping()
         rebalancing = bool(getattr(self.app, "rebalancing", False))
-        ready = all(checks.values()) and self._pipeline.ready and not rebalancing
+        stuck = self.health.stuck()
+        ready = all(checks.values()) and self._pipeline.ready and not rebalancing and not stuck
         metrics.READY.set(int(ready))
         return {"ready": ready, **checks, "stages": "ok" if self._pipeline.ready else "retrying",
-                "rebalancing": rebalancing}
+                "rebalancing": rebalancing, "batches_retrying": stuck}
 
     async def close(self) -> None:
         if self._pipeline is not None:
@@ -93,6 +100,49 @@ class WorkerState:
 
 
 Handler = Callable[[list[Any]], Awaitable[None]]
+
+
+class BatchHealth:
+    """Batches being retried, per agent: while any is, its partitions wait and the worker is not ready."""
+
+    def __init__(self) -> None:
+        self.retrying: Counter[str] = Counter()
+
+    def enter(self, agent: str) -> None:
+        self.retrying[agent] += 1
+        metrics.BATCHES_RETRYING.labels(agent).set(self.retrying[agent])
+
+    def leave(self, agent: str) -> None:
+        self.retrying[agent] -= 1
+        metrics.BATCHES_RETRYING.labels(agent).set(self.retrying[agent])
+
+    def stuck(self) -> dict[str, int]:
+        return {agent: count for agent, count in self.retrying.items() if count}
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How an agent retries a failing batch. ``give_up`` takes a record that keeps failing on its own
+    for a reason other than an outage (it dead-letters it); None retries until the batch succeeds."""
+
+    agent: str = "agent"
+    health: BatchHealth = field(default_factory=BatchHealth)
+    give_up: Callable[[Any, str], Awaitable[None]] | None = None
+
+
+def is_outage(exc: BaseException) -> bool:
+    """An outage to wait out (Kafka, Redis, PostgreSQL unreachable), not a fault of the records themselves.
+
+    Faust wraps a producer's Kafka error in its own, with the original as the cause.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KafkaError):
+            return bool(seen.retriable) or isinstance(seen, KafkaTimeoutError)
+        if isinstance(seen, TRANSIENT_ERRORS):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 async def handle_then_ack(stream: faust.StreamT, events: Sequence[Any], work: asyncio.Future[None],
@@ -133,33 +183,66 @@ async def _ack(stream: faust.StreamT, events: Sequence[Any], acked: asyncio.Futu
 
 
 async def applied_in_order(handler: Handler, messages: list[Any], previous: asyncio.Future[None] | None,
-                           record: Handler | None) -> None:
+                           record: Handler | None, retries: Retries | None = None) -> None:
     """Apply a batch; once it and the batch before it are both applied, ``record`` it.
 
     Batches overlap (see ``add_batch_agent``), so ``record`` (the BM25 stage's handled positions,
     which read-your-writes tokens are checked against) must wait for the previous batch: it may
     only ever claim offsets that are applied. An abandoned previous batch (shutdown) abandons this one.
     """
-    await until_handled(handler, messages)
+    retries = retries or Retries()
+    await until_handled(handler, messages, retries)
     if previous is not None:
         await previous
     if record is not None:
-        await until_handled(record, messages)
+        await until_handled(record, messages, replace(retries, give_up=None))
 
 
-async def until_handled(handler: Handler, messages: list[Any]) -> None:
-    """Run ``handler`` until it succeeds. Handlers absorb outages of their stores themselves; this
-    covers failures they pass on, such as Kafka being down."""
+async def until_handled(handler: Handler, messages: list[Any], retries: Retries | None = None) -> None:
+    """Run ``handler`` until it succeeds, reporting the batch as retrying (not ready) meanwhile.
+
+    Handlers absorb outages of their stores themselves; this covers failures they pass on. An
+    outage (Kafka down) is waited out; any other failure is one record's fault until shown otherwise:
+    after ``NON_OUTAGE_ATTEMPTS`` the batch is handled record by record, and a record that still fails
+    goes to ``retries.give_up``, so one record never holds its partition for good.
+    """
+    retries = retries or Retries()
     delay = 0.2
-    while True:
-        try:
-            await handler(messages)
-            return
-        except Exception as exc:
-            metrics.STAGE_RETRIES.labels("publish").inc()
-            log.exception("batch_retry", error=repr(exc), size=len(messages), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    faults = 0
+    waiting = False
+    try:
+        while True:
+            try:
+                await handler(messages)
+                return
+            except Exception as exc:
+                faults += 0 if is_outage(exc) else 1
+                if faults >= NON_OUTAGE_ATTEMPTS and retries.give_up is not None:
+                    log.error("batch_isolating", agent=retries.agent, error=repr(exc), size=len(messages))
+                    await _isolate(handler, messages, retries, f"{type(exc).__name__}: {exc}")
+                    return
+                if not waiting:
+                    waiting = True
+                    retries.health.enter(retries.agent)
+                metrics.STAGE_RETRIES.labels("publish").inc()
+                log.exception("batch_retry", agent=retries.agent, error=repr(exc), size=len(messages),
+                              retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+    finally:
+        if waiting:
+            retries.health.leave(retries.agent)
+
+
+async def _isolate(handler: Handler, messages: list[Any], retries: Retries, error: str) -> None:
+    """Handle ``messages`` one by one; hand a single one that keeps failing to ``give_up``."""
+    assert retries.give_up is not None
+    if len(messages) > 1:
+        for message in messages:
+            await until_handled(handler, [message], retries)
+        return
+    give_up = retries.give_up
+    await until_handled(lambda batch: give_up(batch[0], error), messages, replace(retries, give_up=None))
 
 
 def limit_fetch_wait(max_wait_ms: int) -> None:
@@ -196,14 +279,15 @@ def add_batch_agent(app: faust.App, state: WorkerState, name: str, topics: list[
 
     async def agent(stream: faust.StreamT) -> None:
         pipeline = await state.pipeline()
+        retries = Retries(name, state.health, pipeline.dead_letter_unhandled)
         await handle_batches(stream, stream.noack_take(max_size, within=within), handler(pipeline),
-                             record(pipeline) if record is not None else None, in_flight)
+                             record(pipeline) if record is not None else None, in_flight, retries)
 
     app.agent(app.topic(*topics, value_serializer="raw", key_serializer="raw"), name=name)(agent)
 
 
 async def handle_batches(stream: faust.StreamT, batches: AsyncIterator[Sequence[Any]], handle: Handler,
-                         recorder: Handler | None, in_flight: int) -> None:
+                         recorder: Handler | None, in_flight: int, retries: Retries | None = None) -> None:
     """Handle each batch of events (and ack it) with up to ``in_flight`` batches at once.
 
     The next batches are decoded, planned and written while earlier ones wait for Redis and for
@@ -219,7 +303,8 @@ async def handle_batches(stream: faust.StreamT, batches: AsyncIterator[Sequence[
     running: list[asyncio.Task[None]] = []
     try:
         async for events in batches:
-            work = asyncio.ensure_future(applied_in_order(handle, [e.message for e in events], previous, recorder))
+            work = asyncio.ensure_future(applied_in_order(handle, [e.message for e in events], previous, recorder,
+                                                          retries))
             acked = asyncio.get_running_loop().create_future()
             acking = asyncio.ensure_future(handle_then_ack(stream, events, work, acked, previous_acked))
             running.append(acking)
@@ -237,6 +322,8 @@ async def handle_batches(stream: faust.StreamT, batches: AsyncIterator[Sequence[
 
 def build_app(settings: Settings) -> faust.App:
     limit_fetch_wait(settings.fetch_max_wait_ms)
+    datadir = Path(settings.state_dir) / f"faust-{settings.app_id}"
+    datadir.mkdir(parents=True, exist_ok=True)  # a fresh container or pod has no state directory yet
     app = faust.App(
         settings.app_id,
         broker=kafka_broker_url(settings.kafka_url),
@@ -244,13 +331,13 @@ def build_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
-        datadir=str(Path(settings.state_dir) / f"faust-{settings.app_id}"),
+        datadir=str(datadir),
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=max(settings.session_timeout / 10, 0.5),
         broker_commit_interval=1.0,
-        producer_max_request_size=8 * 1024 * 1024,  # a dead letter carries the original record
+        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         # Follow-up records (an embed job carries its chunk texts) are ~1-2 KB: at Kafka's 16 KB default
         # a busy batch went out as dozens of small produce batches per partition.
         producer_max_batch_size=1024 * 1024,

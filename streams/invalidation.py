@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from indexer.postings import unlink_prefix
 from indexer.vector_store import VectorStore
 from query.cache import SIMILARITY_SLACK, SemanticCache, embedding_of
 from schemas.events import IndexUpdate
@@ -47,6 +48,11 @@ class CacheInvalidator:
             doomed |= await self._by_similarity(collection, [u for u in group if u.stages.vectors])
             removed += await self.cache.delete(collection, sorted(doomed))
         return removed
+
+    async def clear(self, collection: str) -> int:
+        """Drop every entry of ``collection`` (an index): for a change whose effects are unknown."""
+        self.mirrors.pop(collection, None)
+        return await unlink_prefix(self.cache.redis, SemanticCache.base(collection) + ":")
 
     async def _by_terms_and_docs(self, collection: str, updates: list[IndexUpdate]) -> set[str]:
         keys = {self.cache.term_key(collection, t) for u in updates for t in u.terms}

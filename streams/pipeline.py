@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
+import orjson
 import redis.asyncio as aioredis
 from psycopg import OperationalError as PgOperationalError
 from psycopg_pool import PoolTimeout
@@ -42,7 +43,7 @@ from query.chat import ChatError, ChatModel
 from schemas.events import DocumentChange, EmbedJob, IndexUpdate, SourcePosition
 from streams import debezium
 from streams.cdc_mapping import CdcMapping
-from streams.decoding import Rejected, dead_letter, decode, decode_change
+from streams.decoding import Rejected, dead_letter_record, decode, decode_change
 from streams.invalidation import CacheInvalidator
 from streams.scopes import LiveScope, WriteScope
 
@@ -53,6 +54,8 @@ Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
 TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, PgOperationalError, PoolTimeout, OSError,
                     asyncio.TimeoutError)
+PRODUCER_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+"""The worker producer's largest request; a dead letter is cut below it and below the dead-letter limit."""
 
 
 class Record(Protocol):
@@ -279,7 +282,7 @@ class Pipeline:
             sends.append(await self._dead_letter(Rejected("embedding_failed", reason), job.source,
                                                  job.doc_id.encode(), job.to_json()))
         await asyncio.gather(*sends)
-        await self.positions.clear_pending(jobs)
+        await self._until_done("vectors", lambda: self.positions.clear_pending(jobs))
 
     async def _log_vector_changes(self, changes: list[tuple[str, str, bytes]]) -> None:
         """The vector stage's change log, which cache entries are validated against."""
@@ -324,10 +327,31 @@ class Pipeline:
         metrics.ENRICHED.labels("stale").inc(len(chunks) - written)
 
     async def handle_index_updates(self, records: Sequence[Record]) -> None:
-        """Keep the semantic cache exact: delete entries the applied changes could affect."""
-        updates = [u for u in (decode(r.value, IndexUpdate) for r in records) if isinstance(u, IndexUpdate)]
-        removed = await self._until_done("cache", lambda: self.invalidator.handle(updates))
-        metrics.CACHE_INVALIDATIONS.inc(removed)
+        """Keep the semantic cache exact: delete entries the applied changes could affect.
+
+        An update that cannot be decoded or handled is dead-lettered and its collection's cache is
+        cleared: without knowing what the change touched, no entry of it can be trusted.
+        """
+        updates: list[tuple[IndexUpdate, Record]] = []
+        sends: list[Awaitable[object]] = []
+        doubtful: set[str] = set()
+        for record in records:
+            update = decode(record.value, IndexUpdate)
+            if isinstance(update, IndexUpdate):
+                updates.append((update, record))
+                continue
+            sends.append(await self._dead_letter(update, _position(record), record.key, record.value))
+            doubtful.update(_named_collection(record.value))
+        outcomes, failures = await self._apply_isolating(
+            "cache", updates, lambda items: self.invalidator.handle([update for update, _ in items]))
+        for (update, record), error in failures:
+            doubtful.add(update.collection)
+            sends.append(await self._dead_letter(Rejected("invalidation_failed", error), _position(record),
+                                                 record.key, record.value))
+        for collection in sorted(doubtful):
+            outcomes.append(await self._until_done("cache", lambda c=collection: self.invalidator.clear(c)))
+        metrics.CACHE_INVALIDATIONS.inc(sum(outcomes))
+        await asyncio.gather(*sends)
 
     async def _announce(self, update: IndexUpdate) -> Awaitable[object]:
         return await self.publish(self.settings.index_updates_topic, update.doc_id.encode(), update.to_json())
@@ -361,6 +385,12 @@ class Pipeline:
         metrics.EVENTS.labels(source.topic, "dead_lettered").inc()
         return await self._send_dead_letter(rejected, source, key, value)
 
+    async def dead_letter_unhandled(self, record: Record, error: str) -> None:
+        """The last resort for a record whose handler keeps failing on it alone (see streams.app.until_handled):
+        dead-lettered, so it no longer holds its partition."""
+        await (await self._dead_letter(Rejected("handler_failed", error[:2000]), _position(record), record.key,
+                                       record.value))
+
     async def _send_dead_letter(
         self, rejected: Rejected, source: SourcePosition, key: bytes | None, value: bytes | None
     ) -> Awaitable[object]:
@@ -376,7 +406,8 @@ class Pipeline:
             return done
         log.warning("dead_letter", reason=rejected.reason, detail=rejected.detail[:500], **source.model_dump())
         metrics.DEAD_LETTERS.labels(rejected.reason).inc()
-        headers = dead_letter(rejected, source).headers()
+        limit = min(self.settings.dead_letter_max_bytes, PRODUCER_MAX_REQUEST_BYTES)
+        key, value, headers = dead_letter_record(rejected, source, key, value, limit)
         return await self.publish(self.settings.dead_letters_topic, key, value, headers)
 
     async def _until_done(self, stage: str, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -407,6 +438,16 @@ def _routed(item: SourcedChange, index: str) -> SourcedChange:
     if index == item.change.collection:
         return item
     return replace(item, change=item.change.model_copy(update={"collection": index}))
+
+
+def _named_collection(raw: bytes | None) -> list[str]:
+    """The collection a record names, if it is a JSON object naming one."""
+    try:
+        value = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return []
+    collection = value.get("collection") if isinstance(value, dict) else None
+    return [collection] if isinstance(collection, str) else []
 
 
 def _count_consumed(records: Sequence[Record]) -> None:
