@@ -660,7 +660,32 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("console" if args.command == "dev" else settings.log_format, settings.log_level)
     if args.command == "worker":
         sys.argv = [sys.argv[0], "worker"]  # faust.Worker parses argv itself
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as exc:
+        message = _one_line(exc)
+        if message is None:
+            raise
+        sys.exit(f"fluxstream {args.command}: {message}")
+
+
+def _one_line(exc: BaseException) -> str | None:
+    """A missing file or a service that is down or misaddressed, as one line for the user (not a
+    traceback); None for anything else (a bug, which deserves its traceback)."""
+    import httpx
+    from aiokafka.errors import KafkaError
+    from psycopg import OperationalError
+    from psycopg_pool import PoolTimeout
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror}: {exc.filename}"
+    if isinstance(exc, (OSError, httpx.TransportError, KafkaError, OperationalError, PoolTimeout,
+                        RedisConnectionError, RedisTimeoutError)):
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        return f"cannot reach a service: {type(exc).__name__}: {first_line}"
+    return None
 
 
 if __name__ == "__main__":

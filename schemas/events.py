@@ -21,8 +21,9 @@ Text = Annotated[str, StringConstraints(pattern=NO_NUL)]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 Int64 = Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)]
 """Integers PostgreSQL (bigint, jsonb comparisons) and orjson (cache keys) all take."""
-Number64 = Annotated[float, Field(ge=INT64_MIN, le=INT64_MAX - 1023, allow_inf_nan=False)]
-"""Finite numbers in the same range, so a number too large for ``Int64`` is not stored as a float instead."""
+Number64 = Annotated[float, Field(ge=INT64_MIN + 1024, le=INT64_MAX - 1023, allow_inf_nan=False)]
+"""Finite numbers strictly inside that range (to the nearest floats), so an integer too large for ``Int64``
+is refused rather than stored as a float."""
 Version = Annotated[int, Field(ge=0, le=INT64_MAX, strict=True)]
 """A document version: a PostgreSQL bigint; strict, so ``"7"`` and ``true`` are refused as the JSON Schema says."""
 

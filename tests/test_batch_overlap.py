@@ -5,8 +5,19 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
 
-from streams.app import applied_in_order, handle_batches, handle_then_ack
+from streams.app import (
+    NON_OUTAGE_ATTEMPTS,
+    BatchHealth,
+    Retries,
+    applied_in_order,
+    handle_batches,
+    handle_then_ack,
+    is_outage,
+    until_handled,
+)
 
 
 def test_a_fast_batch_is_recorded_only_after_the_slow_batch_before_it() -> None:
@@ -132,3 +143,44 @@ def test_batches_overlap_up_to_the_limit_yet_ack_and_record_in_order(in_flight: 
     assert recorded == list(range(0, 24, 2))
     assert sorted(applied) == list(range(0, 24, 2))
     assert (applied == sorted(applied)) == (in_flight == 1)  # overlapping batches applied out of order
+
+
+def test_a_batch_failing_for_one_record_is_split_and_the_record_given_up() -> None:
+    """A record that fails on its own (not an outage) never holds its partition: the batch is tried a
+    few times, then record by record, and the culprit is handed to ``give_up`` (the dead-letter topic)."""
+    handled: list[str] = []
+    given_up: list[tuple[str, str]] = []
+    health = BatchHealth()
+    seen_stuck: list[dict[str, int]] = []
+
+    async def handle(messages: list[str]) -> None:
+        seen_stuck.append(health.stuck())
+        if "poison" in messages:
+            raise MessageSizeTooLargeError("the dead letter is too large")
+        handled.extend(messages)
+
+    async def give_up(message: str, error: str) -> None:
+        given_up.append((message, error))
+
+    asyncio.run(until_handled(handle, ["a", "poison", "b"], Retries("index-documents", health, give_up)))
+    assert handled == ["a", "b"]
+    assert [m for m, _ in given_up] == ["poison"] and "MessageSizeTooLargeError" in given_up[0][1]
+    assert {"index-documents": 1} in seen_stuck  # not ready while it retried ...
+    assert health.stuck() == {}  # ... and ready again once the culprit is out
+
+
+def test_an_outage_is_waited_out_not_blamed_on_a_record() -> None:
+    attempts: list[int] = []
+    given_up: list[str] = []
+
+    async def handle(messages: list[str]) -> None:
+        attempts.append(len(attempts))
+        if len(attempts) <= NON_OUTAGE_ATTEMPTS + 1:
+            raise ProducerSendError("broker away") from KafkaConnectionError("no broker")
+
+    async def give_up(message: str, error: str) -> None:
+        given_up.append(message)
+
+    asyncio.run(until_handled(handle, ["a", "b"], Retries("embed-chunks", BatchHealth(), give_up)))
+    assert given_up == [] and len(attempts) == NON_OUTAGE_ATTEMPTS + 2
+    assert is_outage(KafkaTimeoutError()) and not is_outage(ValueError("bad record"))
