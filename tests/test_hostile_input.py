@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from fluxstream.settings import Settings
 from indexer.postings import DocumentState, PostingsStore
+from query.cache import SemanticCache
 from schemas.api import SearchRequest
 from schemas.events import DeadLetter, DocumentChange
 from schemas.registry import schema_path
@@ -162,7 +163,8 @@ def test_search_request_schema_and_api_decoding_agree(text: str, accepted: bool)
 
 async def test_nul_is_refused_before_any_store(stack: Settings, producer: AIOKafkaProducer,
                                                http: httpx.AsyncClient, collection: str) -> None:
-    """The valid neighbour of a refused event is searchable in every mode (one bad record blocks nothing)."""
+    """A refused event is in no stage (it was keyword-searchable without vectors), and its valid
+    neighbour is searchable in every mode."""
     async with TopicReader(stack, stack.index_updates_topic) as updates:
         await producer.send(stack.documents_topic, key=b"x",
                             value=json.dumps(change("x", collection, "kingfisher\u0000dive")).encode())
@@ -171,9 +173,40 @@ async def test_nul_is_refused_before_any_store(stack: Settings, producer: AIOKaf
         await producer.flush()
         await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"], timeout=90)
 
-    async def found() -> list[str]:
+    async def found(mode: str) -> list[str]:
         resp = await http.post("/v1/search", json={"query": "kingfisher", "collection": collection,
-                                                   "mode": "vector", "cache": False})
-        return [h["doc_id"] for h in resp.json()["hits"]]
+                                                   "mode": mode, "cache": False})
+        return sorted(h["doc_id"] for h in resp.json()["hits"])
 
-    assert await eventually(found) == ["y"]
+    for mode in ("bm25", "vector", "hybrid"):  # x is in no stage: it used to be in BM25 only
+        assert await found(mode) == ["y"], mode
+
+
+async def test_unreadable_index_updates_are_dead_lettered_and_clear_their_cache(
+        stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient, redis_client: Any,
+        collection: str) -> None:
+    """The cache agent cannot tell what an unreadable update touched: it dead-letters the record and
+    drops that collection's cache (no entry can be trusted), instead of skipping it silently."""
+    async with TopicReader(stack, stack.index_updates_topic) as updates:
+        await producer.send_and_wait(stack.documents_topic, key=b"h",
+                                     value=orjson.dumps(change("h", collection, "heron wading")))
+        await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"], timeout=90)
+    body = {"query": "heron", "collection": collection, "mode": "bm25"}
+    assert (await http.post("/v1/search", json=body)).status_code == 200
+    cached = f"{SemanticCache.base(collection)}:*"
+    assert await redis_client.keys(cached)
+    unreadable = {"garbage": b"\xff not json", "wrong": json.dumps({"collection": collection, "version": "7"}).encode()}
+    async with TopicReader(stack, stack.dead_letters_topic) as letters:
+        for name, value in unreadable.items():
+            await producer.send_and_wait(stack.index_updates_topic, key=f"{collection}/{name}".encode(), value=value)
+        dead = await letters.wait_for_records(
+            lambda r: r.key is not None and r.key.decode().startswith(f"{collection}/"), count=2)
+    reasons = {r.key.decode().split("/", 1)[1]: DeadLetter.from_headers(list(r.headers)).reason for r in dead}
+    assert reasons == {"garbage": "invalid_json", "wrong": "schema_violation"}
+    assert all(DeadLetter.from_headers(list(r.headers)).source.topic == stack.index_updates_topic for r in dead)
+    assert await eventually(lambda: _none_left(redis_client, cached))
+    assert (await http.post("/v1/search", json=body)).json()["cache"]["status"] == "miss"
+
+
+async def _none_left(redis: Any, pattern: str) -> bool:
+    return not await redis.keys(pattern)
