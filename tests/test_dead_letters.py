@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -39,8 +41,12 @@ async def test_mixed_batch(stack: Settings, producer: AIOKafkaProducer, http: ht
     by_key = {record.key.decode(): record for record in dead}
     for key, (payload, reason) in bad.items():
         record = by_key[key]
-        assert record.value == payload  # the original bytes, untouched
         letter = DeadLetter.from_headers(list(record.headers))
+        if len(payload) < stack.dead_letter_max_bytes // 2:
+            assert record.value == payload and letter.original_size is None  # the original bytes, untouched
+        else:  # over the dead-letter limit: its beginning, with the whole original's size and hash
+            assert payload.startswith(record.value) and letter.original_size == len(payload)
+            assert letter.original_sha256 == hashlib.sha256(payload).hexdigest()
         assert letter.reason == reason, (key, letter)
         assert letter.source.topic == topic and letter.detail
     resp = await http.post("/v1/search", json={"query": "herons", "collection": collection, "mode": "bm25",

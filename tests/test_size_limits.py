@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,9 +20,11 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
+from fluxstream.stack import AppProcesses, free_port
 from schemas.events import DeadLetter, SourcePosition
 from streams.decoding import RECORD_OVERHEAD, Rejected, dead_letter_record
 from streams.pipeline import PRODUCER_MAX_REQUEST_BYTES
+from streams.topics import create_topics
 from tests.conftest import TopicReader, change
 
 MiB = 1024 * 1024
@@ -131,3 +136,42 @@ def _source_of(record: Any, stack: Settings) -> tuple[int, int] | None:
     if letter.source.topic != stack.documents_topic:
         return None
     return letter.source.partition, letter.source.offset
+
+
+async def test_a_follow_up_record_too_large_to_publish_dead_letters_its_change(
+        stack: Settings, tmp_path: Path) -> None:
+    """An embed job carries the chunk texts JSON-escaped: with a larger text limit, a text of control
+    characters makes one beyond the producer's 8 MiB. That change is dead-lettered; the next change of
+    the same document (same partition) is indexed in both stages, and the worker stays ready."""
+    tag = uuid.uuid4().hex[:8]
+    settings = replace(stack, max_text_bytes=3_000_000, app_id=f"limits-{tag}", cdc_config="",
+                       worker_web_port=free_port(), worker_stages="bm25,vectors",
+                       **{f"{t}_topic": f"limits-{tag}.{t}" for t in ("documents", "embed_jobs", "index_updates",
+                                                                        "dead_letters")})
+    await create_topics(settings)
+    apps = AppProcesses(settings, tmp_path)
+    await asyncio.to_thread(apps.start_worker, "worker-0")
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_url, acks="all", enable_idempotence=False,
+                                max_request_size=16 * MiB)
+    await producer.start()
+    try:
+        text = ("word" + "\u0001" * 996) * 2_500  # 2.5 MB; about 15 MB once escaped in an embed job
+        big = orjson.dumps(change("doc", "limits", text, version=1))
+        small = orjson.dumps(change("doc", "limits", "a small heron", version=2))
+        async with TopicReader(settings, settings.dead_letters_topic) as letters, \
+                TopicReader(settings, settings.index_updates_topic) as updates:
+            await producer.send_and_wait(settings.documents_topic, key=b"doc", value=big)
+            dead = await letters.wait_for_records(lambda r: r.key == b"doc", timeout=90)
+            # Only now: in one batch the two would fold into version 2 and no large job would exist.
+            await producer.send_and_wait(settings.documents_topic, key=b"doc", value=small)
+            done = await updates.wait_for(lambda e: e[1]["doc_id"] == "doc" and e[1]["version"] == 2
+                                          and e[1]["stages"]["vectors"], timeout=120)
+        letter = DeadLetter.from_headers(list(dead[0].headers))
+        assert "MessageSizeTooLarge" in letter.detail, letter
+        assert letter.original_sha256 == hashlib.sha256(big).hexdigest()
+        assert done
+        async with httpx.AsyncClient(base_url=apps.url("worker-0")) as worker:
+            assert (await worker.get("/readyz")).json()["ready"] is True
+    finally:
+        await producer.stop()
+        await asyncio.to_thread(apps.stop)
