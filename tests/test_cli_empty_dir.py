@@ -82,7 +82,7 @@ def test_one_shot_commands_from_an_empty_directory(tmp_path: Path, env: dict[str
     fails_in_one_line(["rebuild", "cli-none", "--promote"], cwd, env, "no generation is ready")
     # What cannot work here says so in one line.
     fails_in_one_line(["search", "heron"], cwd, {**env, "FLUXSTREAM_HTTP_PORT": str(free_port())},
-                      "cannot reach a service")
+                      "no answer from")
     fails_in_one_line(["status"], cwd, {**env, "FLUXSTREAM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
                       "cannot reach a service")
     fails_in_one_line(["eval", "missing-qrels", "missing-queries"], cwd, env, "No such file or directory")
