@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -44,7 +45,32 @@ class StackError(RuntimeError):
         self.log = log
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; other systems differ, and the fallback below still works
+
+
 def free_port() -> int:
+    """A port nothing holds now, for a child to listen on a moment later.
+
+    Chosen below the kernel's ephemeral range: the kernel hands ephemeral ports to outgoing connections,
+    and one could take the port in the seconds between this choice and the child's bind (the query
+    service binds after its start-up), which happened under a loaded test run. Port 0 is the fallback.
+    """
+    low, _ = _ephemeral_ports()
+    if low > 20_000:
+        rng = random.SystemRandom()
+        for _ in range(50):
+            port = rng.randrange(20_000, low)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
