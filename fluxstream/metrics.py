@@ -22,6 +22,10 @@ FRESHNESS_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 EVENTS = Counter("fluxstream_events_total", "Change events by topic and result "
                  "(consumed, applied, skipped = stale or duplicate, dead_lettered, tombstone)", ["topic", "result"])
 EMBED_JOBS = Counter("fluxstream_embed_jobs_total", "Embed jobs by result", ["result"])
+CDC_INCOMPLETE_COLUMNS = Counter("fluxstream_cdc_incomplete_columns_total",
+                                 "CDC columns indexed without a value known to be current (unchanged TOAST "
+                                 "column the index could not fill; see IndexUpdate.incomplete_columns)",
+                                 ["collection"])
 CHUNKS_EMBEDDED = Counter("fluxstream_chunks_embedded_total", "Chunks sent to the embedder")
 CHUNKS_REUSED = Counter("fluxstream_chunks_reused_total", "Chunks whose stored embedding was reused")
 DEAD_LETTERS = Counter("fluxstream_dead_letters_total", "Records sent to the dead-letter topic", ["reason"])

@@ -41,7 +41,9 @@ class SourcedChange:
     ``row``/``render`` let the stage rebuild title, text and metadata after filling
     ``unavailable`` columns (Debezium's unchanged-TOAST placeholder) from the row the
     index holds, which may be the result of an earlier change in the same batch. ``table``
-    names the CDC source (``TableMapping.name``): its truncation floor applies to the change.
+    names the CDC source (``TableMapping.name``): its truncation floor applies to the change. For
+    a primary-key change's create, ``previous_doc_id`` names the old key's document, whose row
+    (kept on its tombstone) is the source instead.
     """
 
     change: DocumentChange
@@ -50,6 +52,11 @@ class SourcedChange:
     unavailable: frozenset[str] = frozenset()
     render: Renderer | None = None
     table: str | None = None
+    previous_doc_id: str | None = None
+
+    @property
+    def previous_ref(self) -> tuple[str, str] | None:
+        return (self.change.collection, self.previous_doc_id) if self.previous_doc_id is not None else None
 
 
 @dataclass
@@ -158,16 +165,19 @@ class BM25Stage:
 
     async def _try_apply(self, batch: list[SourcedChange]) -> BatchOutcome | None:
         refs = list(dict.fromkeys((s.change.collection, s.change.doc_id) for s in batch))
+        # Old keys of key changes: read (their rows fill the new key's TOAST placeholders), checked, not written.
+        partners = list(dict.fromkeys(p for s in batch if (p := s.previous_ref) is not None and p not in refs))
         # Read to skip what a truncate removed; the write script checks the floors again, atomically.
         before, truncated = await asyncio.gather(
-            self.store.read_documents(refs),
+            self.store.read_documents(refs + partners),
             self.store.truncations((s.change.collection, s.table) for s in batch if s.table is not None))
         current = dict(before)
         outcome = BatchOutcome()
         latest_source: dict[tuple[str, str], SourcePosition] = {}
         touched: set[tuple[str, str]] = set()
         redelivered: dict[tuple[str, str], SourcePosition] = {}
-        announced: list[tuple[DocumentState, SourcePosition, DocumentState]] = []  # (state, source, previous)
+        announced: list[tuple[DocumentState, SourcePosition, DocumentState, list[str]]] = []
+        # (state, source, previous state, columns whose value is unknown)
         for item in batch:
             change = item.change
             ref = (change.collection, change.doc_id)
@@ -183,20 +193,21 @@ class BM25Stage:
                     # because a crash may have hit between the Redis write and their delivery.
                     redelivered[ref] = item.source
                 continue
-            current[ref] = self._next_state(item, state)
+            current[ref], missing = self._next_state(item, state, current)
             touched.add(ref)
             latest_source[ref] = item.source
             outcome.results.append((item, True))
-            announced.append((current[ref], item.source, state))
+            announced.append((current[ref], item.source, state, missing))
         writes = [(before[ref], current[ref]) for ref in refs if ref in touched]
         marks = pending_marks(batch, before, latest_source, redelivered)
         try:
-            await self.store.write_documents(writes, updated_at=datetime.now(UTC).isoformat(), marks=marks)
+            await self.store.write_documents(writes, updated_at=datetime.now(UTC).isoformat(), marks=marks,
+                                             unchanged=[before[p] for p in partners])
         except VersionConflict:
             return None
         # Built after the write, so ``applied_at`` is when the change became searchable.
-        outcome.index_updates += [_index_update(state, source, vectors=False, previous=previous)
-                                  for state, source, previous in announced]
+        outcome.index_updates += [_index_update(state, source, vectors=False, previous=previous, incomplete=missing)
+                                  for state, source, previous, missing in announced]
         outcome.embed_jobs.extend(_embed_job(current[ref], latest_source[ref]) for ref in refs if ref in touched)
         for ref, source in redelivered.items():
             if ref not in touched:
@@ -211,16 +222,22 @@ class BM25Stage:
         for chunk, record in zip(state.chunks, records, strict=True):
             chunk.text = record.text if record is not None else ""
 
-    def _next_state(self, item: SourcedChange, state: DocumentState) -> DocumentState:
+    def _next_state(self, item: SourcedChange, state: DocumentState,
+                    current: Mapping[tuple[str, str], DocumentState]) -> tuple[DocumentState, list[str]]:
+        """The document's next state, and the columns whose value it could not know (see ``_fill_source``)."""
         change = item.change
         src = item.source.model_dump()
-        if change.op == "delete":
+        if change.op == "delete":  # the tombstone keeps the row: a key change's create fills from it
             return DocumentState(change.collection, change.doc_id, change.version, deleted=True, source=src,
-                                 table=item.table)
+                                 table=item.table, row=state.row if state.live else None), []
         row = item.row
+        missing: list[str] = []
         if row is not None and item.unavailable and item.render is not None:
-            previous = state.row or {}
-            row = {**row, **{col: previous.get(col) for col in item.unavailable}}
+            previous, exact = _fill_source(item, state, current)
+            known = {col: previous[col] for col in item.unavailable if col in previous}
+            missing = sorted(item.unavailable - known.keys() if exact else item.unavailable)
+            # Unknown columns stay out of the stored row, so later placeholders report them again.
+            row = {**{c: v for c, v in row.items() if c not in item.unavailable}, **known}
             title, text, metadata = item.render(row)
             change = change.model_copy(update={"title": title, "text": text, "metadata": metadata})
         return DocumentState(
@@ -233,7 +250,30 @@ class BM25Stage:
             source=src,
             row=row,
             table=item.table,
-        )
+        ), missing
+
+
+def _fill_source(item: SourcedChange, state: DocumentState,
+                 current: Mapping[tuple[str, str], DocumentState]) -> tuple[dict[str, Any], bool]:
+    """(row to fill TOAST placeholders from, whether its values are known to be current).
+
+    The document's own live row is. For a key change's create (delete of the old key and create of
+    the new one at one LSN) the old key's tombstone at that same position holds the row as it was
+    just before the change: exact. If the old key is still live (its delete sits in a partition that
+    lags), its row is the best known but may miss changes not applied yet: used, and reported.
+    Anything else (no row, an older deletion, a newer version) gives no values: reported.
+    """
+    previous_ref = item.previous_ref
+    if previous_ref is None:
+        return (state.row or {}, True) if state.live else ({}, True)
+    old = current[previous_ref]
+    version = item.change.version
+    if old.row is not None and old.version is not None:
+        if old.deleted and old.version == version:
+            return old.row, True
+        if old.live and old.version < version:
+            return old.row, False
+    return {}, True
 
 
 def pending_marks(batch: list[SourcedChange], before: Mapping[tuple[str, str], DocumentState],
@@ -275,7 +315,12 @@ def split_by_document(batch: list[SourcedChange], group_size: int) -> list[list[
     refs = list(dict.fromkeys((s.change.collection, s.change.doc_id) for s in batch))
     if len(refs) <= group_size:
         return [batch]
-    group_of = {ref: n // group_size for n, ref in enumerate(refs)}
+    group_of: dict[tuple[str, str], int] = {}
+    for item in batch:  # a key change's create joins its old key's group (it reads that document)
+        ref = (item.change.collection, item.change.doc_id)
+        if ref not in group_of:
+            previous = item.previous_ref
+            group_of[ref] = group_of[previous] if previous in group_of else len(group_of) // group_size
     groups: list[list[SourcedChange]] = [[] for _ in range(max(group_of.values()) + 1)]
     for item in batch:
         groups[group_of[(item.change.collection, item.change.doc_id)]].append(item)
@@ -283,8 +328,9 @@ def split_by_document(batch: list[SourcedChange], group_size: int) -> list[list[
 
 
 def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool,
-                  previous: DocumentState | None = None) -> IndexUpdate:
-    """``terms``: every index term the change removed or added, so caches can find the queries it touches."""
+                  previous: DocumentState | None = None, incomplete: list[str] | None = None) -> IndexUpdate:
+    """``terms``: every index term the change removed or added, so caches can find the queries it touches;
+    ``incomplete``: source columns indexed without their value (see ``_fill_source``)."""
     terms = {t for c in state.chunks for t in c.tf} | {t for c in (previous.chunks if previous else []) for t in c.tf}
     # Built from validated state, so constructed without validating again (it showed in the worker's profile).
     return IndexUpdate.trusted(
@@ -297,6 +343,7 @@ def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool
         stages=Stages.trusted(bm25=True, vectors=vectors),
         source=source,
         terms=sorted(terms),
+        incomplete_columns=incomplete or [],
         applied_at=utc_now(),
     )
 

@@ -191,13 +191,14 @@ class PostingsStore:
     @metrics.timed("redis", "write_documents")
     async def write_documents(
         self, changes: Iterable[tuple[DocumentState, DocumentState]], *, updated_at: str,
-        marks: Iterable[PendingMark] = (),
+        marks: Iterable[PendingMark] = (), unchanged: Iterable[DocumentState] = (),
     ) -> None:
         """Replace each ``before`` state with its ``after`` state and add ``marks``, atomically per collection.
 
-        Raises VersionConflict when any ``before`` no longer matches Redis, or an upsert of a CDC
-        table is at or below that table's truncation floor; the caller re-reads and re-plans.
-        Nothing is written in that case.
+        Raises VersionConflict when any ``before`` — or any ``unchanged`` state the new states were
+        derived from (a key change's old key) — no longer matches Redis, or an upsert of a CDC table
+        is at or below that table's truncation floor; the caller re-reads and re-plans. Nothing is
+        written in that case.
         """
         plans: dict[str, Plan] = {}
         changed_terms: dict[str, set[str]] = {}
@@ -214,6 +215,9 @@ class PostingsStore:
                 mark.doc_id, mark.offset, mark.clear_at, mark.only_if)
         if not plans:
             return
+        for state in unchanged:
+            if state.collection in stats_deltas:
+                plans[state.collection].check(self.doc_key(state.collection, state.doc_id), "version", state.version)
         for collection, plan in plans.items():
             if collection not in stats_deltas:  # marks only: no document written
                 continue

@@ -145,7 +145,7 @@ class EngineHost:
         host = self
 
         class Handler(BasePythonChangeHandler):  # type: ignore[misc]
-            def handleJsonBatch(self, records: Any) -> None:  # noqa: N802 (the Java callback's name)
+            def handleJsonBatch(self, records: Any) -> None:
                 host._deliver(records)
 
         engine = DebeziumEngine(properties=self.properties, handler=Handler(), format="connect",

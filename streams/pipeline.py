@@ -13,7 +13,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
@@ -156,7 +156,8 @@ class Pipeline:
         for record in records:
             source = _position(record)
             timestamp_ms = int(record.timestamp * 1000) if record.timestamp else None
-            parsed = debezium.parse(record.topic, record.offset, timestamp_ms, record.key, record.value, self.cdc)
+            parsed = debezium.parse(record.topic, record.offset, timestamp_ms, record.key, record.value, self.cdc,
+                                    _headers(record))
             if parsed is None:
                 metrics.EVENTS.labels(record.topic, "tombstone").inc()
             elif isinstance(parsed, Rejected):
@@ -167,7 +168,7 @@ class Pipeline:
                 await self._index(pending, records, sends)
                 pending = []
             else:
-                item = self._cdc_change(parsed, source)
+                item = cdc_change(parsed, source, self.settings.max_text_bytes)
                 if isinstance(item, Rejected):
                     sends.append(await self._dead_letter(item, source, record.key, record.value))
                 else:
@@ -180,23 +181,6 @@ class Pipeline:
         checked against them); the caller makes sure every earlier batch is applied first."""
         if self.scope.live:
             await self._until_done("bm25", lambda: self.positions.record_handled(_position(r) for r in records))
-
-    def _cdc_change(self, event: debezium.RowEvent, source: SourcePosition) -> SourcedChange | Rejected:
-        mapping = event.mapping
-        title = text = ""
-        metadata: dict[str, Any] = {}
-        if event.row is not None:
-            # Placeholders are never indexed: blank them here, the stage fills them from the stored row.
-            title, text, metadata = mapping.render({c: v for c, v in event.row.items() if c not in event.unavailable})
-        try:
-            change = DocumentChange(op=event.op, doc_id=event.doc_id, collection=mapping.collection,
-                                    version=event.version, title=title, text=text, metadata=metadata)
-        except ValidationError as exc:
-            return Rejected("schema_violation", str(exc)[:2000])
-        size = len(title.encode()) + len(text.encode())
-        if size > self.settings.max_text_bytes:
-            return Rejected("oversized", f"title+text is {size} bytes, limit {self.settings.max_text_bytes}")
-        return SourcedChange(change, source, event.row, event.unavailable, mapping.render, mapping.name)
 
     async def _truncation(self, event: debezium.TruncateEvent, source: SourcePosition) -> list[SourcedChange]:
         """Deletes for every document of the truncated table in every target index, after raising the
@@ -239,6 +223,12 @@ class Pipeline:
                     if applied and item.source.timestamp_ms:
                         applied_times.append(item.source.timestamp_ms / 1000)
             metrics.observe_freshness("bm25", applied_times)
+            for update in outcome.index_updates:
+                if update.incomplete_columns:  # indexed with what is known, never silently
+                    metrics.CDC_INCOMPLETE_COLUMNS.labels(parse_index_name(update.collection)[0]).inc(
+                        len(update.incomplete_columns))
+                    log.warning("cdc_incomplete_columns", collection=update.collection, doc_id=update.doc_id,
+                                version=update.version, columns=update.incomplete_columns)
             for job in outcome.embed_jobs:
                 sends.append(await self.publish(self.settings.embed_jobs_topic, job.doc_id.encode(), job.to_json()))
             sends.extend([await self._announce(update) for update in outcome.index_updates])
@@ -453,6 +443,33 @@ def _named_collection(raw: bytes | None) -> list[str]:
 def _count_consumed(records: Sequence[Record]) -> None:
     for topic, count in Counter(r.topic for r in records).items():
         metrics.EVENTS.labels(topic, "consumed").inc(count)
+
+
+def cdc_change(event: debezium.RowEvent, source: SourcePosition, max_text_bytes: int) -> SourcedChange | Rejected:
+    """The BM25 stage's input for a parsed Debezium row event (placeholders blanked, the stage fills them)."""
+    mapping = event.mapping
+    title = text = ""
+    metadata: dict[str, Any] = {}
+    if event.row is not None:
+        title, text, metadata = mapping.render({c: v for c, v in event.row.items() if c not in event.unavailable})
+    try:
+        change = DocumentChange(op=event.op, doc_id=event.doc_id, collection=mapping.collection,
+                                version=event.version, title=title, text=text, metadata=metadata)
+    except ValidationError as exc:
+        return Rejected("schema_violation", str(exc)[:2000])
+    size = len(title.encode()) + len(text.encode())
+    if size > max_text_bytes:
+        return Rejected("oversized", f"title+text is {size} bytes, limit {max_text_bytes}")
+    return SourcedChange(change, source, event.row, event.unavailable, mapping.render, mapping.name,
+                         event.previous_doc_id)
+
+
+def _headers(record: Record) -> list[tuple[str, bytes]]:
+    """A record's headers as (name, bytes) pairs (Faust gives aiokafka's list, or a mapping)."""
+    headers = getattr(record, "headers", None) or ()
+    if isinstance(headers, Mapping):
+        headers = headers.items()
+    return [(k.decode() if isinstance(k, bytes) else str(k), v or b"") for k, v in headers]
 
 
 def _position(record: Record) -> SourcePosition:

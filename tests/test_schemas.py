@@ -42,7 +42,7 @@ def test_trusted_events_equal_validated_ones_and_need_every_field() -> None:
     source = {"topic": "documents", "partition": 2, "offset": 41, "timestamp_ms": 1_700_000_000_000}
     update = {"schema_version": 1, "doc_id": "d1", "collection": "docs@g2", "version": 7, "op": "upsert",
               "chunk_ids": ["d1#0"], "stages": {"bm25": True, "vectors": False}, "source": source,
-              "terms": ["alpha", "beta"], "applied_at": "2026-11-30T08:00:00+00:00"}
+              "terms": ["alpha", "beta"], "incomplete_columns": [], "applied_at": "2026-11-30T08:00:00+00:00"}
     validated = IndexUpdate.model_validate(update)
     trusted = IndexUpdate.trusted(**{**update, "stages": Stages.trusted(**update["stages"]),
                                      "source": SourcePosition.trusted(**source),
