@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fluxstream.settings import Settings
 from fluxstream.stack import Stack, free_port
 
-# Debezium topics the session worker reads (tests/test_cdc.py).
+# Debezium topics the session worker reads (tests/test_cdc.py, tests/test_debezium_real.py).
 CDC_CONFIG = """
 [[sources]]
 topics = ["pg.public.articles"]
@@ -66,6 +66,23 @@ topics = ["pg.public.comments"]
 collection = "cdc-mixed"
 id_columns = ["id"]
 text = "{body}"
+
+# Written by real Debezium (tests/test_debezium_real.py).
+[[sources]]
+topics = ["dbz.public.articles"]
+collection = "dbz-articles"
+id_columns = ["id"]
+title = "{title}"
+text = "{body}"
+metadata = ["tags", "price", "updated"]
+
+[[sources]]
+topics = ["dbz.public.articles_full"]
+collection = "dbz-articles-full"
+id_columns = ["id"]
+title = "{title}"
+text = "{body}"
+metadata = ["tags", "price", "updated"]
 """
 
 
