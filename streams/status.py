@@ -1,4 +1,5 @@
-"""`fluxstream status`: per collection generations, counts and positions; per partition consumer lag."""
+"""`fluxstream status`: per collection generations, counts and positions; per partition consumer lag of the
+worker's topics (documents, embed jobs and every CDC topic of ``FLUXSTREAM_CDC_CONFIG``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fluxstream.settings import Settings
 from indexer.generations import GenerationRegistry, index_name, parse_index_name
 from indexer.positions import APPLIED_KEY
 from indexer.postings import PostingsStore
+from streams.cdc_mapping import CdcMapping
 from streams.topic_range import end_offsets
 
 Offsets = tuple[dict[int, int], dict[int, int]]  # (committed by the worker group, end) per partition
@@ -81,5 +83,6 @@ async def status(settings: Settings) -> dict[str, Any]:
         collections = await collection_status(redis)
     finally:
         await redis.aclose()
-    lag = await consumer_lag(settings, settings.documents_topic, settings.embed_jobs_topic)
+    cdc_topics = CdcMapping.load(settings.cdc_config).topics if settings.cdc_config else []
+    lag = await consumer_lag(settings, settings.documents_topic, settings.embed_jobs_topic, *cdc_topics)
     return {**collections, "consumer_lag": lag}

@@ -44,7 +44,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SourcePostgres]
 
 
 @pytest.fixture(scope="module")
-def engine(stack: Settings, source: SourcePostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+def engine(stack: Settings, source: SourcePostgres,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     proc = EngineProcess(source.url, [f"public.{t}" for t in TABLES], topic_prefix="dbz",
                          state_dir=Path(tmp_path_factory.mktemp("debezium")), kafka=stack.kafka_url, schemas=True)
     yield proc

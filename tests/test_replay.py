@@ -125,8 +125,11 @@ async def test_status_reports_collections_positions_and_lag(stack: Settings, pro
     [row] = [r for r in data["collections"] if r["collection"] == collection]
     assert (row["documents"], row["chunks"]) == (3, 3) and row["change_seq"] > 0
     assert any(k.startswith(f"{stack.documents_topic}:") for k in data["applied_positions"])
+    cdc_lag = [r for r in data["consumer_lag"] if r["topic"] == "pg.public.articles"]  # CDC topics too (conftest)
+    assert len(cdc_lag) == stack.topic_partitions and all(r["lag"] >= 0 for r in cdc_lag)
     table = await asyncio.to_thread(cli, stack, "status")
     assert table.returncode == 0 and collection in table.stdout and stack.documents_topic in table.stdout
+    assert "pg.public.articles" in table.stdout
 
 
 async def test_publish_checks_every_line_first_then_prints_positions(stack: Settings, http: httpx.AsyncClient,
