@@ -1,11 +1,11 @@
-"""Debezium change events shaped as the connectors document them (JSON converter).
+"""Hand-written Debezium change events (JSON converter), only for what a running connector cannot produce
+here: MySQL's envelope, keyless deletes, crafted orderings and malformed input. Records of the PostgreSQL
+connector come from real Debezium: tests/debezium_records.py (golden) and tests/test_debezium_real.py.
 
 PostgreSQL connector envelope: ``{"before", "after", "source", "op", "ts_ms", "transaction"}``
 with ``source`` carrying ``version, connector, name, ts_ms, snapshot, db, sequence, schema,
 table, txId, lsn, xmin``; MySQL's ``source`` has ``file``/``pos``/``gtid`` and no ``lsn``.
 With ``schemas.enable=true`` key and value are wrapped as ``{"schema": ..., "payload": ...}``.
-The ExtractNewRecordState SMT (``add.fields=op,lsn,source.ts_ms,table``,
-``delete.handling.mode=rewrite``) flattens the value to the row plus ``__`` fields.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-
-TOAST = "__debezium_unavailable_value"
 
 
 def _schema(name: str, fields: list[str]) -> dict[str, Any]:
@@ -52,8 +50,3 @@ def record(key: dict[str, Any] | None, value: dict[str, Any] | None, *,
         return orjson.dumps(payload)
 
     return wrap(key, f"pg.public.{table}.Key"), wrap(value, f"pg.public.{table}.Envelope")
-
-
-def unwrapped(row: dict[str, Any], *, op: str, lsn: int, table: str, deleted: bool = False) -> dict[str, Any]:
-    return {**row, "__op": op, "__lsn": lsn, "__source_ts_ms": 1_763_800_000_000, "__table": table,
-            "__deleted": "true" if deleted else "false"}
