@@ -12,10 +12,10 @@ import redis.asyncio as aioredis
 
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer
-from indexer.apply import BatchOutcome, BM25Stage, DocumentBuilder, SourcedChange
+from indexer.apply import BatchOutcome, BM25Stage, DocumentBuilder, SourcedChange, split_by_document
 from indexer.chunking import Chunker
 from indexer.postings import PostingsStore
-from schemas.events import SourcePosition
+from schemas.events import DocumentChange, SourcePosition
 from streams import debezium
 from streams.cdc_engine import ConnectRecord
 from streams.cdc_mapping import CdcMapping
@@ -231,3 +231,14 @@ async def test_replica_identity_full_key_change_is_complete(stage: BM25Stage, co
     new = await stage.store.get_document(collection, "30")
     assert new.metadata["tags"] == _original()["tags"]
     assert outcome.index_updates[-1].incomplete_columns == []
+
+
+def test_a_key_changes_create_is_applied_in_its_old_keys_group() -> None:
+    """Concurrent groups share no document: the create reads the old key's document, so it joins that group."""
+    def item(doc_id: str, previous: str | None = None) -> SourcedChange:
+        change = DocumentChange(op="upsert", doc_id=doc_id, collection="c", version=1)
+        return SourcedChange(change, SourcePosition(topic="t", partition=0, offset=0), previous_doc_id=previous)
+
+    groups = split_by_document([item("a"), item("b"), item("c"), item("d"), item("x", previous="a")], 2)
+    [with_a] = [[i.change.doc_id for i in g] for g in groups if any(i.change.doc_id == "a" for i in g)]
+    assert "x" in with_a
