@@ -134,7 +134,7 @@ class IndexUpdate(_Event):
     source: SourcePosition
     terms: list[Text] = Field(default_factory=list)
     """BM25 stage: index terms the change removed or added (the document's old and new terms)."""
-    incomplete_columns: list[str] = Field(default_factory=list)
+    incomplete_columns: list[Text] = Field(default_factory=list)
     """CDC: source columns indexed without a value known to be current (an unchanged TOAST column whose
     value the index could not find, e.g. a key change's new key before its old key was indexed)."""
     applied_at: datetime = Field(default_factory=utc_now)
