@@ -77,10 +77,14 @@ class Positions:
 
     async def clear_pending(self, jobs: Iterable[EmbedJob]) -> None:
         """The vector stage handled these jobs: what each one supersedes is no longer pending."""
+        await self.clear_documents((job.collection, job.doc_id, job.source) for job in jobs)
+
+    async def clear_documents(self, handled: Iterable[tuple[str, str, SourcePosition]]) -> None:
+        """(index, doc_id, source): the document's changes up to ``source`` wait for no job any more
+        (its job was handled, or the change was dead-lettered after its BM25 write and none will come)."""
         by_key: dict[tuple[str, str, int], list[str]] = {}
-        for job in jobs:
-            by_key.setdefault((job.collection, job.source.topic, job.source.partition), []).extend(
-                (job.doc_id, str(job.source.offset)))
+        for collection, doc_id, source in handled:
+            by_key.setdefault((collection, source.topic, source.partition), []).extend((doc_id, str(source.offset)))
         async with self.redis.pipeline(transaction=False) as pipe:
             for (collection, topic, partition), args in by_key.items():
                 keys = [self.store.pending_vectors_key(collection, topic, partition),

@@ -241,6 +241,9 @@ class Pipeline:
             original = originals[item.source]
             sends.append(await self._dead_letter(Rejected("apply_failed", error), item.source,
                                                  original.key, original.value))
+        if failures:  # one failing after its write (publishing its embed job) leaves a pending mark
+            handled = [(item.change.collection, item.change.doc_id, item.source) for item, _ in failures]
+            await self._until_done("bm25", lambda: self.positions.clear_documents(handled))
 
     async def handle_embed_jobs(self, records: Sequence[Record]) -> None:
         jobs: list[EmbedJob] = []
@@ -377,9 +380,16 @@ class Pipeline:
 
     async def dead_letter_unhandled(self, record: Record, error: str) -> None:
         """The last resort for a record whose handler keeps failing on it alone (see streams.app.until_handled):
-        dead-lettered, so it no longer holds its partition."""
-        await (await self._dead_letter(Rejected("handler_failed", error[:2000]), _position(record), record.key,
-                                       record.value))
+        dead-lettered, so it no longer holds its partition. A change may have been written before it
+        failed (publishing its follow-ups): no embed job will clear its pending mark, so it is cleared here."""
+        source = _position(record)
+        await (await self._dead_letter(Rejected("handler_failed", error[:2000]), source, record.key, record.value))
+        change = decode_change(record.value, self.settings.max_text_bytes) \
+            if record.topic == self.settings.documents_topic else None
+        if isinstance(change, DocumentChange):
+            targets = await self._until_done("bm25", lambda: self.scope.targets([change.collection]))
+            handled = [(index, change.doc_id, source) for index in targets[change.collection]]
+            await self._until_done("bm25", lambda: self.positions.clear_documents(handled))
 
     async def _send_dead_letter(
         self, rejected: Rejected, source: SourcePosition, key: bytes | None, value: bytes | None

@@ -11,21 +11,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
 from fluxstream.stack import AppProcesses, free_port
+from indexer.positions import Positions
+from indexer.postings import PostingsStore
 from schemas.events import DeadLetter, SourcePosition
 from streams.decoding import RECORD_OVERHEAD, Rejected, dead_letter_record
-from streams.pipeline import PRODUCER_MAX_REQUEST_BYTES
+from streams.pipeline import PRODUCER_MAX_REQUEST_BYTES, Pipeline, Resources
 from streams.topics import create_topics
-from tests.conftest import TopicReader, change
+from tests.conftest import TopicReader, change, eventually
 
 MiB = 1024 * 1024
 FETCH_MAX_BYTES = MiB  # Faust's consumer_max_fetch_size (aiokafka's max_partition_fetch_bytes)
@@ -160,8 +163,16 @@ async def test_a_follow_up_record_too_large_to_publish_dead_letters_its_change(
         small = orjson.dumps(change("doc", "limits", "a small heron", version=2))
         async with TopicReader(settings, settings.dead_letters_topic) as letters, \
                 TopicReader(settings, settings.index_updates_topic) as updates:
-            await producer.send_and_wait(settings.documents_topic, key=b"doc", value=big)
+            meta = await producer.send_and_wait(settings.documents_topic, key=b"doc", value=big)
             dead = await letters.wait_for_records(lambda r: r.key == b"doc", timeout=90)
+            # Its embed job never comes: a read-your-writes position at it must not wait for one.
+            token = SourcePosition(topic=meta.topic, partition=meta.partition, offset=meta.offset)
+            redis = aioredis.from_url(stack.redis_url)
+            try:
+                positions = Positions(redis, PostingsStore(redis))
+                assert await eventually(lambda: positions.reached("limits", token, vectors=True), timeout=30)
+            finally:
+                await redis.aclose()
             # Only now: in one batch the two would fold into version 2 and no large job would exist.
             await producer.send_and_wait(settings.documents_topic, key=b"doc", value=small)
             done = await updates.wait_for(lambda e: e[1]["doc_id"] == "doc" and e[1]["version"] == 2
@@ -175,3 +186,51 @@ async def test_a_follow_up_record_too_large_to_publish_dead_letters_its_change(
     finally:
         await producer.stop()
         await asyncio.to_thread(apps.stop)
+
+
+@dataclass
+class Consumed:
+    """A record as the pipeline takes it (Faust's message has these fields)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None = None
+
+
+async def test_a_record_given_up_by_its_agent_leaves_no_pending_mark(stack: Settings, collection: str) -> None:
+    """The agent's last resort (``dead_letter_unhandled``, after the record kept failing on its own, for
+    example a follow-up record the broker refused) dead-letters it and clears the pending mark its BM25
+    write left: read-your-writes positions at or after it must not wait for an embed job that never comes."""
+    tag = uuid.uuid4().hex[:8]
+    settings = replace(stack, embed_in_child_process=False, cdc_config="",
+                       **{f"{t}_topic": f"unhandled-{tag}.{t}" for t in ("documents", "embed_jobs", "index_updates",
+                                                                           "dead_letters")})
+    await create_topics(settings)  # nobody consumes these embed jobs: the mark stays unless cleared
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_url, acks="all", enable_idempotence=False)
+    await producer.start()
+
+    async def publish(topic: str, key: bytes | None, value: bytes | None,
+                      headers: list[tuple[str, bytes]] | None = None) -> asyncio.Future[Any]:
+        return await producer.send(topic, value, key=key, headers=headers)
+
+    resources = await Resources.open(settings, settings.redis_url, settings.database_url)
+    try:
+        pipeline = Pipeline(settings, resources, publish)
+        record = Consumed(settings.documents_topic, 0, 7, b"doc",
+                          orjson.dumps(change("doc", collection, "a heron", version=1)))
+        await pipeline.handle_changes([record])
+        await pipeline.record_handled([record])
+        token = SourcePosition(topic=record.topic, partition=0, offset=7)
+        assert not await pipeline.positions.reached(collection, token, vectors=True)  # its job is pending
+        async with TopicReader(settings, settings.dead_letters_topic) as letters:
+            await pipeline.dead_letter_unhandled(record, "ProducerSendError: MessageSizeTooLargeError")
+            dead = await letters.wait_for_records(lambda r: r.key == b"doc")
+        assert DeadLetter.from_headers(list(dead[0].headers)).reason == "handler_failed"
+        assert dead[0].value == record.value
+        assert await pipeline.positions.reached(collection, token, vectors=True)
+    finally:
+        await resources.close()
+        await producer.stop()
