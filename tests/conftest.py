@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from fluxstream.settings import Settings
-from fluxstream.stack import Stack, free_port
+from fluxstream.stack import AppProcesses, Stack, free_port
 
 # Debezium topics the session worker reads (tests/test_cdc.py, tests/test_debezium_real.py).
 CDC_CONFIG = """
@@ -105,12 +105,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     )
     running = Stack(base)
     settings = running.start()
+    _session_stacks.append(running)
     yield settings
     running.stop()
     for log in sorted(Path(state_dir).glob("*.log")):
         text = log.read_text(errors="replace")
         if "Traceback" in text:
             print(f"--- {log.name} contains a traceback ---\n{text[-4000:]}")
+
+
+_session_stacks: list[Stack] = []
+
+
+@pytest.fixture
+def stack_apps(stack: Settings) -> AppProcesses:
+    """The session stack's worker and query service processes (tests that kill and restart them)."""
+    apps = _session_stacks[-1].apps
+    assert apps is not None
+    return apps
 
 
 @pytest.fixture

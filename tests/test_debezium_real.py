@@ -4,12 +4,15 @@ session worker; after every phase the index mirrors the source tables exactly.
 
 Phases: snapshot, inserts, a multi-row transaction, updates (TOAST placeholders in text and text[]),
 deletes with tombstones, primary-key changes with and without TOASTed columns and with REPLICA IDENTITY
-FULL, a kill -9 of the engine and a restart from its stored offsets, truncate.
+FULL, a kill -9 of the engine and a restart from its stored offsets, a kill -9 of the worker in the
+middle of a burst, truncate.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from fluxstream.settings import Settings
+from fluxstream.stack import AppProcesses
 from indexer.postings import PostingsStore
 from tests.conftest import eventually
 from tests.debezium_harness import EngineProcess, SourcePostgres
@@ -91,7 +95,8 @@ async def mirrored(redis: aioredis.Redis, settings: Settings, source: SourcePost
 
 
 async def test_index_mirrors_a_table_captured_by_real_debezium(stack: Settings, redis_client: aioredis.Redis,
-                                                               source: SourcePostgres, engine: EngineProcess) -> None:
+                                                               source: SourcePostgres, engine: EngineProcess,
+                                                               stack_apps: AppProcesses) -> None:
     rng = random.Random(18)
     tags700 = [f"t{i}-{rng.getrandbits(20):x}" for i in range(700)]
     insert = "INSERT INTO {t} VALUES (%s, %s, %s, %s, %s, %s)"
@@ -143,6 +148,31 @@ async def test_index_mirrors_a_table_captured_by_real_debezium(stack: Settings, 
     engine.start()
     await mirrored(redis_client, stack, source, "engine restart")
     assert (await PostingsStore(redis_client).get_document("dbz-articles", "209")).metadata["tags"] == tags700
+
+    # kill -9 of the worker in the middle of a burst of 600 rows (12 transactions): half is written before
+    # the kill, half after it while the worker is down or restarting; nothing is lost
+    killed = threading.Event()
+
+    def burst() -> None:
+        for start in range(1000, 1600, 50):
+            if start == 1300:
+                killed.wait(120)
+            source.execute(*[(insert.format(t="articles"), [i, f"burst {i}", f"burst row {i} about terns", None,
+                                                            None, None]) for i in range(start, start + 50)])
+
+    writing = asyncio.create_task(asyncio.to_thread(burst))
+    store = PostingsStore(redis_client)
+
+    async def burst_indexing() -> bool:
+        states = await store.read_documents([("dbz-articles", str(i)) for i in range(1000, 1600)])
+        return sum(s.live for s in states.values()) >= 50
+
+    await eventually(burst_indexing, timeout=60, interval=0.05)
+    await asyncio.to_thread(stack_apps.kill, "worker-0")
+    killed.set()
+    await asyncio.to_thread(stack_apps.start_worker, "worker-0")
+    await writing
+    await mirrored(redis_client, stack, source, "worker kill -9")
 
     source.execute("TRUNCATE articles_full")
     source.execute((insert.format(t="articles_full"), [1, "after truncate", "the only row left, ospreys", None,
