@@ -27,6 +27,9 @@ class Settings:
     kafka_url: str = _env_field("", "Kafka bootstrap servers, host:port[,host:port].")
     redis_url: str = _env_field("", "Redis/Valkey URL, e.g. redis://localhost:6379/0.")
     database_url: str = _env_field("", "PostgreSQL URL with pgvector available.")
+    database_pool_timeout: float = _env_field(
+        3.0, "Longest a call waits for a PostgreSQL connection (s): while PostgreSQL is down, vector searches "
+        "answer 503 and hybrid ones BM25 alone after at most this long (see docs/operations.md).")
     kafka_security_protocol: str = _env_field(
         "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (every Kafka client, worker included).")
     kafka_sasl_mechanism: str = _env_field("PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
@@ -115,7 +118,9 @@ class Settings:
     weight_bm25: float = _env_field(0.3, "Score fusions: weight of the normalised BM25 score (tuned on Vaswani).")
     weight_vector: float = _env_field(0.7, "Score fusions: weight of the normalised vector score (tuned on Vaswani).")
     min_position_timeout_ms: int = _env_field(5000, "Default wait for a search's min_position (read-your-writes).")
-    max_position_wait_ms: int = _env_field(60_000, "Longest wait_timeout_ms a request may ask for (the server's cap).")
+    max_position_wait_ms: int = _env_field(
+        10_000, "Longest a min_position wait may hold a request, whatever wait_timeout_ms asks (the server's cap; "
+        "keep it well under your proxies' timeouts).")
     candidate_pool: int = _env_field(100, "Candidates fetched from each retriever before fusion.")
 
     # --- semantic cache ---

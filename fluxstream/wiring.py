@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from fluxstream.redis_packing import with_c_packing
 from fluxstream.settings import Settings
@@ -35,8 +38,15 @@ async def open_embedder(settings: Settings, *, child_process: bool = False) -> E
 
 
 def open_redis(url: str) -> aioredis.Redis:
-    return with_c_packing(
-        aioredis.from_url(url, health_check_interval=10, socket_timeout=10, socket_connect_timeout=5))
+    """A client whose commands run once more, on a fresh connection, when their pooled connection is dead.
+
+    ``from_url`` clients do not retry at all: after a Redis restart every pooled connection failed
+    its next command once (4 of 8 parallel searches answered 503 while ``/readyz`` said ready).
+    Only connection errors are retried, never timeouts: a slow command is not sent twice.
+    """
+    retry = Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,))
+    return with_c_packing(aioredis.from_url(url, health_check_interval=10, socket_timeout=10,
+                                            socket_connect_timeout=5, retry=retry))
 
 
 async def check_dependencies(redis: aioredis.Redis, vectors: VectorStore) -> dict[str, bool]:

@@ -8,15 +8,17 @@ unchanged text (in this document or any other) is never embedded twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pgvector.psycopg import register_vector_async
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+from psycopg_pool.base import AttemptWithBackoff
 
 from fluxstream import metrics
 from indexer.hnsw import DEFAULT_HNSW, HNSWParams
@@ -24,6 +26,8 @@ from indexer.hnsw import DEFAULT_HNSW, HNSWParams
 CHUNKS_TABLE = "fluxstream_chunks"
 VERSIONS_TABLE = "fluxstream_vector_versions"
 _SCHEMA_LOCK = 0x666C7578  # advisory lock id: concurrent workers create the schema once
+RECONNECT_MAX_DELAY = 1.0  # seconds between the pool's attempts to reconnect after an outage
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,23 @@ async def _configure(conn: AsyncConnection) -> None:
     await register_vector_async(conn)
 
 
+class _CappedBackoff(AttemptWithBackoff):
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_MAX_DELAY)
+
+
+class ReconnectingPool(AsyncConnectionPool):
+    """psycopg's pool, retrying lost connections at most ``RECONNECT_MAX_DELAY`` apart.
+
+    The stock pool doubles its delay up to the reconnect timeout (5 minutes): after a 150 s outage
+    its next attempt could come a minute later, and the process stayed unavailable that long.
+    """
+
+    async def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+        await super()._add_connection(attempt or _CappedBackoff(timeout=self.reconnect_timeout), growing)
+
+
 class VectorStore:
     """Owns the pgvector schema, chunk-row writes and k-NN search."""
 
@@ -69,16 +90,22 @@ class VectorStore:
         self.dimensions = dimensions
         self.model_id = model_id
         self.hnsw = hnsw
+        self._checking: asyncio.Future[None] | None = None
 
     @classmethod
     async def connect(cls, url: str, *, dimensions: int, model_id: str, hnsw: HNSWParams = DEFAULT_HNSW,
-                      min_size: int = 1, max_size: int = 8) -> VectorStore:
-        """Open a pool (the extension must exist before vector types can be registered)."""
+                      min_size: int = 1, max_size: int = 8, pool_timeout: float = 3.0) -> VectorStore:
+        """Open a pool (the extension must exist before vector types can be registered).
+
+        ``pool_timeout``: the longest a call waits for a connection; while PostgreSQL is down, calls
+        fail after it with ``PoolTimeout`` (an ``OperationalError``) instead of hanging.
+        """
         async with await AsyncConnection.connect(url, autocommit=True) as conn, conn.transaction():
             # IF NOT EXISTS still races between processes starting together; the lock serialises them.
             await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             await conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, configure=_configure, open=False)
+        pool = ReconnectingPool(url, min_size=min_size, max_size=max_size, configure=_configure, open=False,
+                                timeout=pool_timeout)
         await pool.open(wait=True, timeout=30)
         store = cls(pool, dimensions=dimensions, model_id=model_id, hnsw=hnsw)
         await store.ensure_schema()
@@ -86,6 +113,30 @@ class VectorStore:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def reset(self) -> None:
+        """Test the idle pooled connections and replace the dead ones (after a restart of PostgreSQL every
+        one of them is); concurrent callers share one check."""
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.ensure_future(self.pool.check())
+        await asyncio.shield(self._checking)
+
+    async def _read(self, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run an idempotent read; if its pooled connection turns out dead, reset the pool and run it once more."""
+        for attempt in (1, 2):
+            broken = False
+            try:
+                async with self.pool.connection() as conn:
+                    try:
+                        return await query(conn)
+                    except OperationalError:
+                        broken = conn.broken
+                        raise
+            except OperationalError:
+                if not broken or attempt == 2:
+                    raise
+            await self.reset()
+        raise AssertionError("unreachable")
 
     async def ensure_schema(self) -> None:
         async with self.pool.connection() as conn, conn.transaction():
@@ -220,18 +271,22 @@ class VectorStore:
             # Same rule as query.filters.matches: equal, or a list that contains the value.
             where += " AND (metadata @> %s OR metadata @> %s)"
             params += [Jsonb({key: value}), Jsonb({key: [value]})]
-        async with self.pool.connection() as conn, conn.transaction():
-            # The graph holds every collection (and generation): without iterative scan, a k-NN over a
-            # crowded graph would stop at ef_search candidates and drop those of other collections.
-            # Both settings in one statement: one round trip.
-            await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}; "
-                               "SET LOCAL hnsw.iterative_scan = relaxed_order")
-            cur = await conn.execute(
-                f"SELECT chunk_id, doc_id, content_hash, 1 - (embedding <=> %b) AS score FROM {CHUNKS_TABLE} "
-                f"WHERE {where} ORDER BY embedding <=> %b LIMIT %s",
-                (query, *params, query, limit),
-            )
-            rows = await cur.fetchall()
+
+        async def knn(conn: AsyncConnection) -> list[Any]:
+            async with conn.transaction():
+                # The graph holds every collection (and generation): without iterative scan, a k-NN over a
+                # crowded graph would stop at ef_search candidates and drop those of other collections.
+                # Both settings in one statement: one round trip.
+                await conn.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search)}; "
+                                   "SET LOCAL hnsw.iterative_scan = relaxed_order")
+                cur = await conn.execute(
+                    f"SELECT chunk_id, doc_id, content_hash, 1 - (embedding <=> %b) AS score FROM {CHUNKS_TABLE} "
+                    f"WHERE {where} ORDER BY embedding <=> %b LIMIT %s",
+                    (query, *params, query, limit),
+                )
+                return await cur.fetchall()
+
+        rows = await self._read(knn)
         hits = [VectorHit(c, d, h, float(s)) for c, d, h, s in rows]
         hits.sort(key=lambda h: -h.score)  # relaxed_order may return slightly out of order
         return hits
@@ -248,12 +303,15 @@ class VectorStore:
 
     async def document_hashes(self, collection: str, doc_id: str) -> dict[str, str]:
         """chunk_id -> content hash of the vectors stored for a document."""
-        async with self.pool.connection() as conn:
+
+        async def hashes(conn: AsyncConnection) -> dict[str, str]:
             cur = await conn.execute(
                 f"SELECT chunk_id, content_hash FROM {CHUNKS_TABLE} WHERE collection = %s AND doc_id = %s",
                 (collection, doc_id),
             )
             return dict(await cur.fetchall())
+
+        return await self._read(hashes)
 
     async def drop_index(self, name: str) -> int:
         """Remove every row of index ``name`` (a collection generation); returns the chunk rows removed."""
@@ -269,5 +327,7 @@ class VectorStore:
             return int(n)
 
     async def ping(self) -> None:
-        async with self.pool.connection(timeout=2) as conn:
+        async def select_1(conn: AsyncConnection) -> None:
             await conn.execute("SELECT 1")
+
+        await self._read(select_1)

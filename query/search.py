@@ -4,6 +4,11 @@ Vector hits are checked against the chunk records in Redis (the source of truth
 for what a document currently is): a vector whose chunk was deleted or whose text
 changed since it was embedded is dropped, so hybrid results never show stale text
 while the vector stage catches up.
+
+While PostgreSQL is unreachable, hybrid searches answer from BM25 alone and say so
+(``degraded: ["vectors"]``) and vector searches fail at once with ``StoreUnavailable``.
+The reverse is not offered: without Redis there is no serving generation, no staleness
+check and no chunk record (title) for a vector hit, so every mode needs Redis.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+from psycopg import OperationalError
 
+from fluxstream.logging import get_logger
 from indexer.bm25 import BM25Params, score_postings
 from indexer.embedders.base import Embedder
 from indexer.enrichment import PREFIX as ENRICHMENT_PREFIX
@@ -29,6 +36,70 @@ from query.strategy import AutoStrategy
 from schemas.api import RetrieverScore, SearchHit, SearchRequest, SearchResponse
 
 SPARE_HITS = 5  # extra fused candidates fetched in case a chunk was deleted meanwhile
+T = TypeVar("T")
+POSTGRES_DOWN = OperationalError  # psycopg wraps socket errors in it; PoolTimeout is one too
+
+log = get_logger("fluxstream.search")
+
+
+class StoreUnavailable(Exception):
+    """A backing store the request needs cannot be reached (the service answers 503)."""
+
+    def __init__(self, store: str) -> None:
+        super().__init__(f"{store} is unavailable")
+        self.store = store
+
+
+class Availability:
+    """Whether PostgreSQL answered lately.
+
+    After a connection failure, searches skip it at once instead of each waiting for the pool's
+    timeout, while one background probe resets the pool and pings every ``interval`` seconds
+    until it answers again.
+    """
+
+    def __init__(self, vectors: VectorStore, interval: float = 0.5) -> None:
+        self.vectors = vectors
+        self.interval = interval
+        self.up = True
+        self._probe: asyncio.Task[None] | None = None
+
+    async def run(self, call: Awaitable[T]) -> T:
+        """``call``'s result; ``StoreUnavailable`` at once while PostgreSQL is known down, or when ``call``
+        finds it down (which starts the probe)."""
+        if not self.up:
+            if asyncio.iscoroutine(call):
+                call.close()
+            raise StoreUnavailable("postgres")
+        try:
+            return await call
+        except POSTGRES_DOWN as exc:
+            self.failed(exc)
+            raise StoreUnavailable("postgres") from exc
+
+    def failed(self, exc: BaseException) -> None:
+        if self.up:
+            log.warning("postgres_unavailable", error=repr(exc))
+        self.up = False
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._until_up(), name="postgres-probe")
+
+    async def _until_up(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.vectors.reset()
+                await self.vectors.ping()
+            except Exception:  # still down (any failure: the probe must never die)
+                continue
+            self.up = True
+            log.info("postgres_available")
+            return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -59,9 +130,6 @@ class Retrieval:
     answer_docs: list[str] | None = None  # set by the cache: documents the answer depends on directly
     stats: CollectionStats | None = None  # current statistics, when the cache read them with the hit
     records: dict[str, StoredChunk | None] | None = None  # current records the cache read with the hit
-
-
-T = TypeVar("T")
 
 
 class Timer:
@@ -107,6 +175,7 @@ class Searcher:
         self.bm25 = bm25 or BM25Params()
         self.defaults = defaults or SearchDefaults()
         self.auto = AutoStrategy()
+        self.postgres = Availability(vectors)
 
     async def search(self, req: SearchRequest, query_vector: np.ndarray | None = None) -> SearchResponse:
         """Run one search; ``query_vector`` skips embedding the query (batch search embeds all at once)."""
@@ -129,12 +198,13 @@ class Searcher:
         if not found:
             retrieval.collection_found = False
             return self._response(req, [], timer), retrieval
-        retrievers: dict[str, Awaitable[list[tuple[str, float]]]] = {}
+        retrievers: dict[str, Awaitable[list[tuple[str, float]] | None]] = {}
         if req.mode in ("bm25", "hybrid"):
             retrievers["bm25"] = self._bm25(req, pool, timer, retrieval, replayed)
         if req.mode in ("vector", "hybrid"):
-            retrievers["vector"] = self._vector(req, pool, timer, retrieval, replay)
-        rankings = await _all_of(retrievers)
+            retrievers["vector"] = self._vector_if_up(req, pool, timer, retrieval, replay)
+        rankings = {name: ranking for name, ranking in (await _all_of(retrievers)).items() if ranking is not None}
+        degraded = ["vectors"] if req.mode == "hybrid" and "vector" not in rankings else []
         started = time.perf_counter()
         strategy = None
         if req.mode == "hybrid":
@@ -149,7 +219,8 @@ class Searcher:
         hits = [self._hit(chunk_id, score, rankings, record)
                 for chunk_id, score in top if (record := records.get(chunk_id)) is not None][: req.k]
         timer.mark("fetch", started)
-        return self._response(req, hits, timer).model_copy(update={"strategy": strategy}), retrieval
+        response = self._response(req, hits, timer)
+        return response.model_copy(update={"strategy": strategy, "degraded": degraded}), retrieval
 
     async def _records(self, req: SearchRequest, chunk_ids: list[str],
                        replay: Retrieval | None) -> dict[str, StoredChunk | None]:
@@ -210,6 +281,20 @@ class Searcher:
                 break
         timer.mark("bm25_filter", started)
         return kept[:pool]
+
+    async def _vector_if_up(self, req: SearchRequest, pool: int, timer: Timer, retrieval: Retrieval,
+                            replay: Retrieval | None) -> list[tuple[str, float]] | None:
+        """The vector ranking; None (hybrid: answer without it) or ``StoreUnavailable`` (vector mode)
+        while PostgreSQL is unreachable. A cache hit replays stored vector hits: it needs no PostgreSQL."""
+        vector = self._vector(req, pool, timer, retrieval, replay)
+        if replay is not None and replay.vector_hits is not None:
+            return await vector
+        try:
+            return await self.postgres.run(vector)
+        except StoreUnavailable:
+            if req.mode == "hybrid":
+                return None
+            raise
 
     async def _vector(self, req: SearchRequest, pool: int, timer: Timer, retrieval: Retrieval,
                       replay: Retrieval | None) -> list[tuple[str, float]]:

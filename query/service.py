@@ -19,8 +19,9 @@ import redis.asyncio as aioredis
 import structlog
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg import OperationalError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,7 +41,7 @@ from query.cache import CacheConfig, SemanticCache
 from query.cached_search import CachedSearcher
 from query.chat import ChatError, ChatModel
 from query.kafka_requests import SearchRequestServer
-from query.search import SearchDefaults, Searcher
+from query.search import SearchDefaults, Searcher, StoreUnavailable
 from query.usage import UsageStore
 from schemas.api import (
     AnswerRequest,
@@ -60,6 +61,7 @@ from streams.status import collection_status
 log = get_logger("fluxstream.query")
 
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # probes and scrapes are not logged
+STORE_DOWN = (StoreUnavailable, OperationalError, RedisError, OSError)  # answered 503 "unavailable"
 
 
 def error(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
@@ -136,7 +138,7 @@ class QueryState:
         await embedder.embed(["warm up"])  # load the model now, not on the first request
         self.redis = open_redis(s.redis_url)
         self.vectors = await VectorStore.connect(s.database_url, dimensions=embedder.dimensions,
-                                                 model_id=embedder.model_id)
+                                                 model_id=embedder.model_id, pool_timeout=s.database_pool_timeout)
         postings = PostingsStore(self.redis)
         self.generations = GenerationRegistry(self.redis)
         self.positions = Positions(self.redis, postings)
@@ -156,6 +158,8 @@ class QueryState:
         await self.usage.start()
 
     async def close(self) -> None:
+        if self.searcher is not None:
+            await self.searcher.postgres.close()
         if self.usage is not None:
             await self.usage.stop()
         if self.vectors is not None:
@@ -165,14 +169,16 @@ class QueryState:
 
 
 async def wait_for_position(positions: Positions, req: SearchRequest, timeout: float) -> bool:
-    """Poll until the stages this mode reads have applied ``req.min_position`` (or time runs out)."""
+    """Poll until the stages this mode reads have applied ``req.min_position``; False after ``timeout``
+    seconds in all (a slow store read counts too)."""
     assert req.min_position is not None
-    deadline = time.monotonic() + timeout
     vectors = req.mode != "bm25"
-    while not await positions.reached(req.collection, req.min_position, vectors=vectors):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
+    try:
+        async with asyncio.timeout(timeout):
+            while not await positions.reached(req.collection, req.min_position, vectors=vectors):
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        return False
     return True
 
 
@@ -200,18 +206,19 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
             return
         received = 0
+        limit = self.limit
 
         async def counted() -> dict[str, Any]:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
-                raise _TooLarge
+            if received > limit:
+                raise _TooLarge(limit)
             return message
 
         try:
             await self.app(scope, counted, send)
-        except _TooLarge:
+        except _TooLarge:  # read outside the routes' error handling
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -219,8 +226,15 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(StarletteHTTPException):
+    """A body without Content-Length (chunked) that grew past the limit while read.
+
+    An HTTP exception, because FastAPI turns any other error raised while it reads a body into
+    400 "error parsing the body"; the ``http_error`` handler answers it as 413 ``request_too_large``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body exceeds {limit} bytes")
 
 
 class RequestObserver:
@@ -283,8 +297,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="fluxstream query service", version="1", lifespan=lifespan,
                   responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
-                             403: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
-                             422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+                             403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+                             405: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                             422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+                             503: {"model": ErrorResponse, "description": "a backing store is unreachable"}})
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.state.gate = gate
 
@@ -307,14 +323,30 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error(exc.status_code, code, str(exc.detail))
+        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code,
+                                                                                          "http_error")
+        return error(exc.status_code, code, str(exc.detail), headers=exc.headers)  # 405: Allow
 
+    def unavailable(exc: Exception) -> ErrorResponse:
+        store = exc.store if isinstance(exc, StoreUnavailable) else (
+            "redis" if isinstance(exc, RedisError) else "postgres" if isinstance(exc, OperationalError) else None)
+        log.warning("dependency_unavailable", store=store, error=repr(exc))
+        return ErrorResponse(error="unavailable", message=f"{store or 'a backing store'} is unavailable; retry later",
+                             details=[{"store": store}] if store else None)
+
+    @app.exception_handler(StoreUnavailable)
+    @app.exception_handler(OperationalError)
     @app.exception_handler(RedisError)
     @app.exception_handler(OSError)
     async def dependency_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("dependency_unavailable", error=repr(exc))
-        return error(503, "unavailable", "a backing store is unavailable; retry later")
+        body = unavailable(exc)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=503, headers={"Retry-After": "1"})
+
+    def refusal(problem: ErrorResponse) -> JSONResponse:
+        """An error a search function returned (rather than raised), with its HTTP status."""
+        return JSONResponse(problem.model_dump(exclude_none=True),
+                            status_code=503 if problem.error == "unavailable" else 409,
+                            headers={"Retry-After": "1"} if problem.error == "unavailable" else None)
 
     async def position_problem(req: SearchRequest) -> ErrorResponse | None:
         """None once ``req.min_position`` is applied (or absent); the error if not within the timeout."""
@@ -340,20 +372,24 @@ def create_app(settings: Settings) -> FastAPI:
         return response.model_copy(update={"collection": req.collection, "generation": generation})
 
     async def search_or_error(req: SearchRequest) -> SearchResponse | ErrorResponse:
-        """The response, or the error (HTTP answers it with 409; topic requests get it as the reply)."""
+        """The response, or the error (HTTP answers it with 409 or 503; topic requests get it as the reply)."""
         assert state.cached is not None
-        routed, generation = await on_serving_generation(req)
-        problem = await position_problem(routed)
-        if problem is not None:
-            return problem
-        return as_asked(req, await state.cached.search(routed), generation)
+        try:
+            routed, generation = await on_serving_generation(req)
+            problem = await position_problem(routed)
+            if problem is not None:
+                return problem
+            return as_asked(req, await state.cached.search(routed), generation)
+        except STORE_DOWN as exc:
+            metrics.SEARCHES.labels(req.mode, "unavailable").inc()
+            return unavailable(exc)
 
     @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
     async def search(req: SearchRequest, request: Request, principal: SearchKey) -> Any:
         started = time.perf_counter()
         result = await search_or_error(req)
         if isinstance(result, ErrorResponse):
-            return JSONResponse(result.model_dump(exclude_none=True), status_code=409)
+            return refusal(result)
         elapsed = time.perf_counter() - started
         metrics.SEARCH_SECONDS.labels(req.mode).observe(elapsed)
         metrics.SEARCHES.labels(req.mode, "ok").inc()
@@ -409,7 +445,7 @@ def create_app(settings: Settings) -> FastAPI:
         assert state.usage is not None
         return {"window_hours": hours, "collections": await state.usage.stats(hours)}
 
-    @app.post("/v1/search/batch", response_model=BatchSearchResponse)
+    @app.post("/v1/search/batch", response_model=BatchSearchResponse, responses={409: {"model": ErrorResponse}})
     async def search_batch(batch: BatchSearchRequest, principal: SearchKey) -> Any:
         """Read-your-writes tokens are waited for first; then one embedding call serves every query."""
         assert state.searcher is not None
@@ -430,7 +466,8 @@ def create_app(settings: Settings) -> FastAPI:
         return BatchSearchResponse(responses=responses, strategies=strategies,
                                    timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)})
 
-    @app.get("/v1/documents/{doc_id:path}", response_model=DocumentResponse)
+    @app.get("/v1/documents/{doc_id:path}", response_model=DocumentResponse,
+             responses={404: {"model": ErrorResponse, "description": "no such document in the collection"}})
     async def get_document(doc_id: DocId, principal: SearchKey,
                            collection: Annotated[CollectionName, Query()] = "default") -> Any:
         assert state.searcher is not None and state.vectors is not None and state.generations is not None
@@ -441,7 +478,7 @@ def create_app(settings: Settings) -> FastAPI:
         if doc.version is None:
             return error(404, "not_found", f"document {doc_id!r} is not in collection {asked!r}")
         records = await postings.fetch_chunks(collection, [c.chunk_id for c in doc.chunks])
-        embedded = await state.vectors.document_hashes(collection, doc_id)
+        embedded = await state.searcher.postgres.run(state.vectors.document_hashes(collection, doc_id))
         chunks = [
             ChunkView(chunk_id=c.chunk_id, chunk_no=c.chunk_no, text=r.text if r else "",
                       content_hash=c.content_hash, has_vector=embedded.get(c.chunk_id) == c.content_hash)
@@ -475,16 +512,22 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "not ready: Redis is unreachable or the service is "
+                                                        "starting"}})
     async def readyz() -> JSONResponse:
+        """Ready when searches can be answered: Redis reachable. PostgreSQL down leaves the service
+        ready but degraded (BM25 and hybrid answer from BM25 alone, vector searches get 503)."""
         checks = {"redis": False, "postgres": False}
         if state.redis is not None and state.vectors is not None:
             checks = await check_dependencies(state.redis, state.vectors)
-        ready = all(checks.values())
+        ready = checks["redis"]
         metrics.READY.set(int(ready))
-        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+        degraded = [] if checks["postgres"] else ["vectors"]
+        return JSONResponse({"ready": ready, **checks, "degraded": degraded}, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

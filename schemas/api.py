@@ -90,6 +90,9 @@ class SearchResponse(BaseModel):
     """With ``fusion: auto``: the strategy chosen for this query (sparse-first, balanced, vector-first)."""
     generation: int = 1
     """The collection's index generation that answered (it changes when a rebuild switches)."""
+    degraded: list[Literal["vectors"]] = Field(default_factory=list)
+    """Retrievers that could not be asked: ``["vectors"]`` while PostgreSQL is unreachable, when a hybrid
+    search answers from BM25 alone. Such answers are never cached."""
 
 
 class ChunkView(BaseModel):
