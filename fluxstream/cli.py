@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from fluxstream import devenv
-from fluxstream.logging import configure_logging, get_logger
+from fluxstream.logging import configure_logging, get_logger, redact
 from fluxstream.settings import Settings, describe, markdown_reference
 
 if TYPE_CHECKING:
@@ -134,9 +134,9 @@ def _print_services(stack: Stack, settings: Settings) -> None:
     origin = {True: "embedded", False: "external"}
     started = stack.services.started if stack.services else []
     print("fluxstream: services", flush=True)
-    print(f"  kafka     {settings.kafka_url}  ({origin['kafka' in started]})", flush=True)
-    print(f"  redis     {settings.redis_url}  ({origin['redis' in started]})", flush=True)
-    print(f"  postgres  {settings.database_url}  ({origin['postgres' in started]})", flush=True)
+    print(f"  kafka     {redact(settings.kafka_url)}  ({origin['kafka' in started]})", flush=True)
+    print(f"  redis     {redact(settings.redis_url)}  ({origin['redis' in started]})", flush=True)
+    print(f"  postgres  {redact(settings.database_url)}  ({origin['postgres' in started]})", flush=True)
     print(f"  query     http://127.0.0.1:{settings.http_port}  (OpenAPI: /docs)", flush=True)
     if settings.worker_web_port:
         print(f"  worker    http://127.0.0.1:{settings.worker_web_port}/readyz  (metrics: /metrics)", flush=True)
@@ -303,8 +303,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
         try:
             asyncio.run(send())
         except KafkaError as exc:
-            sys.exit(f"fluxstream publish: Kafka at {settings.kafka_url} failed after {meter.done} acknowledged "
-                     f"events: {exc!r}")
+            sys.exit(f"fluxstream publish: Kafka at {redact(settings.kafka_url)} failed after {meter.done} "
+                     f"acknowledged events: {exc!r}")
         meter.update(meter.done, final=True)
     print(f"published {meter.done} change events to {settings.documents_topic}")
     if last:
