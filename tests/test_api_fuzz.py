@@ -1,4 +1,5 @@
-"""The HTTP API fuzzed from its own OpenAPI schema (schemathesis): whatever the input, no 5xx.
+"""The HTTP API fuzzed from its own OpenAPI schema (schemathesis): whatever the input, no 5xx, and
+every status code and content type answered is one the schema documents.
 
 Runs against a query service on the session's real Redis, PostgreSQL and Kafka, with API keys
 and a body limit configured, so the security paths are fuzzed too (a valid key is sent with
@@ -18,6 +19,7 @@ import pytest
 import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
 from fluxstream.settings import Settings
 from fluxstream.stack import free_port
@@ -61,7 +63,8 @@ def test_no_server_errors(api_schema: schemathesis.schemas.BaseSchema) -> None:
             assert response.status_code < 500, (case.method, case.path, case.body, response.text[:500])
             if response.status_code >= 400:  # every error is the documented JSON shape
                 assert {"error", "message"} <= response.json().keys(), response.text[:500]
+            case.validate_response(response, checks=[status_code_conformance, content_type_conformance])
 
         no_5xx()
         checked.append(operation.label)
-    assert {"POST /v1/search", "POST /v1/search/batch", "GET /v1/documents/{doc_id}"} <= set(checked)
+    assert {"POST /v1/search", "POST /v1/search/batch", "GET /v1/documents/{doc_id}", "GET /metrics"} <= set(checked)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -104,3 +107,51 @@ async def test_every_fusion_method_and_auto_strategy(stack: Settings, producer: 
     question = await http.post("/v1/search", json={"query": "how do change events get from the database to search?",
                                                    "collection": collection, "fusion": "auto"})
     assert question.json()["strategy"] == "vector-first" and question.json()["hits"][0]["doc_id"] == "f3"
+
+
+async def test_chunked_body_over_the_limit_is_413(http: httpx.AsyncClient, stack: Settings) -> None:
+    """No Content-Length (chunked transfer): refused like a sized body once it grows past the limit."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"query": "'
+        for _ in range(stack.max_request_bytes // 65536 + 2):
+            yield b"a" * 65536
+        yield b'"}'
+
+    resp = await http.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in resp.request.headers
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"] == "request_too_large"
+
+
+async def test_min_position_wait_is_capped(http: httpx.AsyncClient, stack: Settings, collection: str) -> None:
+    """However long a request asks to wait, the server's documented cap (10 s by default) holds."""
+    assert stack.max_position_wait_ms == 10_000
+    never = {"topic": stack.documents_topic, "partition": 0, "offset": 10**12}
+    started = time.monotonic()
+    resp = await http.post("/v1/search", json={"query": "x", "collection": collection, "mode": "bm25",
+                                               "min_position": never, "wait_timeout_ms": 60_000})
+    took = time.monotonic() - started
+    assert resp.status_code == 409 and resp.json()["error"] == "position_not_reached", resp.text
+    assert "within 10000 ms" in resp.json()["message"]
+    assert 9.5 < took < 12, took
+
+
+async def test_openapi_documents_what_the_service_answers(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    metrics = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics) == ["text/plain"]
+    assert (await http.get("/metrics")).headers["content-type"].startswith("text/plain")
+    assert "404" in spec["paths"]["/v1/documents/{doc_id}"]["get"]["responses"]
+    for path in ("/v1/search", "/v1/search/batch", "/v1/answer"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert {"409", "503"} <= responses.keys(), (path, responses.keys())
+    assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
+
+
+async def test_405_names_the_allowed_methods(http: httpx.AsyncClient) -> None:
+    resp = await http.get("/v1/search")
+    assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
+    assert resp.headers["allow"] == "POST"
+    resp = await http.put("/v1/documents/x")
+    assert resp.status_code == 405 and resp.headers["allow"] == "GET"
