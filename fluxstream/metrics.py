@@ -1,9 +1,11 @@
-"""Prometheus metrics of the worker and the query service (one registry per process).
+"""Prometheus metrics of the worker and the query service.
 
 Conventions: counters end in ``_total``, durations are ``_seconds`` histograms, and every label
 has a bounded set of values (topics and stages come from configuration, never from data).
-Worker metrics are served on the Faust web port (``/metrics``), query-service metrics on the
-HTTP port. docs/operations.md lists the alerts built on them.
+Each process exports only its own metrics: the ``WORKER`` registry on the Faust web port
+(``/metrics``), ``QUERY`` on the query service's HTTP port (one shared registry made the query
+service export every worker metric as a zero). prometheus_client's default registry still holds
+them all. docs/operations.md lists the alerts built on them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 FRESHNESS_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -28,7 +39,6 @@ CDC_INCOMPLETE_COLUMNS = Counter("fluxstream_cdc_incomplete_columns_total",
                                  ["collection"])
 CHUNKS_EMBEDDED = Counter("fluxstream_chunks_embedded_total", "Chunks sent to the embedder")
 CHUNKS_REUSED = Counter("fluxstream_chunks_reused_total", "Chunks whose stored embedding was reused")
-DEAD_LETTERS = Counter("fluxstream_dead_letters_total", "Records sent to the dead-letter topic", ["reason"])
 STAGE_SECONDS = Histogram("fluxstream_stage_batch_seconds", "Batch apply time per stage", ["stage"],
                           buckets=LATENCY_BUCKETS)
 STAGE_RETRIES = Counter("fluxstream_stage_retries_total", "Batch retries after a dependency failure", ["stage"])
@@ -48,6 +58,7 @@ BATCHES_RETRYING = Gauge("fluxstream_batches_retrying", "Batches an agent is ret
 GENERATIONS_DROPPED = Counter("fluxstream_generations_dropped_total", "Index generations garbage-collected")
 
 # --- both ---
+DEAD_LETTERS = Counter("fluxstream_dead_letters_total", "Records sent to the dead-letter topic", ["reason"])
 READY = Gauge("fluxstream_ready", "1 when the process can reach all its dependencies and is not rebalancing")
 STORE_SECONDS = Histogram("fluxstream_store_call_seconds", "Redis and PostgreSQL call latency",
                           ["store", "operation"], buckets=LATENCY_BUCKETS)
@@ -59,6 +70,29 @@ CACHE_LOOKUPS = Counter("fluxstream_cache_lookups_total", "Semantic-cache lookup
                         "(exact, semantic, miss, bypass)", ["result"])
 IN_FLIGHT = Gauge("fluxstream_http_requests_in_flight", "HTTP requests being served")
 RATE_LIMITED = Counter("fluxstream_rate_limited_total", "Requests refused by the rate limit")
+
+
+def _registry(*metrics: Counter | Gauge | Histogram) -> CollectorRegistry:
+    """A process's registry: its metrics plus process CPU/memory, Python GC and version."""
+    registry = CollectorRegistry()
+    for metric in metrics:
+        registry.register(metric)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+_BOTH = (DEAD_LETTERS, READY, STORE_SECONDS)
+WORKER = _registry(EVENTS, EMBED_JOBS, CDC_INCOMPLETE_COLUMNS, CHUNKS_EMBEDDED, CHUNKS_REUSED, STAGE_SECONDS, STAGE_RETRIES,
+                   SEARCHABLE_SECONDS, EMBED_BATCH_SIZE, EMBED_SECONDS, CONSUMER_LAG, CACHE_INVALIDATIONS, ENRICHED,
+                   BATCHES_RETRYING, GENERATIONS_DROPPED, *_BOTH)
+QUERY = _registry(SEARCHES, SEARCH_SECONDS, CACHE_LOOKUPS, IN_FLIGHT, RATE_LIMITED, *_BOTH)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """What a ``/metrics`` page serves for ``registry`` (Prometheus text format)."""
+    return generate_latest(registry)
 
 P = ParamSpec("P")
 R = TypeVar("R")

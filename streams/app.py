@@ -19,7 +19,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError, KafkaTimeoutError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from fluxstream import metrics
 from fluxstream.kafka import faust_credentials
@@ -406,7 +406,8 @@ def build_app(settings: Settings) -> faust.App:
     @app.page("/metrics")
     async def prometheus(web: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type; Prometheus' exposition type without it.
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
+        return web.bytes(metrics.exposition(metrics.WORKER),
+                         content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
     @app.on_after_configured.connect
     def _configured(app: faust.App, **kwargs: Any) -> None:  # pragma: no cover - faust hook

@@ -59,3 +59,32 @@ async def test_worker_and_query_metrics(stack: Settings, producer: AIOKafkaProdu
     log = Path(stack.state_dir) / "query.log"
     lines = [line for line in log.read_text().splitlines() if "trace-me-123" in line]
     assert lines and "http_request" in lines[0] and "operators" not in lines[0]  # no query text in logs
+
+
+async def test_each_process_exports_its_own_metrics(stack: Settings, http: httpx.AsyncClient) -> None:
+    """The query service does not export the worker's metrics (as zeros), nor the worker the query service's."""
+    query = (await http.get("/metrics")).text
+    worker = (await http.get(f"http://127.0.0.1:{stack.worker_web_port}/metrics")).text
+    worker_only = ("fluxstream_events_total", "fluxstream_consumer_lag", "fluxstream_embed_jobs_total",
+                   "fluxstream_stage_batch_seconds", "fluxstream_event_to_searchable_seconds")
+    query_only = ("fluxstream_searches_total", "fluxstream_search_seconds", "fluxstream_cache_lookups_total",
+                  "fluxstream_http_requests_in_flight")
+    for name in worker_only:
+        assert name in worker and name not in query, name
+    for name in query_only:
+        assert name in query and name not in worker, name
+    for text in (query, worker):  # both report readiness, store latency and their process
+        assert "fluxstream_ready" in text and "fluxstream_store_call_seconds" in text
+        assert "process_resident_memory_bytes" in text
+
+
+def test_every_metric_is_exported_by_a_process() -> None:
+    """A metric added to fluxstream.metrics must be in the worker's or the query service's registry."""
+    from prometheus_client import REGISTRY
+
+    from fluxstream import metrics
+
+    def names(registry: object) -> set[str]:
+        return {f.name for f in registry.collect() if f.name.startswith("fluxstream_")}  # type: ignore[attr-defined]
+
+    assert names(REGISTRY) == names(metrics.WORKER) | names(metrics.QUERY)
