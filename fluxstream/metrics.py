@@ -59,7 +59,7 @@ GENERATIONS_DROPPED = Counter("fluxstream_generations_dropped_total", "Index gen
 
 # --- both ---
 DEAD_LETTERS = Counter("fluxstream_dead_letters_total", "Records sent to the dead-letter topic", ["reason"])
-READY = Gauge("fluxstream_ready", "1 when the process can reach all its dependencies and is not rebalancing")
+READY = Gauge("fluxstream_ready", "1 when the process is ready (see /readyz and docs/operations.md)")
 STORE_SECONDS = Histogram("fluxstream_store_call_seconds", "Redis and PostgreSQL call latency",
                           ["store", "operation"], buckets=LATENCY_BUCKETS)
 

@@ -83,13 +83,17 @@ class WorkerState:
         return await self.app.producer.send(topic, key, value, None, None, headers)
 
     async def readiness(self) -> dict[str, Any]:
-        """Not ready while starting, while a dependency is down or a batch retries, and while rebalancing."""
+        """Not ready while starting, while a dependency is down or a batch retries.
+
+        A rebalance is reported, not counted: every member of the group rebalances whenever one joins
+        or leaves, so counting it took all workers out at once on each rollout step and stalled it.
+        """
         if self._pipeline is None:
             return {"ready": False, "redis": False, "postgres": False, "stages": "starting", "rebalancing": False}
         checks = await self._pipeline.resources.ping()
         rebalancing = bool(getattr(self.app, "rebalancing", False))
         stuck = self.health.stuck()
-        ready = all(checks.values()) and self._pipeline.ready and not rebalancing and not stuck
+        ready = all(checks.values()) and self._pipeline.ready and not stuck
         metrics.READY.set(int(ready))
         return {"ready": ready, **checks, "stages": "ok" if self._pipeline.ready else "retrying",
                 "rebalancing": rebalancing, "batches_retrying": stuck}

@@ -187,6 +187,27 @@ async def test_redis_outage_fails_fast_and_a_restart_breaks_no_search(
     assert statuses == [200] * len(queries), statuses
 
 
+async def test_a_rebalance_leaves_the_workers_ready(outage_stack: Stack, http: httpx.AsyncClient) -> None:
+    """A worker joining the group rebalances every member: reported, but nobody leaves readiness."""
+    apps = outage_stack.apps
+    assert apps is not None
+    url = apps.url("worker-0") + "/readyz"
+    seen: list[tuple[int, bool]] = []
+    await asyncio.to_thread(apps.start_worker, "worker-1", wait=False)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            resp = await http.get(url)
+            seen.append((resp.status_code, resp.json()["rebalancing"]))
+            if any(rebalancing for _, rebalancing in seen) and not seen[-1][1]:
+                break  # a whole rebalance observed
+            await asyncio.sleep(0.05)
+        assert any(rebalancing for _, rebalancing in seen), "no rebalance observed"
+        assert {status for status, _ in seen} == {200}, seen
+    finally:
+        await asyncio.to_thread(apps.kill, "worker-1", 15)
+
+
 def test_logs_have_no_tracebacks_for_outages(outage_stack: Stack) -> None:
     """Outages are expected events: one warning line each, not a traceback per request."""
     log = Path(outage_stack.settings.state_dir) / "query.log"
