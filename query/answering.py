@@ -36,6 +36,7 @@ class Retrieved:
     hits: list[SearchHit]
     transformed: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    degraded: list[str] = field(default_factory=list)  # retrievers a search could not ask (see query.search)
 
 
 class Answerer:
@@ -57,7 +58,8 @@ class Answerer:
         elif req.transform == "quote":
             found = await self._quote(req)
         else:
-            found = Retrieved((await self.search.search(self._search_request(req, req.query, cache=req.cache))).hits)
+            response = await self.search.search(self._search_request(req, req.query, cache=req.cache))
+            found = Retrieved(response.hits, degraded=response.degraded)
         found.timings["retrieve"] = round((time.perf_counter() - started) * 1000, 3)
         return found
 
@@ -71,7 +73,7 @@ class Answerer:
         else:
             vector = (await searcher.embedder.embed([passage or req.query]))[0]
             response = await searcher.search(self._search_request(req, req.query, cache=False), query_vector=vector)
-        return Retrieved(response.hits, [passage])
+        return Retrieved(response.hits, [passage], degraded=response.degraded)
 
     async def _quote(self, req: AnswerRequest) -> Retrieved:
         assert self.chat is not None
@@ -88,7 +90,7 @@ class Answerer:
                 by_chunk.setdefault(hit.chunk_id, hit)
         fused = rrf({str(i): [(h.chunk_id, h.score) for h in r.hits] for i, r in enumerate(responses)})
         hits = [by_chunk[chunk_id].model_copy(update={"score": score}) for chunk_id, score in fused[: req.k]]
-        return Retrieved(hits, questions)
+        return Retrieved(hits, questions, degraded=sorted({d for r in responses for d in r.degraded}))
 
     async def prepare(self, req: AnswerRequest) -> tuple[Retrieved, Prompt]:
         found = await self.retrieve(req)
@@ -102,7 +104,7 @@ class Answerer:
         return AnswerResponse(request_id=request_id, query=req.query, collection=req.collection, answer=answer,
                               model=model, transform=req.transform, transformed_queries=found.transformed,
                               sources=sources, prompt=prompt.messages, context_tokens=prompt.context_tokens,
-                              timings_ms=timings)
+                              timings_ms=timings, degraded=found.degraded)
 
     async def answer(self, req: AnswerRequest, request_id: str) -> AnswerResponse:
         started = time.perf_counter()

@@ -194,6 +194,8 @@ class AnswerResponse(BaseModel):
     prompt: list[dict[str, str]]
     context_tokens: int
     timings_ms: dict[str, float]
+    degraded: list[Literal["vectors"]] = Field(default_factory=list)
+    """As in a search response: ``["vectors"]`` when the sources come from BM25 alone (PostgreSQL unreachable)."""
 
 
 class FeedbackRequest(BaseModel):

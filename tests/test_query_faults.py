@@ -115,6 +115,10 @@ async def test_postgres_outage_fails_fast_degrades_hybrid_and_recovers(
         assert batch.status_code == 200 and [r["degraded"] for r in batch.json()["responses"]] == [["vectors"], []]
         assert_unavailable(await http.post("/v1/search/batch", json={"requests": [query | {"mode": "vector"}]}),
                            "postgres")
+        answer = await http.post("/v1/answer", json=query | {"mode": "hybrid"})  # no chat model: sources only
+        assert answer.status_code == 200 and answer.json()["degraded"] == ["vectors"], answer.text
+        assert answer.json()["sources"]
+        assert_unavailable(await http.post("/v1/answer", json=query | {"mode": "vector"}), "postgres")
         doc, took = await timed(http.get("/v1/documents/q1", params={"collection": indexed}))
         assert_unavailable(doc, "postgres")
         assert took < 1.0, took
