@@ -70,6 +70,15 @@ def error(status: int, code: str, message: str, details: list[dict[str, Any]] | 
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
 
 
+def _store_of(exc: Exception) -> str | None:
+    """Which store a ``STORE_DOWN`` error is about (None: an OS-level error of unknown origin)."""
+    if isinstance(exc, StoreUnavailable):
+        return exc.store
+    if isinstance(exc, RedisError):
+        return "redis"
+    return "postgres" if isinstance(exc, OperationalError) else None
+
+
 class Gatekeeper:
     """API-key scopes and per-client rate limits, shared by HTTP routes and topic requests."""
 
@@ -298,7 +307,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="fluxstream query service", version="1", lifespan=lifespan,
                   responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
                              403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-                             405: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                             413: {"model": ErrorResponse},
                              422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
                              503: {"model": ErrorResponse, "description": "a backing store is unreachable"}})
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
@@ -328,8 +337,7 @@ def create_app(settings: Settings) -> FastAPI:
         return error(exc.status_code, code, str(exc.detail), headers=exc.headers)  # 405: Allow
 
     def unavailable(exc: Exception) -> ErrorResponse:
-        store = exc.store if isinstance(exc, StoreUnavailable) else (
-            "redis" if isinstance(exc, RedisError) else "postgres" if isinstance(exc, OperationalError) else None)
+        store = _store_of(exc)
         log.warning("dependency_unavailable", store=store, error=repr(exc))
         return ErrorResponse(error="unavailable", message=f"{store or 'a backing store'} is unavailable; retry later",
                              details=[{"store": store}] if store else None)
@@ -344,9 +352,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     def refusal(problem: ErrorResponse) -> JSONResponse:
         """An error a search function returned (rather than raised), with its HTTP status."""
-        return JSONResponse(problem.model_dump(exclude_none=True),
-                            status_code=503 if problem.error == "unavailable" else 409,
-                            headers={"Retry-After": "1"} if problem.error == "unavailable" else None)
+        down = problem.error == "unavailable"
+        return JSONResponse(problem.model_dump(exclude_none=True), status_code=503 if down else 409,
+                            headers={"Retry-After": "1"} if down else None)
 
     async def position_problem(req: SearchRequest) -> ErrorResponse | None:
         """None once ``req.min_position`` is applied (or absent); the error if not within the timeout."""
@@ -381,7 +389,6 @@ def create_app(settings: Settings) -> FastAPI:
                 return problem
             return as_asked(req, await state.cached.search(routed), generation)
         except STORE_DOWN as exc:
-            metrics.SEARCHES.labels(req.mode, "unavailable").inc()
             return unavailable(exc)
 
     @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
@@ -389,6 +396,8 @@ def create_app(settings: Settings) -> FastAPI:
         started = time.perf_counter()
         result = await search_or_error(req)
         if isinstance(result, ErrorResponse):
+            if result.error == "unavailable":  # position_not_reached is counted where it is found
+                metrics.SEARCHES.labels(req.mode, "unavailable").inc()
             return refusal(result)
         elapsed = time.perf_counter() - started
         metrics.SEARCH_SECONDS.labels(req.mode).observe(elapsed)
