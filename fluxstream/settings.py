@@ -28,8 +28,8 @@ class Settings:
     redis_url: str = _env_field("", "Redis/Valkey URL, e.g. redis://localhost:6379/0.")
     database_url: str = _env_field("", "PostgreSQL URL with pgvector available.")
     database_pool_timeout: float = _env_field(
-        3.0, "Longest a call waits for a PostgreSQL connection (s): while PostgreSQL is down, vector searches "
-        "answer 503 and hybrid ones BM25 alone after at most this long (see docs/operations.md).")
+        3.0, "Query service: longest a request waits for a PostgreSQL connection (s); while PostgreSQL is down, "
+        "vector searches answer 503 and hybrid ones BM25 alone after at most this long (docs/operations.md).")
     kafka_security_protocol: str = _env_field(
         "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (every Kafka client, worker included).")
     kafka_sasl_mechanism: str = _env_field("PLAIN", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")

@@ -94,11 +94,12 @@ class VectorStore:
 
     @classmethod
     async def connect(cls, url: str, *, dimensions: int, model_id: str, hnsw: HNSWParams = DEFAULT_HNSW,
-                      min_size: int = 1, max_size: int = 8, pool_timeout: float = 3.0) -> VectorStore:
+                      min_size: int = 1, max_size: int = 8, pool_timeout: float = 30.0) -> VectorStore:
         """Open a pool (the extension must exist before vector types can be registered).
 
-        ``pool_timeout``: the longest a call waits for a connection; while PostgreSQL is down, calls
-        fail after it with ``PoolTimeout`` (an ``OperationalError``) instead of hanging.
+        ``pool_timeout``: the longest a call waits for a connection, then ``PoolTimeout`` (an
+        ``OperationalError``). The query service keeps it short to answer fast while PostgreSQL is
+        down; the worker keeps psycopg's 30 s, so a busy pool is not taken for an outage.
         """
         async with await AsyncConnection.connect(url, autocommit=True) as conn, conn.transaction():
             # IF NOT EXISTS still races between processes starting together; the lock serialises them.

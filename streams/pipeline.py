@@ -90,7 +90,7 @@ class Resources:
         wait_aof = await _aof_enabled(redis)
         vectors = await VectorStore.connect(
             database_url, dimensions=embedder.dimensions, model_id=embedder.model_id,
-            hnsw=settings.hnsw()[0], pool_timeout=settings.database_pool_timeout,
+            hnsw=settings.hnsw()[0],
         )
         return cls(redis, PostingsStore(redis, wait_aof=wait_aof), vectors, embedder)
 
