@@ -45,9 +45,10 @@ def test_redact(text: str, expected: str) -> None:
 def test_every_log_line_is_redacted(fmt: str) -> None:
     """Our structlog lines (any value, nested or not, exceptions included) and stdlib loggers' lines."""
     stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, structlog.get_config()
     configure_logging(fmt, "info")
-    handler = logging.getLogger().handlers[0]
-    handler.setStream(stream)  # type: ignore[attr-defined]
+    root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
     try:
         log = get_logger("test.redaction")
         log.info("connecting", url="redis://app:hunter2@r:6379/0", nested={"urls": ["postgresql://a:hunter3@db/x"]})
@@ -60,9 +61,10 @@ def test_every_log_line_is_redacted(fmt: str) -> None:
             raise ValueError("kafka://u:hunter6@b")
         except ValueError:
             logging.getLogger("some.library").exception("boom")
-    finally:
-        configure_logging("json", "info")
-        structlog.reset_defaults()
+    finally:  # the process's logging as it was
+        root.handlers[:], level, config = saved
+        root.setLevel(level)
+        structlog.configure(**config)
     output = stream.getvalue()
     for secret in ("hunter2", "hunter3", "hunter4", "hunter5", "hunter6"):
         assert secret not in output, output
