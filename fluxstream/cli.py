@@ -20,7 +20,7 @@ import orjson
 
 from fluxstream import devenv
 from fluxstream.logging import configure_logging, get_logger, redact
-from fluxstream.settings import Settings, describe, markdown_reference
+from fluxstream.settings import Settings, SettingsError, describe, markdown_reference
 
 if TYPE_CHECKING:
     from fluxstream.stack import Stack
@@ -218,9 +218,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _require(settings, "redis_url", "database_url")
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:
+        return _refuse(exc)
+    uvicorn.run(app, host=settings.http_host, port=settings.http_port,
                 log_config=logging_config(settings.log_format, settings.log_level), access_log=False)
     return 0
+
+
+def _refuse(exc: SettingsError) -> int:
+    """Settings a command cannot run with: one line each on stderr, exit status 2 (as for a usage error)."""
+    for problem in exc.problems:
+        print(f"fluxstream: {problem}", file=sys.stderr)
+    return 2
 
 
 def _require(settings: Settings, *names: str) -> None:
@@ -576,8 +587,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fluxstream")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fluxstream", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fluxstream", description="fluxstream: dev stack, worker, query service, topic admin, publishing, search. "
+        "Every setting is a FLUXSTREAM_* environment variable (fluxstream config lists them).")
+    parser.add_argument("--version", action="version", version=f"fluxstream {_version()}")
     parser.add_argument("--state-dir", help="state directory (default $FLUXSTREAM_STATE_DIR or .fluxstream)")
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run the embedded stack with worker and query service")
@@ -656,7 +679,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:  # one line per unusable variable, before any command starts
+        return _refuse(exc)
     configure_logging("console" if args.command == "dev" else settings.log_format, settings.log_level)
     if args.command == "worker":
         sys.argv = [sys.argv[0], "worker"]  # faust.Worker parses argv itself

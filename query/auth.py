@@ -19,6 +19,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from fluxstream.settings import Settings, SettingsError
+
 SCOPES = frozenset({"search", "admin"})
 
 
@@ -62,11 +64,21 @@ class ApiKeys:
             hexdigest, _, scopes = raw.partition(":")
             names = frozenset(s for s in scopes.split("+") if s)
             if len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest.lower()):
-                raise ValueError("FLUXSTREAM_API_KEYS: each entry is <sha256 hex>:<scope>[+<scope>]")
+                raise SettingsError(["FLUXSTREAM_API_KEYS: each entry is <sha256 hex>:<scope>[+<scope>]"])
             if not names or names - SCOPES:
-                raise ValueError(f"FLUXSTREAM_API_KEYS: scopes must be among {sorted(SCOPES)}")
+                raise SettingsError([f"FLUXSTREAM_API_KEYS: scopes must be among {sorted(SCOPES)}"])
             entries[hexdigest.lower()] = names
         return cls(entries)
+
+    @classmethod
+    def configured(cls, settings: Settings) -> ApiKeys:
+        """The query service's keys. With ``require_api_keys`` an empty set is a start-up error (fail closed):
+        a production deployment whose Secret lost its keys must not come up open."""
+        keys = cls.parse(settings.api_keys)
+        if settings.require_api_keys and not keys.enabled:
+            raise SettingsError(["FLUXSTREAM_API_KEYS is empty and FLUXSTREAM_REQUIRE_API_KEYS=true: the query "
+                                 "service does not start open; add a key (fluxstream api-key --scopes search)"])
+        return keys
 
     @property
     def enabled(self) -> bool:

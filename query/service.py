@@ -83,7 +83,7 @@ class Gatekeeper:
     """API-key scopes and per-client rate limits, shared by HTTP routes and topic requests."""
 
     def __init__(self, settings: Settings) -> None:
-        self.keys = ApiKeys.parse(settings.api_keys)
+        self.keys = ApiKeys.configured(settings)
         self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
 
     def admit(self, key: str | None, scope: str, client: str, cost: int = 1) -> Principal:
