@@ -56,6 +56,30 @@ def test_compose_cdc_demo_is_wired_end_to_end() -> None:
         "environment"]["POSTGRES_USER"]
 
 
+def test_cdc_topics_have_the_partitions_of_fluxstream_topics() -> None:
+    """The CDC topic feeds the same indexer group: fewer partitions would leave replicas without a share."""
+    connector = json.loads((ROOT / "deploy/debezium/articles-connector.json").read_text())
+    env = compose()["x-fluxstream-env"]
+    assert connector["topic.creation.default.partitions"] == env["FLUXSTREAM_TOPIC_PARTITIONS"]
+    strimzi = yaml.safe_load((ROOT / "deploy/debezium/kafkaconnector.yaml").read_text())["spec"]["config"]
+    config = yaml.safe_load((ROOT / "deploy/kubernetes/base/configmap.yaml").read_text())["data"]
+    assert strimzi["topic.creation.default.partitions"] == config["FLUXSTREAM_TOPIC_PARTITIONS"]
+    assert strimzi["topic.creation.default.replication.factor"] == config["FLUXSTREAM_TOPIC_REPLICATION"]
+
+
+def test_production_compose_requires_api_keys() -> None:
+    """docker-compose.production.yml on top of docker-compose.yml: the query service fails closed."""
+    override = yaml.safe_load((ROOT / "docker-compose.production.yml").read_text())
+    PyCompose.from_json(json.dumps(override))
+    merged = compose()
+    query = merged["services"]["query"]
+    query["environment"] = {**query["environment"], **override["services"]["query"]["environment"]}
+    PyCompose.from_json(json.dumps(merged))
+    assert query["environment"]["FLUXSTREAM_REQUIRE_API_KEYS"] == "true"
+    assert query["environment"]["FLUXSTREAM_API_KEYS"].startswith("${FLUXSTREAM_API_KEYS:?")  # no default
+    assert "FLUXSTREAM_REQUIRE_API_KEYS" not in merged["services"]["indexer"]["environment"]  # query only
+
+
 def metric_names() -> set[str]:
     """Every series name the registry exposes (label-less families have no samples yet)."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
@@ -72,14 +96,38 @@ def test_alert_rules_name_real_metrics() -> None:
     assert {job["job_name"] for job in scrape["scrape_configs"]} == {"fluxstream-indexer", "fluxstream-query"}
 
 
-@pytest.fixture(scope="module")
-def rendered() -> list[dict[str, Any]]:
+def kustomize(path: str) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl (with its built-in kustomize) is not installed")
-    out = subprocess.run([kubectl, "kustomize", str(ROOT / "deploy/kubernetes/overlays/production")],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([kubectl, "kustomize", str(ROOT / path)], capture_output=True, text=True, check=True).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> list[dict[str, Any]]:
+    return kustomize("deploy/kubernetes/overlays/production")
+
+
+def test_kubernetes_never_applies_a_placeholder_secret(rendered: list[dict[str, Any]]) -> None:
+    """`kubectl apply -k` must not write (over) fluxstream-secrets: the operator creates it; the production
+    query service refuses to start without API keys instead of serving an open API."""
+    for objects in (rendered, kustomize("deploy/kubernetes/base")):
+        assert [d for d in objects if d["kind"] == "Secret"] == []
+        assert "CHANGE-ME" not in yaml.safe_dump_all(objects)
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
+    for workload in (("Deployment", "fluxstream-query"), ("Deployment", "fluxstream-indexer"),
+                     ("Job", "fluxstream-create-topics")):
+        container = by_name[workload]["spec"]["template"]["spec"]["containers"][0]
+        assert {"name": "fluxstream-secrets"} in [e.get("secretRef") for e in container["envFrom"]]
+    query = by_name[("Deployment", "fluxstream-query")]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in query["env"]}
+    assert env["FLUXSTREAM_REQUIRE_API_KEYS"]["value"] == "true"
+    assert env["FLUXSTREAM_API_KEYS"]["valueFrom"]["secretKeyRef"] == {"name": "fluxstream-secrets",
+                                                                        "key": "FLUXSTREAM_API_KEYS"}
+    example = yaml.safe_load((ROOT / "deploy/kubernetes/secret.example.yaml").read_text())
+    assert example["kind"] == "Secret" and example["metadata"]["name"] == "fluxstream-secrets"
+    assert "FLUXSTREAM_API_KEYS" in example["stringData"]
 
 
 def test_kubernetes_overlay_is_valid(rendered: list[dict[str, Any]]) -> None:
