@@ -303,7 +303,9 @@ class AppProcesses:
                     raise StackError(f"{name} exited with {proc.returncode} before it was ready",
                                      self.log_path(name))
                 try:
-                    answered = httpx.get(self.url(name) + "/readyz", timeout=1).status_code == 200
+                    ready = httpx.get(self.url(name) + "/readyz", timeout=1)
+                    # The query service is ready before Kafka answers; the stack has Kafka: wait for topic search.
+                    answered = ready.status_code == 200 and ready.json().get("topic_search") != "connecting"
                 except httpx.HTTPError:
                     answered = False
                 if answered and ports.listens(proc.pid, self.port(name)) is not False:

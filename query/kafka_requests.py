@@ -4,17 +4,22 @@ Each fetched batch runs with bounded concurrency; its offsets are committed only
 reply of the batch has been acknowledged by the broker. A request with a ``request_id`` and
 ``reply_to`` always gets a reply (the response, or a structured error such as
 ``invalid_request`` or ``deadline_exceeded``); one without them goes to the dead-letter topic.
+
+The clients connect in the background, retrying with capped backoff: the query service serves HTTP
+without Kafka and topic search joins once a broker is reachable (``status`` says which).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from pydantic import ValidationError
 
 from fluxstream import metrics
@@ -42,27 +47,71 @@ class SearchRequestServer:
         self.settings = settings
         self.search = search
         self.authorize = authorize
-        self.consumer = new_consumer(
-            settings, settings.search_requests_topic, group_id=f"{settings.app_id}-query",
-            enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=settings.fetch_max_wait_ms,
-            session_timeout_ms=int(settings.session_timeout * 1000),
-            heartbeat_interval_ms=int(max(settings.session_timeout / 10, 0.5) * 1000),
-        )
-        self.producer = new_producer(settings, linger_ms=0)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.status = "connecting"  # then "connected"; for /readyz
         self.gate = asyncio.Semaphore(settings.search_concurrency)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.producer.start()
-        await self.consumer.start()
-        self._task = asyncio.create_task(self._run(), name="search-requests")
+        """Returns at once: the clients connect (and reconnect until they do) in the background."""
+        self._task = asyncio.create_task(self._connect_and_run(), name="search-requests")
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.consumer.stop()
-        await self.producer.stop()
+        await self._close_clients()
+
+    async def _connect_and_run(self) -> None:
+        delay, last_error = 0.5, ""
+        while True:
+            s = self.settings
+            try:
+                self.producer = new_producer(s, linger_ms=0)
+                await self.producer.start()
+                # Subscribed before the topic exists, the consumer would not see it until its next metadata
+                # refresh (minutes): join only once it is there (compose and the topics Job create it late).
+                if s.search_requests_topic not in (await self.producer.client.fetch_all_metadata()).topics():
+                    raise UnknownTopicOrPartitionError(f"{s.search_requests_topic} does not exist yet")
+                self.consumer = new_consumer(
+                    s, s.search_requests_topic, group_id=f"{s.app_id}-query",
+                    enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=s.fetch_max_wait_ms,
+                    session_timeout_ms=int(s.session_timeout * 1000),
+                    heartbeat_interval_ms=int(max(s.session_timeout / 10, 0.5) * 1000),
+                )
+                await self.consumer.start()
+                break
+            except (KafkaError, OSError) as exc:  # not reachable (yet): HTTP search goes on without topic search
+                # Said once per distinct reason (then at debug level); /readyz shows topic_search meanwhile.
+                (log.debug if str(exc) == last_error else log.warning)(
+                    "search_requests_kafka_unreachable", error=str(exc), retry_in_s=delay)
+                last_error = str(exc)
+                await self._close_clients()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, s.retry_max_backoff)
+        # Joined with positions resolved (bounded: a replica beyond the topic's partitions gets none) ...
+        with contextlib.suppress(TimeoutError, KafkaError):
+            await asyncio.wait_for(self._joined(self.consumer), self.settings.session_timeout)
+        self.status = "connected"  # ... so a request produced from now on is answered
+        log.info("search_requests_connected", topic=self.settings.search_requests_topic)
+        await self._run()
+
+    @staticmethod
+    async def _joined(consumer: AIOKafkaConsumer) -> None:
+        """Wait for the group's assignment and resolve its positions (with ``latest``, a request produced before
+        the position is resolved would be skipped)."""
+        while not consumer.assignment():
+            await asyncio.sleep(0.05)
+        for tp in consumer.assignment():
+            await consumer.position(tp)
+
+    async def _close_clients(self) -> None:
+        for client in (self.consumer, self.producer):
+            if client is not None:
+                with contextlib.suppress(Exception):  # never started, or half started: nothing more to release
+                    await client.stop()
+        self.consumer = self.producer = None
 
     async def _run(self) -> None:
         while True:

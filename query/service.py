@@ -298,8 +298,9 @@ def create_app(settings: Settings) -> FastAPI:
         # out of the collector's sight, a search's short-lived objects no longer make it rescan them.
         gc.freeze()
         requests = SearchRequestServer(settings, search_or_error, gate.for_topic) if settings.kafka_url else None
+        app.state.topic_requests = requests
         if requests is not None:
-            await requests.start()
+            await requests.start()  # connects in the background: HTTP search does not wait for Kafka
         log.info("query_service_ready", port=settings.http_port, topic_requests=requests is not None)
         yield
         if requests is not None:
@@ -534,7 +535,10 @@ def create_app(settings: Settings) -> FastAPI:
         ready = checks["redis"]
         metrics.READY.set(int(ready))
         degraded = [] if checks["postgres"] else ["vectors"]
-        return JSONResponse({"ready": ready, **checks, "degraded": degraded}, status_code=200 if ready else 503)
+        requests = getattr(app.state, "topic_requests", None)  # topic search: "connecting" does not make it unready
+        topic_search = "off" if requests is None else requests.status
+        return JSONResponse({"ready": ready, **checks, "degraded": degraded, "topic_search": topic_search},
+                            status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"description": "Prometheus text exposition format",

@@ -133,15 +133,24 @@ async def assert_same_index(redis: aioredis.Redis, database_url: str, expected_c
 
 
 @asynccontextmanager
-async def query_service(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """A query service configured by ``settings``, in this process (real Redis, PostgreSQL, Kafka)."""
+async def query_service(settings: Settings, *, topic_search: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+    """A query service configured by ``settings``, in this process (real Redis, PostgreSQL, Kafka); with
+    ``topic_search`` (and a Kafka URL) it also waits until the service answers the request topic."""
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.http_port,
                                            log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
+        if task.done():  # start-up failed (uvicorn logged why): say so instead of waiting for ever
+            task.result()
+            raise RuntimeError("the query service stopped during start-up")
         await asyncio.sleep(0.05)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}", timeout=60) as client:
+            if topic_search and settings.kafka_url:
+                async def joined() -> bool:
+                    return (await client.get("/readyz")).json()["topic_search"] == "connected"
+
+                await eventually(joined, timeout=60)
             yield client
     finally:
         server.should_exit = True

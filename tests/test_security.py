@@ -34,7 +34,7 @@ async def guarded(stack: Settings) -> AsyncIterator[tuple[Settings, httpx.AsyncC
                        search_requests_topic=f"sec-req-{run}", search_replies_topic=f"sec-rep-{run}",
                        app_id=f"sec-{run}")  # its own consumer group: never rebalances the session service
     await create_topics(settings)
-    async with query_service(settings) as client:
+    async with query_service(settings, topic_search=True) as client:
         yield settings, client
 
 
