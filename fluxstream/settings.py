@@ -298,6 +298,8 @@ CONFIG_DOC_HEADER = """# Configuration
 
 Every setting is an environment variable (read once at process start). `fluxstream config` prints
 this table. Unset service URLs make `fluxstream dev` and the test fixtures start embedded servers.
+Every value is checked before any command starts (type, range, allowed words): each unusable variable
+is reported on one line with its value and what it accepts, and the command exits with status 2.
 
 | variable | default | meaning |
 |---|---|---|
