@@ -9,6 +9,7 @@ as one line per variable before anything starts, not as a traceback later.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -65,6 +66,16 @@ def _stemmer_language(value: str) -> bool:
     return value == "" or value in Stemmer.algorithms()
 
 
+def _kafka_servers(value: str) -> bool:
+    hosts = [h.strip() for h in value.split(",")]
+    return all(h.rpartition(":")[0] and h.rpartition(":")[2].isdigit() for h in hosts)
+
+
+KAFKA_SERVERS = Allowed("host:port[,host:port]", _kafka_servers)
+REDIS_URL = Allowed("a redis://, rediss:// or unix:// URL",
+                    lambda v: v.startswith(("redis://", "rediss://", "unix://")))
+POSTGRES_URL = Allowed("a postgresql:// URL or a libpq connection string (host=... dbname=...)",
+                       lambda v: v.startswith(("postgresql://", "postgres://")) or "=" in v)
 SNOWBALL = Allowed("a Snowball language (english, german, french, ...) or empty", _stemmer_language)
 PORT = between(1, 65535)
 COUNT = between(1)  # at least one
@@ -81,12 +92,12 @@ class Settings:
     """All runtime settings; field name ``foo_bar`` is read from ``FLUXSTREAM_FOO_BAR``."""
 
     # --- services (unset: `fluxstream dev` and the tests start embedded servers) ---
-    kafka_url: str = _env_field("", "Kafka bootstrap servers, host:port[,host:port].")
-    redis_url: str = _env_field("", "Redis/Valkey URL, e.g. redis://localhost:6379/0.")
-    database_url: str = _env_field("", "PostgreSQL URL with pgvector available.")
+    kafka_url: str = _env_field("", "Kafka bootstrap servers, host:port[,host:port].", KAFKA_SERVERS)
+    redis_url: str = _env_field("", "Redis/Valkey URL, e.g. redis://localhost:6379/0.", REDIS_URL)
+    database_url: str = _env_field("", "PostgreSQL URL with pgvector available.", POSTGRES_URL)
     database_pool_timeout: float = _env_field(
         3.0, "Query service: longest a request waits for a PostgreSQL connection (s); while PostgreSQL is down, "
-        "vector searches answer 503 and hybrid ones BM25 alone after at most this long (docs/operations.md).")
+        "vector searches answer 503 and hybrid ones BM25 alone after at most this long (docs/operations.md).", POSITIVE)
     kafka_security_protocol: str = _env_field(
         "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (every Kafka client, worker included).",
         one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
@@ -235,7 +246,7 @@ class Settings:
                     continue
             value, problem = _checked(f.default, f.metadata.get("allowed"), raw)
             if problem is not None:
-                problems.append(f"{name}={raw!r}: expected {problem}")
+                problems.append(f"{name}={_redacted(raw)!r}: expected {problem}")
             else:
                 values[f.name] = value
         if not problems and values.get("chunk_overlap", 0) >= values.get("chunk_size", cls.chunk_size):
@@ -257,6 +268,11 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, to hand to child processes."""
         return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _redacted(raw: Any) -> Any:
+    """A URL's password replaced by *** (error lines name the value, never a credential)."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", raw) if isinstance(raw, str) else raw
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}

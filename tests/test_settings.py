@@ -68,6 +68,16 @@ def test_every_setting_is_checked_when_read() -> None:
         "FLUXSTREAM_KAFKA_SECURITY_PROTOCOL", "FLUXSTREAM_TOPIC_PARTITIONS", "FLUXSTREAM_SESSION_TIMEOUT",
         "FLUXSTREAM_STEMMER", "FLUXSTREAM_HNSW_PRESET", "FLUXSTREAM_LOG_FORMAT"]
     assert "FLUXSTREAM_TOPIC_PARTITIONS='0': expected an integer ≥ 1" in info.value.problems
+    with pytest.raises(SettingsError) as urls:
+        Settings.from_env({"FLUXSTREAM_KAFKA_URL": "localhost", "FLUXSTREAM_REDIS_URL": "http://:s3cret@cache:6379",
+                           "FLUXSTREAM_DATABASE_URL": "mysql://app:hunter2@db/app"})
+    assert urls.value.problems == [
+        "FLUXSTREAM_KAFKA_URL='localhost': expected host:port[,host:port]",
+        "FLUXSTREAM_REDIS_URL='http://:***@cache:6379': expected a redis://, rediss:// or unix:// URL",
+        "FLUXSTREAM_DATABASE_URL='mysql://app:***@db/app': expected a postgresql:// URL or a libpq connection "
+        "string (host=... dbname=...)"]  # the value is named, its password is not
+    assert Settings.from_env({"FLUXSTREAM_KAFKA_URL": "k1:9092,k2:9092", "FLUXSTREAM_REDIS_URL": "rediss://:p@h:1/0",
+                              "FLUXSTREAM_DATABASE_URL": "host=db dbname=x"}).kafka_url == "k1:9092,k2:9092"
     with pytest.raises(SettingsError, match="CHUNK_OVERLAP=200: expected less than FLUXSTREAM_CHUNK_SIZE"):
         Settings.from_env({"FLUXSTREAM_CHUNK_OVERLAP": "200"})
 
