@@ -223,10 +223,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     _require(settings, "redis_url", "database_url")
-    try:
-        app = create_app(settings)
-    except SettingsError as exc:
-        return _refuse(exc)
+    app = create_app(settings)  # SettingsError (API keys) is reported by main
     uvicorn.run(app, host=settings.http_host, port=settings.http_port,
                 log_config=logging_config(settings.log_format, settings.log_level), access_log=False)
     return 0
@@ -693,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.argv = [sys.argv[0], "worker"]  # faust.Worker parses argv itself
     try:
         return args.func(args)
+    except SettingsError as exc:  # found by the command (e.g. the query service's API keys, a dev env file)
+        return _refuse(exc)
     except Exception as exc:
         message = _one_line(exc)
         if message is None:

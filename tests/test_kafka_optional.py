@@ -54,7 +54,7 @@ async def test_http_search_without_kafka_then_topic_search_once_it_is_up(
                         "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
                        tmp_path / "tansu.log")
         try:
-            wait_for_port("127.0.0.1", port, 20, broker)
+            wait_for_port("127.0.0.1", port, 20, broker, "kafka", tmp_path / "tansu.log")
             assert await topic_search(http) == "connecting"  # the requests topic does not exist yet
             await create_topics(settings)
             await eventually(lambda: _is_connected(http), timeout=60)
