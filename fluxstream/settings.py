@@ -9,11 +9,11 @@ as one line per variable before anything starts, not as a traceback later.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from fluxstream.logging import redact
 from indexer.embedders.factory import EMBEDDER_KINDS
 from indexer.hnsw import HNSW_PRESETS, HNSWParams
 
@@ -246,7 +246,8 @@ class Settings:
                     continue
             value, problem = _checked(f.default, f.metadata.get("allowed"), raw)
             if problem is not None:
-                problems.append(f"{name}={_redacted(raw)!r}: expected {problem}")
+                shown = redact(raw) if isinstance(raw, str) else raw  # the value, never a URL's password
+                problems.append(f"{name}={shown!r}: expected {problem}")
             else:
                 values[f.name] = value
         if not problems and values.get("chunk_overlap", 0) >= values.get("chunk_size", cls.chunk_size):
@@ -268,11 +269,6 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables, to hand to child processes."""
         return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
-
-
-def _redacted(raw: Any) -> Any:
-    """A URL's password replaced by *** (error lines name the value, never a credential)."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]+@", r"\1***@", raw) if isinstance(raw, str) else raw
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
