@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 ID_SEPARATOR = "|"
 NAMESPACE_SEPARATOR = ":"
 
@@ -102,11 +104,13 @@ def _check_distinct(sources: list[TableMapping]) -> None:
 
 
 def _metadata_value(value: Any) -> Any:
+    """Scalars and lists of scalars as they are (filterable); anything else (an object such as an hstore
+    map, a list of lists or objects) as its JSON text."""
     if value is None or isinstance(value, str | int | float | bool):
         return value
     if isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value):
         return value
-    return str(value)
+    return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,10 @@ def test_connector_settings_make_types_readable_without_schemas() -> None:
     row = after(recorded("postgres-settings")["insert"][0])
     assert (row["price"], row["amount"]) == ("12.34", "123456789.000123")  # decimal.handling.mode=string
     assert row["updated"] == 1704164645654  # time.precision.mode=connect: epoch milliseconds
+    assert row["attrs"] == {"k": "v"}  # hstore.handling.mode=map: an object...
+    event = parse(recorded("postgres-settings")["insert"][0])
+    assert isinstance(event, debezium.RowEvent) and event.row is not None
+    assert event.mapping.render(event.row)[2]["attrs"] == '{"k":"v"}'  # ...kept as its JSON text
 
 
 # --- applied through the BM25 stage (real Redis) ---------------------------------------------------------
