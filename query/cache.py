@@ -13,7 +13,7 @@ Key layout (``{c}`` = collection hash tag, shared with the index keys so one scr
 check the collection's change sequence and write the entry atomically):
 
 ``fxc:{c}:e:<id>``          hash   entry: params, query, exact key, embedding, retrieval, seq, threshold
-``fxc:{c}:x:<digest>``      string exact key (params + normalised query) -> id
+``fxc:{c}:x:<digest>``      string exact key (params + what the retrievers read of the query) -> id
 ``fxc:{c}:l:<p>:<band>:<sig>`` set  LSH buckets (random-hyperplane signatures) -> ids, per parameter set
 ``fxc:{c}:t:<term>``        set    ids of entries whose query has the term
 ``fxc:{c}:d:<doc_id>``      set    ids of entries whose vector candidates include the document
@@ -40,7 +40,6 @@ from redis.exceptions import RedisError
 
 from indexer.postings import CHUNK_FIELDS, PostingsStore, decode_chunk, decode_stats
 from indexer.redis_plan import Plan, PlanRunner
-from indexer.tokenizer import normalise
 from indexer.vector_store import VectorHit
 from query.search import Retrieval
 from schemas.api import SearchRequest, SearchResponse
@@ -80,10 +79,6 @@ def params_digest(req: SearchRequest) -> str:
     """Everything but the query text that shapes a result: k, mode, fusion, weights, filters."""
     params = req.model_dump(include=_PARAM_FIELDS, mode="json")
     return hashlib.blake2b(orjson.dumps(params, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
-
-
-def normalise_query(query: str) -> str:
-    return " ".join(normalise(query).split())
 
 
 class LSH:
@@ -172,8 +167,11 @@ class SemanticCache:
     def entry_key(self, collection: str, entry_id: str) -> str:
         return f"{self.base(collection)}:e:{entry_id}"
 
-    def exact_key(self, req: SearchRequest) -> str:
-        digest = hashlib.blake2b(f"{params_digest(req)}\0{normalise_query(req.query)}".encode(), digest_size=16)
+    def exact_key(self, req: SearchRequest, identity: bytes) -> str:
+        """The key of answers equal to ``req``'s: its parameters and ``identity``, what the mode's
+        retrievers read of the query text (``Searcher.query_identity``). Only texts every retriever
+        treats identically share it; the cache normalises nothing itself (docs/cache.md)."""
+        digest = hashlib.blake2b(b"v2\0" + params_digest(req).encode() + b"\0" + identity, digest_size=16)
         return f"{self.base(req.collection)}:x:{digest.hexdigest()}"
 
     def term_key(self, collection: str, term: str) -> str:
@@ -193,9 +191,10 @@ class SemanticCache:
         return [f"{prefix}:{band}:{sig}" for band, sig in enumerate(self.lsh.signatures(vector))]
 
     # ---- lookup ----
-    async def lookup(self, req: SearchRequest, embed: Any) -> Lookup:
-        """Exact match first; for vector and hybrid searches, then the nearest cached query above the threshold."""
-        hit = await self._load_exact(req)
+    async def lookup(self, req: SearchRequest, identity: bytes, embed: Any) -> Lookup:
+        """Exact match first (``identity``: see ``exact_key``); for vector and hybrid searches, then the
+        nearest cached query above the threshold, whose own answer is served (a semantic hit)."""
+        hit = await self._load_exact(req, identity)
         if hit is not None:
             return Lookup(hit, hit.retrieval.query_vector)
         if req.mode == "bm25":
@@ -225,10 +224,10 @@ class SemanticCache:
                 return Lookup(hit, vector)
         return Lookup(None, vector)
 
-    async def _load_exact(self, req: SearchRequest) -> CacheHit | None:
+    async def _load_exact(self, req: SearchRequest, identity: bytes) -> CacheHit | None:
         coll = req.collection
         found = await self._exact_lookup(
-            keys=[self.exact_key(req), self.lru_key(coll)],
+            keys=[self.exact_key(req, identity), self.lru_key(coll)],
             args=[self.entry_key(coll, ""), self.postings.term_versions_key(coll), time.time(),
                   self.postings.meta_key(coll), self.postings.chunk_key(coll, ""), *CHUNK_FIELDS])
         if not found:
@@ -320,8 +319,10 @@ class SemanticCache:
         hits = retrieval.vector_hits or []
         return min(h.score for h in hits) if len(hits) >= pool else -1.0
 
-    async def store(self, req: SearchRequest, retrieval: Retrieval, response: SearchResponse, pool: int) -> bool:
-        """Store a retrieval, tagged with the index positions it was read at (term versions, vector log).
+    async def store(self, req: SearchRequest, identity: bytes, retrieval: Retrieval, response: SearchResponse,
+                    pool: int) -> bool:
+        """Store a retrieval under ``req``'s exact key (see ``exact_key``), tagged with the index positions
+        it was read at (term versions, vector log).
 
         An entry computed from a state that a change has already moved past is stored too, but
         ``still_valid`` refuses it on first use, so it can never be served.
@@ -331,7 +332,7 @@ class SemanticCache:
             return False
         coll, ttl = req.collection, self.config.ttl_seconds
         entry_id = uuid.uuid4().hex
-        entry_key, exact_key = self.entry_key(coll, entry_id), self.exact_key(req)
+        entry_key, exact_key = self.entry_key(coll, entry_id), self.exact_key(req, identity)
         plan = Plan()
         retrieval.answer_docs = self.answer_docs(req, retrieval, response)
         vector = retrieval.query_vector if retrieval.vector_hits is not None else None

@@ -21,7 +21,8 @@ class CachedSearcher:
             metrics.CACHE_LOOKUPS.labels("bypass").inc()
             response = await self.searcher.search(req)
             return response.model_copy(update={"cache": CacheInfo(status="bypass")})
-        lookup = await self.cache.lookup(req, self.searcher.embedder.embed)
+        identity = self.searcher.query_identity(req)
+        lookup = await self.cache.lookup(req, identity, self.searcher.embedder.embed)
         if lookup.hit is not None:
             hit = lookup.hit
             replayed = req if hit.kind == "exact" else req.model_copy(update={"query": hit.query})
@@ -34,5 +35,5 @@ class CachedSearcher:
         self.cache.record("misses")
         metrics.CACHE_LOOKUPS.labels("miss").inc()
         if retrieval.collection_found and not response.degraded:  # a degraded answer is not the answer
-            await self.cache.store(req, retrieval, response, self.searcher.pool(req))
+            await self.cache.store(req, identity, retrieval, response, self.searcher.pool(req))
         return response.model_copy(update={"cache": CacheInfo(status="miss")})

@@ -14,6 +14,7 @@ check and no chunk record (title) for a vector hit, so every mode needs Redis.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import time
 from collections.abc import Awaitable, Sequence
@@ -25,7 +26,7 @@ from psycopg import OperationalError
 
 from fluxstream.logging import get_logger
 from indexer.bm25 import BM25Params, score_postings
-from indexer.embedders.base import Embedder
+from indexer.embedders.base import Embedder, model_input
 from indexer.enrichment import PREFIX as ENRICHMENT_PREFIX
 from indexer.postings import CollectionStats, PostingsStore, StoredChunk
 from indexer.tokenizer import Tokenizer
@@ -244,6 +245,30 @@ class Searcher:
         w = req.weights
         weights = {"bm25": w.bm25, "vector": w.vector} if w else dict(zip(("bm25", "vector"), balanced, strict=True))
         return score_fusion(req.fusion, rankings, weights), None
+
+    def query_identity(self, req: SearchRequest) -> bytes:
+        """Everything the retrievers of ``req.mode`` read from the query text, as one digest.
+
+        Two requests with equal parameters and equal identities get the same answer, so the
+        semantic cache's exact key is built on this, next to the code it describes: BM25 reads
+        the tokenizer's terms (in order and with repeats, as ``score_postings`` sums them), the
+        vector retriever what the embedder receives (``model_input``: the local model's token ids,
+        any other model's raw text), ``auto`` fusion the query's shape. Hybrid reads all of them.
+        """
+        digest = hashlib.blake2b(req.mode.encode(), digest_size=16)
+
+        def part(tag: bytes, value: bytes) -> None:
+            digest.update(b"\0%s:%d:" % (tag, len(value)))
+            digest.update(value)
+
+        if req.mode in ("bm25", "hybrid"):
+            part(b"terms", "\0".join(self.tokenizer.tokenize(req.query)).encode())
+        if req.mode in ("vector", "hybrid"):
+            part(b"model", self.embedder.model_id.encode())
+            part(b"input", model_input(self.embedder, req.query))
+        if req.mode == "hybrid" and req.fusion == "auto":
+            part(b"shape", self.auto.choose(req.query, self.tokenizer, (0.0, 0.0))[0].encode())
+        return digest.digest()
 
     def pool(self, req: SearchRequest) -> int:
         """Candidates asked of each retriever before filters and fusion."""

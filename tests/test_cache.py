@@ -7,11 +7,16 @@ import random
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
+from indexer.embedders.base import model_input
+from indexer.embedders.coalescing import CoalescingEmbedder
+from indexer.embedders.minilm import LocalMiniLMEmbedder
+from indexer.embedders.openai_compat import OpenAICompatibleEmbedder
 from indexer.postings import PostingsStore
 from tests.conftest import TopicReader, change, eventually, send
 
@@ -157,3 +162,50 @@ async def test_a_hit_shows_the_current_record_of_its_answer(
     after = await search(http, body)
     assert after["cache"]["status"] == "exact"  # the same retrieval, replayed...
     assert after["hits"][0]["metadata"]["enrich_shelf"] == "jams"  # ...with the live record
+
+
+# (cached query, then a variant): whether each mode's retrievers read the two alike. BM25 reads the
+# tokenizer's terms (NFKC + case folding: all three alike); the local model reads its tokenizer's ids
+# (lower-cased, but no NFKC and "ß" kept: full-width letters become [UNK], "STRAẞE" is "straße").
+VARIANTS = [("river stone", "ＲＩＶＥＲ ＳＴＯＮＥ", {"bm25"}),
+            ("strasse", "STRAẞE", {"bm25"}),
+            ("straße", "STRAẞE", {"bm25", "vector", "hybrid"}),
+            ("river stone", "RIVER STONE", {"bm25", "vector", "hybrid"})]
+
+
+async def test_an_exact_hit_only_merges_queries_every_retriever_reads_alike(
+    stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient, collection: str
+) -> None:
+    await index(stack, producer, collection, {"r": "river stone by the water", "s": "a quiet strasse in the old town",
+                                              "m": "mountain stream over granite rocks",
+                                              "p": "pebbles on the lake shore", "g": "die straße am fluss"})
+    k = 2
+    for base, variant, alike in VARIANTS:
+        for mode in ("bm25", "vector", "hybrid"):
+            k += 1  # a parameter set of its own per case: no other case's entry can answer
+            body = {"collection": collection, "mode": mode, "k": k}
+            assert (await search(http, body | {"query": base}))["cache"]["status"] == "miss"
+            cached = await search(http, body | {"query": variant})
+            fresh = await search(http, body | {"query": variant, "cache": False})
+            status = cached["cache"]["status"]
+            case = (base, variant, mode, cached["cache"], comparable(cached), comparable(fresh))
+            assert (status == "exact") == (mode in alike), case
+            if status == "exact":
+                assert comparable(cached) == comparable(fresh), case
+            elif status == "semantic":  # labelled as another query's answer, and exactly that answer
+                assert cached["cache"]["cached_query"] == base, case
+                assert comparable(cached) == comparable(await search(http, body | {"query": base, "cache": False}))
+
+
+def test_model_input_is_what_the_model_receives() -> None:
+    """The exact key's vector part: equal model inputs embed identically; an unknown model sees raw text."""
+    local = LocalMiniLMEmbedder()
+    assert model_input(local, "RIVER STONE") == model_input(local, "river  stone")
+    assert model_input(local, "ＲＩＶＥＲ ＳＴＯＮＥ") != model_input(local, "river stone")
+    assert model_input(local, "STRAẞE") == model_input(local, "straße") != model_input(local, "strasse")
+    assert model_input(CoalescingEmbedder(local), "STRAẞE") == model_input(local, "STRAẞE")
+    vectors = local.embed_sync(["RIVER STONE", "river  stone"])
+    assert np.array_equal(vectors[0], vectors[1])
+    remote = OpenAICompatibleEmbedder("any-model", base_url="http://127.0.0.1:9", dimensions=8)
+    assert model_input(remote, "RIVER STONE") != model_input(remote, "river stone")
+    assert model_input(remote, "river stone") == model_input(remote, "river stone")

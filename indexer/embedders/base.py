@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Embedder", "EmbeddingError", "as_text_list", "close_embedder", "l2_normalize"]
+__all__ = ["Embedder", "EmbeddingError", "as_text_list", "close_embedder", "l2_normalize", "model_input"]
 
 
 class EmbeddingError(Exception):
@@ -55,6 +55,18 @@ class Embedder(Protocol):
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Return a float32 array of shape ``(len(texts), dimensions)`` with unit rows."""
         ...
+
+
+def model_input(embedder: object, text: str) -> bytes:
+    """What the model actually receives for ``text``: two texts with equal values embed identically.
+
+    An embedder that normalises its input itself says how with a ``model_input(text)`` method (the
+    local model: its tokenizer's ids, after lower-casing, accent stripping and truncation); any
+    other is taken to see the raw text, so only identical texts compare equal. The semantic cache
+    keys vector searches on this, never on a normalisation of its own.
+    """
+    own = getattr(embedder, "model_input", None)
+    return own(text) if own is not None else b"text:" + text.encode()
 
 
 def as_text_list(texts: Sequence[str]) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from indexer.embedders.base import Embedder, as_text_list
+from indexer.embedders.base import Embedder, as_text_list, model_input
 
 
 class CoalescingEmbedder:
@@ -28,6 +28,10 @@ class CoalescingEmbedder:
         self._recent: OrderedDict[str, np.ndarray] = OrderedDict()
         self._pending: list[tuple[str, asyncio.Future[np.ndarray]]] = []
         self._draining: asyncio.Task[None] | None = None
+
+    def model_input(self, text: str) -> bytes:
+        """The wrapped model's input for ``text`` (coalescing changes when it embeds, not what)."""
+        return model_input(self.inner, text)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         items = as_text_list(texts)

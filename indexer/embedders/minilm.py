@@ -346,6 +346,11 @@ class LocalMiniLMEmbedder:
                 model = self._model
         return model
 
+    def model_input(self, text: str) -> bytes:
+        """The token ids the forward pass gets for ``text`` (the vector depends on nothing else)."""
+        ids = self._ensure_model().tokenizer.encode(text).ids
+        return b"ids:" + np.asarray(ids, dtype=np.int32).tobytes()
+
     def embed_sync(self, texts: Sequence[str]) -> np.ndarray:
         """Blocking embed in batches of similar token counts (sorted, then original order restored)."""
         items = as_text_list(texts)
