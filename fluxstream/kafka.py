@@ -8,7 +8,9 @@ apply makes duplicates harmless.
 
 from __future__ import annotations
 
+import re
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -17,6 +19,7 @@ from aiokafka.helpers import create_ssl_context
 
 from fluxstream.settings import Settings
 
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 SASL_PROTOCOLS = {"SASL_PLAINTEXT", "SASL_SSL"}
 TLS_PROTOCOLS = {"SSL", "SASL_SSL"}
 
@@ -64,3 +67,52 @@ def faust_credentials(settings: Settings) -> Any:
         return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
                                      mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
     return faust.SSLCredentials(context) if context is not None else None
+
+
+def topic_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a legal Kafka topic name (Kafka's rule: 1-249 of ``[a-zA-Z0-9._-]``, not
+    "." or ".."), or None. A producer asked to send to an illegal name waits out its metadata timeout."""
+    if not isinstance(name, str):
+        return f"a topic name is a string, not {type(name).__name__}"
+    if _TOPIC_NAME.fullmatch(name) is None:
+        return "a topic name is 1 to 249 characters of [a-zA-Z0-9._-]"
+    if name in {".", ".."}:
+        return f"{name!r} is not a topic name"
+    return None
+
+
+class ReplyTopics:
+    """The topics a search reply may go to: legal names matching ``FLUXSTREAM_REPLY_TOPIC_PATTERN``.
+
+    A request names its own ``reply_to``; without this rule it could make the query service write
+    into any topic (the documents topic, the dead letters). Built at start-up, so a pattern that
+    does not compile, admits one of the ``protected`` topics (the query service passes every topic
+    fluxstream reads or writes) or refuses the client helper's default reply topic stops the process
+    with one clear line.
+    """
+
+    def __init__(self, settings: Settings, protected: Iterable[str] = ()) -> None:
+        self.spec = settings.reply_topic_pattern
+        try:
+            self.pattern = re.compile(self.spec)
+        except re.error as exc:
+            raise ValueError(
+                f"FLUXSTREAM_REPLY_TOPIC_PATTERN={self.spec!r} is not a regular expression: {exc}") from None
+        admitted = [t for t in protected if t != settings.search_replies_topic and self.pattern.fullmatch(t)]
+        if admitted:
+            raise ValueError(f"FLUXSTREAM_REPLY_TOPIC_PATTERN={self.spec!r} admits {admitted[0]!r}, a topic "
+                             "fluxstream reads or writes; replies must go to topics of their own")
+        if self.refusal(settings.search_replies_topic) is not None:
+            raise ValueError(f"FLUXSTREAM_SEARCH_REPLIES_TOPIC={settings.search_replies_topic!r} is not allowed by "
+                             f"FLUXSTREAM_REPLY_TOPIC_PATTERN={self.spec!r}")
+
+    def refusal(self, topic: object) -> tuple[str, str] | None:
+        """(reason, detail) when no reply may be sent to ``topic``: ``invalid_reply_to`` (not a legal
+        topic name) or ``reply_to_not_allowed`` (not matching the pattern); None when it may."""
+        problem = topic_name_problem(topic)
+        if problem is not None:
+            return "invalid_reply_to", f"reply_to {str(topic)[:300]!r}: {problem}"
+        if self.pattern.fullmatch(str(topic)) is None:
+            return "reply_to_not_allowed", (
+                f"reply_to {topic!r} does not match FLUXSTREAM_REPLY_TOPIC_PATTERN {self.spec!r}")
+        return None

@@ -1,7 +1,9 @@
 """``await client.search(...)`` over Kafka: request/reply with the query service.
 
 The client reads its reply topic from the end (no consumer group) and matches replies to
-requests by ``request_id``; many requests may be in flight at once.
+requests by ``request_id``; many requests may be in flight at once. The reply topic must be one
+the query service may answer on (FLUXSTREAM_REPLY_TOPIC_PATTERN): it is checked here, since the
+service dead-letters a request it cannot answer and the client would only see a timeout.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from fluxstream.kafka import new_consumer, new_producer
+from fluxstream.kafka import ReplyTopics, new_consumer, new_producer
 from fluxstream.settings import Settings
 from schemas.api import TopicSearchReply, TopicSearchRequest
 
@@ -25,6 +27,9 @@ class KafkaSearchClient:
     def __init__(self, settings: Settings, reply_to: str | None = None, api_key: str | None = None) -> None:
         self.settings = settings
         self.reply_to = reply_to or settings.search_replies_topic
+        refused = ReplyTopics(settings).refusal(self.reply_to)
+        if refused is not None:
+            raise ValueError(f"the query service will not reply there: {refused[1]}")
         self.headers = [("fluxstream-api-key", api_key.encode())] if api_key else None
         self.producer = new_producer(settings, linger_ms=0)
         self.consumer = new_consumer(settings, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100)

@@ -9,6 +9,7 @@ as one line per variable before anything starts, not as a traceback later.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -71,12 +72,21 @@ def _kafka_servers(value: str) -> bool:
     return all(h.rpartition(":")[0] and h.rpartition(":")[2].isdigit() for h in hosts)
 
 
+def _compiles(value: str) -> bool:
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
 KAFKA_SERVERS = Allowed("host:port[,host:port]", _kafka_servers)
 REDIS_URL = Allowed("a redis://, rediss:// or unix:// URL",
                     lambda v: v.startswith(("redis://", "rediss://", "unix://")))
 POSTGRES_URL = Allowed("a postgresql:// URL or a libpq connection string (host=... dbname=...)",
                        lambda v: v.startswith(("postgresql://", "postgres://")) or "=" in v)
 SNOWBALL = Allowed("a Snowball language (english, german, french, ...) or empty", _stemmer_language)
+REGEX = Allowed("a regular expression (Python re syntax)", _compiles)
 PORT = between(1, 65535)
 COUNT = between(1)  # at least one
 NONNEGATIVE = between(0)
@@ -127,6 +137,12 @@ class Settings:
     dead_letters_topic: str = _env_field("fluxstream.dead-letters", "Malformed events with reason.")
     search_requests_topic: str = _env_field("fluxstream.search-requests", "Search requests (request/reply).")
     search_replies_topic: str = _env_field("fluxstream.search-replies", "Default reply topic of the client helper.")
+    reply_topic_pattern: str = _env_field(
+        "", "Regular expression a topic search's reply_to must match in full; empty: the reply topic above or "
+        "<reply topic>.<anything>. Other requests are dead-lettered as reply_to_not_allowed.", REGEX)
+    reply_timeout: float = _env_field(
+        10.0, "Seconds a topic search reply may take to be delivered, retried with backoff; then its request is "
+        "dead-lettered as reply_failed.", POSITIVE)
     search_concurrency: int = _env_field(16, "Topic search requests run at once per query service.", COUNT)
     embed_jobs_topic: str = _env_field("fluxstream.embed-jobs", "Internal: chunks waiting for vectors.")
     topic_partitions: int = _env_field(4, "Partitions when fluxstream creates its topics.", COUNT)

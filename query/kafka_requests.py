@@ -1,9 +1,18 @@
 """Search request/reply over Kafka: the query service answers ``fluxstream.search-requests``.
 
-Each fetched batch runs with bounded concurrency; its offsets are committed only after every
-reply of the batch has been acknowledged by the broker. A request with a ``request_id`` and
-``reply_to`` always gets a reply (the response, or a structured error such as
-``invalid_request`` or ``deadline_exceeded``); one without them goes to the dead-letter topic.
+Every record of a fetched batch is settled on its own, with bounded concurrency: answered on its
+``reply_to`` topic (the response, or a structured error such as ``invalid_request`` or
+``deadline_exceeded``), or, when it cannot be answered, sent to the dead-letter topic with the
+reason and its original bytes: bad JSON (``invalid_json``), no ``request_id``/``reply_to``
+(``invalid_request``), a ``reply_to`` that is not a legal topic name (``invalid_reply_to``) or not
+allowed by FLUXSTREAM_REPLY_TOPIC_PATTERN (``reply_to_not_allowed``), a reply the broker did not
+take within FLUXSTREAM_REPLY_TIMEOUT, retried with backoff (``reply_failed``).
+
+One record's fault never holds the others: fetching goes on while earlier batches settle (up to
+``4 x FLUXSTREAM_SEARCH_CONCURRENCY`` records in flight), so a slow reply delays only the commit.
+Batches commit in fetch order, each once its records and every earlier batch's are settled (reply or
+dead letter acknowledged by the broker): no offset passes an unsettled request, and a restart
+resumes past a dead-lettered poison, never meets it again.
 
 The clients connect in the background, retrying with capped backoff: the query service serves HTTP
 without Kafka and topic search joins once a broker is reachable (``status`` says which).
@@ -18,21 +27,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 from pydantic import ValidationError
 
 from fluxstream import metrics
-from fluxstream.kafka import new_consumer, new_producer
+from fluxstream.kafka import ReplyTopics, new_consumer, new_producer
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from schemas.api import ErrorResponse, SearchRequest, SearchResponse, TopicSearchReply, TopicSearchRequest
 from schemas.events import SourcePosition
-from streams.decoding import Rejected, dead_letter
+from streams.decoding import Rejected, dead_letter_record
+from streams.topics import topic_names
 
 log = get_logger("fluxstream.search_requests")
 
 API_KEY_HEADER = "fluxstream-api-key"
+BACKOFF = (0.25, 2.0)  # first and longest pause between two attempts to send a record
+COMMIT_ATTEMPTS = 3
 
 SearchFn = Callable[[SearchRequest], Awaitable[SearchResponse | ErrorResponse]]
 AuthorizeFn = Callable[[str | None, int], ErrorResponse | None]  # (API key, request count) -> refusal
@@ -42,25 +54,61 @@ def _error(code: str, message: str, details: list[dict[str, Any]] | None = None)
     return ErrorResponse(error=code, message=message, details=details)
 
 
+def transient(error: BaseException) -> bool:
+    """Whether sending again may succeed (a timeout, a broker that is moving or unreachable)."""
+    return isinstance(error, TimeoutError | KafkaTimeoutError) or getattr(error, "retriable", False)
+
+
+async def send_within(producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes | None,
+                      budget: float, headers: list[tuple[str, bytes]] | None = None) -> Exception | None:
+    """Send one record, retrying transient failures with backoff for at most ``budget`` seconds.
+
+    None once the broker acknowledged it; otherwise the last error (a permanent one at once). Each
+    attempt is bounded too: a producer waits out its whole metadata timeout (40 s) for a topic it
+    cannot find. A reply whose attempt timed out may still arrive later: replies are at least once.
+    """
+    deadline = time.monotonic() + budget
+    pause = BACKOFF[0]
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(min(remaining, budget / 2), 0.1)):
+                await (await producer.send(topic, key=key, value=value, headers=headers))
+            return None
+        except Exception as exc:  # whatever a send raises, the caller decides from it
+            if not transient(exc) or time.monotonic() + pause >= deadline:
+                return exc
+            error = exc
+        log.warning("send_retry", topic=topic, error=repr(error), pause_s=pause)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, BACKOFF[1])
+
+
 class SearchRequestServer:
     def __init__(self, settings: Settings, search: SearchFn, authorize: AuthorizeFn | None = None) -> None:
         self.settings = settings
         self.search = search
         self.authorize = authorize
+        self.reply_topics = ReplyTopics(settings, protected=topic_names(settings))
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.status = "connecting"  # then "connected"; for /readyz
         self.gate = asyncio.Semaphore(settings.search_concurrency)
+        self.max_in_flight = settings.search_concurrency * 4
+        self._in_flight = 0
+        self._settled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Returns at once: the clients connect (and reconnect until they do) in the background."""
         self._task = asyncio.create_task(self._connect_and_run(), name="search-requests")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._batches) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._close_clients()
 
     async def _connect_and_run(self) -> None:
@@ -114,30 +162,85 @@ class SearchRequestServer:
         self.consumer = self.producer = None
 
     async def _run(self) -> None:
+        assert self.consumer is not None
+        previous: asyncio.Task[None] | None = None
         while True:
-            batches = await self.consumer.getmany(timeout_ms=1000, max_records=self.settings.search_concurrency * 4)
+            while self._in_flight >= self.max_in_flight:
+                self._settled.clear()
+                await self._settled.wait()
+            batches = await self.consumer.getmany(timeout_ms=1000, max_records=self.max_in_flight - self._in_flight)
             records = [r for rs in batches.values() for r in rs]
             if not records:
                 continue
-            try:
-                deliveries = await asyncio.gather(*(self._answer(r) for r in records))
-                await asyncio.gather(*deliveries)
-                await self.consumer.commit()
-            except Exception:  # Kafka trouble: retry the batch from its committed offsets
-                log.exception("search_request_batch_failed", size=len(records))
-                for tp in batches:
-                    committed = await self.consumer.committed(tp)
-                    self.consumer.seek(tp, committed or min(r.offset for r in batches[tp]))
-                await asyncio.sleep(1.0)
+            self._in_flight += len(records)
+            offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs}
+            previous = asyncio.create_task(self._settle_batch(records, offsets, previous))
+            self._batches.add(previous)
+            previous.add_done_callback(self._batches.discard)
 
-    async def _answer(self, record: ConsumerRecord) -> Awaitable[Any]:
+    async def _settle_batch(self, records: list[ConsumerRecord], offsets: dict[TopicPartition, int],
+                            previous: asyncio.Task[None] | None) -> None:
+        """Settle a batch's records, then commit its offsets once every earlier batch has committed."""
+        await asyncio.gather(*(self._settle_counted(r) for r in records))
+        if previous is not None:
+            await asyncio.wait([previous])  # its outcome is its own: only its turn matters here
+        await self._commit(offsets)
+
+    async def _settle_counted(self, record: ConsumerRecord) -> None:
+        try:
+            await self._settle(record)
+        finally:
+            self._in_flight -= 1
+            self._settled.set()
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit settled records. A commit that keeps failing (a rebalance took the partition, the
+        coordinator is away) is left to the next batch's: its records are answered, and any that come
+        back after a restart are answered again (the client keeps the first reply per request_id)."""
+        pause = BACKOFF[0]
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                assert self.consumer is not None
+                await self.consumer.commit(offsets)
+                return
+            except Exception as exc:  # logged; the next commit covers these offsets
+                log.warning("search_request_commit_failed", attempt=attempt, error=repr(exc))
+                if attempt < COMMIT_ATTEMPTS:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, BACKOFF[1])
+
+    async def _settle(self, record: ConsumerRecord) -> None:
+        """Answer ``record`` or dead-letter it; never raises, so one record never fails its batch."""
+        try:
+            outcome = await self._reply(record)
+            if isinstance(outcome, Rejected):
+                await self._dead_letter(record, outcome)
+                return
+            topic, key, value = outcome
+            assert self.producer is not None
+            error = await send_within(self.producer, topic, key, value, self.settings.reply_timeout)
+            if error is not None:
+                await self._dead_letter(record, Rejected("reply_failed", (
+                    f"request {key.decode(errors='replace')!r}: no reply delivered to {topic!r} within "
+                    f"{self.settings.reply_timeout:g} s: {type(error).__name__}: {error}")))
+        except Exception as exc:  # a bug must not stop the other requests
+            log.exception("search_request_failed", topic=record.topic, partition=record.partition,
+                          offset=record.offset)
+            await self._dead_letter(record, Rejected("internal_error", f"{type(exc).__name__}: {exc}"))
+
+    async def _reply(self, record: ConsumerRecord) -> Rejected | tuple[str, bytes, bytes]:
+        """(reply topic, key, reply) for ``record``, or why it cannot be answered."""
         try:
             payload = orjson.loads(record.value) if record.value is not None else None
         except orjson.JSONDecodeError as exc:
-            return await self._dead_letter(record, Rejected("invalid_json", str(exc)))
+            return Rejected("invalid_json", str(exc))
         if not isinstance(payload, dict) or not payload.get("request_id") or not payload.get("reply_to"):
-            return await self._dead_letter(record, Rejected("invalid_request", "request_id and reply_to are required"))
-        request_id, reply_to = str(payload["request_id"]), str(payload["reply_to"])
+            return Rejected("invalid_request", "request_id and reply_to are required")
+        request_id, reply_to = str(payload["request_id"]), payload["reply_to"]
+        refused = self.reply_topics.refusal(reply_to)
+        if refused is not None:  # no topic to answer on: the refusal itself is the dead letter
+            reason, detail = refused
+            return Rejected(reason, f"request {request_id[:200]!r}: {detail}")
         key = next((v.decode(errors="replace") for k, v in record.headers or () if k == API_KEY_HEADER), None)
         refusal = self.authorize(key, 1) if self.authorize is not None else None
         if refusal is not None:
@@ -146,7 +249,7 @@ class SearchRequestServer:
             reply = await self._reply_for(payload, record.timestamp)
         metrics.SEARCHES.labels(payload.get("mode", "hybrid"), reply.status if reply.error is None
                                 else reply.error.error).inc()
-        return await self.producer.send(reply_to, key=request_id.encode(), value=reply.model_dump_json().encode())
+        return reply_to, request_id.encode(), reply.model_dump_json().encode()
 
     async def _reply_for(self, payload: dict[str, Any], timestamp_ms: int) -> TopicSearchReply:
         request_id = str(payload["request_id"])
@@ -175,8 +278,29 @@ class SearchRequestServer:
             return TopicSearchReply(request_id=request_id, status="error", error=result)
         return TopicSearchReply(request_id=request_id, status="ok", response=result)
 
-    async def _dead_letter(self, record: ConsumerRecord, rejected: Rejected) -> Awaitable[Any]:
+    async def _dead_letter(self, record: ConsumerRecord, rejected: Rejected) -> None:
+        """Publish the record's dead letter (cut to FLUXSTREAM_DEAD_LETTER_MAX_BYTES, see
+        ``dead_letter_record``), retried until the broker takes it: its offset is not committed
+        meanwhile. One the broker refuses for good (a lower broker limit) goes again with the payload
+        cut away, its size and SHA-256 kept; only if even that is refused is it given up, logged."""
         source = SourcePosition(topic=record.topic, partition=record.partition, offset=record.offset)
-        metrics.DEAD_LETTERS.labels(rejected.reason).inc()
-        return await self.producer.send(self.settings.dead_letters_topic, key=record.key, value=record.value,
-                                        headers=dead_letter(rejected, source).headers())
+        limit = self.settings.dead_letter_max_bytes
+        assert self.producer is not None
+        while True:
+            key, value, headers = dead_letter_record(rejected, source, record.key, record.value, limit)
+            error = await send_within(self.producer, self.settings.dead_letters_topic, key, value,
+                                      self.settings.reply_timeout, headers)
+            if error is None:
+                metrics.DEAD_LETTERS.labels(rejected.reason).inc()
+                log.warning("search_request_dead_lettered", reason=rejected.reason, detail=rejected.detail[:300],
+                            partition=record.partition, offset=record.offset)
+                return
+            if transient(error):
+                log.warning("dead_letter_retry", reason=rejected.reason, error=repr(error))
+            elif limit > 0:
+                log.warning("dead_letter_refused", reason=rejected.reason, error=repr(error), size=len(value or b""))
+                limit = 0
+            else:
+                log.error("dead_letter_lost", reason=rejected.reason, detail=rejected.detail[:300], error=repr(error),
+                          partition=record.partition, offset=record.offset)
+                return
