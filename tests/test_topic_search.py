@@ -196,3 +196,19 @@ def test_reply_topics_follow_kafka_rules_and_the_pattern(stack: Settings) -> Non
         ReplyTopics(replace(stack, reply_topic_pattern="("))
     with pytest.raises(ValueError, match="will not reply there"):
         KafkaSearchClient(stack, reply_to=stack.documents_topic)
+
+
+async def test_a_slow_request_holds_up_no_later_one(stack: Settings) -> None:
+    """A request waiting for its read-your-writes position (4 s) must not delay requests fetched after it."""
+    async with KafkaSearchClient(stack) as client:
+        await first_answer(client)
+        slow = asyncio.create_task(client.search(
+            "x", collection="nothing-here", mode="bm25", wait_timeout_ms=4000, timeout=30,
+            min_position={"topic": stack.documents_topic, "partition": 0, "offset": 10**12}))
+        await asyncio.sleep(1)  # fetched apart from the slow one
+        started = time.monotonic()
+        quick = await client.search("x", collection="nothing-here", mode="bm25", timeout=30)
+        quick_s = time.monotonic() - started
+        assert quick.status == "ok" and not slow.done()
+        assert quick_s < 1.5, quick_s
+        assert (await slow).error.error == "position_not_reached"
