@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from fluxstream.logging import get_logger
@@ -31,6 +32,8 @@ _DDL = [
         comment text NOT NULL DEFAULT '', created_at timestamptz NOT NULL DEFAULT now())""",
     "CREATE INDEX IF NOT EXISTS fluxstream_feedback_time ON fluxstream_feedback (created_at)",
 ]
+_INSERT_REQUEST = ("INSERT INTO fluxstream_requests (request_id, collection, kind, mode, latency_ms, retrieved) "
+                   "VALUES (%s, %s, %s, %s, %s, %s)")
 
 
 class UsageStore:
@@ -68,14 +71,23 @@ class UsageStore:
                 del self._buffer[:-100_000]
 
     async def flush(self) -> None:
+        """Write the buffered rows; on PostgreSQL trouble keep them for the next try. A row PostgreSQL
+        cannot hold (a NUL in a text) is dropped alone, logged: it would fail every retry of the batch."""
         rows, self._buffer = self._buffer, []
         if not rows:
             return
         try:
-            async with self.pool.connection() as conn, conn.cursor() as cur:
-                await cur.executemany(
-                    "INSERT INTO fluxstream_requests (request_id, collection, kind, mode, latency_ms, retrieved) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)", rows)
+            async with self.pool.connection() as conn:
+                try:
+                    async with conn.transaction(), conn.cursor() as cur:
+                        await cur.executemany(_INSERT_REQUEST, rows)
+                except psycopg.DataError:
+                    for row in rows:
+                        try:
+                            async with conn.transaction():
+                                await conn.execute(_INSERT_REQUEST, row)
+                        except psycopg.DataError as exc:
+                            log.warning("usage_row_dropped", error=str(exc), request_id=repr(row[0])[:80])
         except Exception:
             self._buffer[:0] = rows
             raise
