@@ -28,6 +28,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -76,9 +77,14 @@ class Lookup:
 
 
 def params_digest(req: SearchRequest) -> str:
-    """Everything but the query text that shapes a result: k, mode, fusion, weights, filters."""
-    params = req.model_dump(include=_PARAM_FIELDS, mode="json")
-    return hashlib.blake2b(orjson.dumps(params, option=orjson.OPT_SORT_KEYS), digest_size=12).hexdigest()
+    """Everything but the query text that shapes a result: k, mode, fusion, weights, filters.
+
+    Encoded so that values a retriever tells apart never share a digest: the standard library's JSON
+    keeps NaN and infinities apart from null (orjson writes all three as null, which let a NaN
+    filter's answer serve a null filter) and writes integers of any size.
+    """
+    params = json.dumps(req.model_dump(include=_PARAM_FIELDS), sort_keys=True, allow_nan=True)
+    return hashlib.blake2b(params.encode(), digest_size=12).hexdigest()
 
 
 class LSH:
