@@ -218,11 +218,14 @@ def _use_uvloop() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from fluxstream.kafka import ReplyTopics
     from fluxstream.logging import logging_config
     from query.service import create_app
+    from streams.topics import topic_names
 
     settings = _settings(args)
     _require(settings, "redis_url", "database_url")
+    ReplyTopics(settings, protected=topic_names(settings))  # checked again by topic search; SettingsError: by main
     app = create_app(settings)  # SettingsError (API keys) is reported by main
     uvicorn.run(app, host=settings.http_host, port=settings.http_port,
                 log_config=logging_config(settings.log_format, settings.log_level), access_log=False)

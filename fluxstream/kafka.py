@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 
-from fluxstream.settings import Settings
+from fluxstream.settings import Settings, SettingsError
 
 _TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 SASL_PROTOCOLS = {"SASL_PLAINTEXT", "SASL_SSL"}
@@ -82,37 +82,41 @@ def topic_name_problem(name: object) -> str | None:
 
 
 class ReplyTopics:
-    """The topics a search reply may go to: legal names matching ``FLUXSTREAM_REPLY_TOPIC_PATTERN``.
+    """The topics a search reply may go to: legal names matching ``FLUXSTREAM_REPLY_TOPIC_PATTERN``,
+    or, when it is unset, the client helper's reply topic and ``<that topic>.<name>`` (so renamed
+    topics keep working).
 
     A request names its own ``reply_to``; without this rule it could make the query service write
     into any topic (the documents topic, the dead letters). Built at start-up, so a pattern that
     does not compile, admits one of the ``protected`` topics (the query service passes every topic
-    fluxstream reads or writes) or refuses the client helper's default reply topic stops the process
-    with one clear line.
+    fluxstream reads or writes) or refuses the client helper's default reply topic raises
+    SettingsError: the process stops with one clear line.
     """
 
     def __init__(self, settings: Settings, protected: Iterable[str] = ()) -> None:
-        self.spec = settings.reply_topic_pattern
+        replies, spec = settings.search_replies_topic, settings.reply_topic_pattern
+        if spec:
+            self.rule = f"FLUXSTREAM_REPLY_TOPIC_PATTERN={spec}"
+        else:
+            spec, self.rule = re.escape(replies) + r"([.].+)?", f"{replies} or {replies}.<name>"
         try:
-            self.pattern = re.compile(self.spec)
+            self.pattern = re.compile(spec)
         except re.error as exc:
-            raise ValueError(
-                f"FLUXSTREAM_REPLY_TOPIC_PATTERN={self.spec!r} is not a regular expression: {exc}") from None
-        admitted = [t for t in protected if t != settings.search_replies_topic and self.pattern.fullmatch(t)]
+            raise SettingsError([f"{self.rule} is not a regular expression: {exc}"]) from None
+        admitted = [t for t in protected if t != replies and self.pattern.fullmatch(t)]
         if admitted:
-            raise ValueError(f"FLUXSTREAM_REPLY_TOPIC_PATTERN={self.spec!r} admits {admitted[0]!r}, a topic "
-                             "fluxstream reads or writes; replies must go to topics of their own")
-        if self.refusal(settings.search_replies_topic) is not None:
-            raise ValueError(f"FLUXSTREAM_SEARCH_REPLIES_TOPIC={settings.search_replies_topic!r} is not allowed by "
-                             f"FLUXSTREAM_REPLY_TOPIC_PATTERN={self.spec!r}")
+            raise SettingsError([f"reply topics ({self.rule}) would include {admitted[0]!r}, a topic fluxstream "
+                                 "reads or writes; replies must go to topics of their own"])
+        if self.refusal(replies) is not None:
+            raise SettingsError([f"FLUXSTREAM_SEARCH_REPLIES_TOPIC={replies} is not an allowed reply topic "
+                                 f"({self.rule})"])
 
     def refusal(self, topic: object) -> tuple[str, str] | None:
         """(reason, detail) when no reply may be sent to ``topic``: ``invalid_reply_to`` (not a legal
-        topic name) or ``reply_to_not_allowed`` (not matching the pattern); None when it may."""
+        topic name) or ``reply_to_not_allowed`` (not an allowed reply topic); None when it may."""
         problem = topic_name_problem(topic)
         if problem is not None:
             return "invalid_reply_to", f"reply_to {str(topic)[:300]!r}: {problem}"
         if self.pattern.fullmatch(str(topic)) is None:
-            return "reply_to_not_allowed", (
-                f"reply_to {topic!r} does not match FLUXSTREAM_REPLY_TOPIC_PATTERN {self.spec!r}")
+            return "reply_to_not_allowed", f"reply_to {topic!r} is not an allowed reply topic ({self.rule})"
         return None

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import orjson
@@ -212,3 +216,14 @@ async def test_a_slow_request_holds_up_no_later_one(stack: Settings) -> None:
         assert quick.status == "ok" and not slow.done()
         assert quick_s < 1.5, quick_s
         assert (await slow).error.error == "position_not_reached"
+
+
+def test_a_bad_reply_topic_pattern_stops_the_query_service_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "FLUXSTREAM_REDIS_URL": "redis://127.0.0.1:1", "FLUXSTREAM_DATABASE_URL": "postgresql://x",
+           "FLUXSTREAM_REPLY_TOPIC_PATTERN": "fluxstream[.].*"}
+    done = subprocess.run([sys.executable, "-m", "fluxstream.cli", "serve"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "fluxstream: FLUXSTREAM_REPLY_TOPIC_PATTERN='fluxstream[.].*' admits 'fluxstream.documents', a topic "
+        "fluxstream reads or writes; replies must go to topics of their own"]
