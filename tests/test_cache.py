@@ -213,17 +213,13 @@ def test_model_input_is_what_the_model_receives() -> None:
     assert model_input(remote, "river stone") == model_input(remote, "river stone")
 
 
-async def test_the_parameter_digest_keeps_apart_what_retrievers_tell_apart(
-    http: httpx.AsyncClient, collection: str
-) -> None:
-    """NaN, infinities and null select different chunks (orjson wrote all as null); an integer beyond
-    64 bits made the digest raise, so such a search answered 500 whenever the cache was on."""
+def test_the_parameter_digest_keeps_apart_what_retrievers_tell_apart() -> None:
+    """NaN, infinities and null select different chunks, but orjson wrote all of them as null, and it raised
+    on integers beyond 64 bits. The API refuses those values now; the key must not depend on that."""
     def digest(value: Any) -> str:
-        return params_digest(SearchRequest(query="x", filters={"tag": value}))
+        return params_digest(SearchRequest.model_construct(query="x", filters={"tag": value}))
 
     assert len({digest(float("nan")), digest(float("inf")), digest(float("-inf")), digest(None)}) == 4
     assert digest(2**70) != digest(2**70 + 1)
-    assert digest(1) != digest(True) and digest(1) != digest(1.0)
-    big = await http.post("/v1/search", json={"query": "river", "mode": "bm25", "collection": collection,
-                                              "filters": {"tag": 2**70}})
-    assert big.status_code in (200, 422), big.text  # answered, or refused at the API's boundary: never a 500
+    assert len({digest(1), digest(True), digest(1.0), digest("1")}) == 4
+    assert digest(1) == params_digest(SearchRequest(query="y", filters={"tag": 1}))  # the text is not a parameter
