@@ -139,9 +139,9 @@ class TopicSearchRequest(SearchRequest):
 
     request_id: Annotated[str, Field(min_length=1, max_length=200)]
     reply_to: Annotated[str, Field(min_length=1, max_length=249, pattern=r"^[a-zA-Z0-9._-]+$")]
-    """The reply topic: a legal Kafka topic name (not "." or "..") that the service's
-    FLUXSTREAM_REPLY_TOPIC_PATTERN allows (default: ``fluxstream.search-replies`` or
-    ``fluxstream.search-replies.<name>``); a request that names another is dead-lettered, unanswered."""
+    """The reply topic: a legal Kafka topic name (not "." or "..") the service allows (by default
+    ``fluxstream.search-replies`` or ``fluxstream.search-replies.<name>``; FLUXSTREAM_REPLY_TOPIC_PATTERN);
+    a request that names another is dead-lettered, unanswered."""
     deadline_ms: Annotated[int, Field(ge=1, le=300_000)] = 10_000
     """Counted from the request record's timestamp: a request that waited too long is not run."""
 

@@ -31,8 +31,7 @@ async def guarded(stack: Settings) -> AsyncIterator[tuple[Settings, httpx.AsyncC
     run = uuid.uuid4().hex[:8]
     settings = replace(stack, api_keys=f"{SEARCH_ENTRY},{ADMIN_ENTRY}", rate_limit_per_second=2.0,
                        rate_limit_burst=5, max_request_bytes=2048, http_port=free_port(),
-                       search_requests_topic=f"sec-req-{run}",
-                       search_replies_topic=f"fluxstream.search-replies.sec-{run}",
+                       search_requests_topic=f"sec-req-{run}", search_replies_topic=f"sec-rep-{run}",
                        app_id=f"sec-{run}")  # its own consumer group: never rebalances the session service
     await create_topics(settings)
     async with query_service(settings, topic_search=True) as client:

@@ -194,8 +194,14 @@ def test_reply_topics_follow_kafka_rules_and_the_pattern(stack: Settings) -> Non
         assert rule.refusal(illegal)[0] == "invalid_reply_to", illegal
     for foreign in (stack.documents_topic, stack.dead_letters_topic, "fluxstream.search-repliesx", "r" * 249):
         assert rule.refusal(foreign)[0] == "reply_to_not_allowed", foreign
-    with pytest.raises(ValueError, match=r"admits 'fluxstream\.documents'"):
+    with pytest.raises(ValueError, match=r"would include 'fluxstream\.documents'"):
         ReplyTopics(replace(stack, reply_topic_pattern="fluxstream[.].*"), protected=topic_names(stack))
+    with pytest.raises(ValueError, match=r"would include 'fluxstream\.documents'"):  # the default follows renames
+        ReplyTopics(replace(stack, search_replies_topic="fluxstream"), protected=topic_names(stack))
+    renamed = ReplyTopics(replace(stack, search_replies_topic="app-7.replies"), protected=topic_names(stack))
+    assert renamed.refusal("app-7.replies.web") is None and renamed.refusal("fluxstream.search-replies") is not None
+    with pytest.raises(ValueError, match="not an allowed reply topic"):
+        ReplyTopics(replace(stack, reply_topic_pattern="billing[.].+"))
     with pytest.raises(ValueError, match="not a regular expression"):
         ReplyTopics(replace(stack, reply_topic_pattern="("))
     with pytest.raises(ValueError, match="will not reply there"):
@@ -225,5 +231,5 @@ def test_a_bad_reply_topic_pattern_stops_the_query_service_with_one_line(tmp_pat
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines() == [
-        "fluxstream: FLUXSTREAM_REPLY_TOPIC_PATTERN='fluxstream[.].*' admits 'fluxstream.documents', a topic "
-        "fluxstream reads or writes; replies must go to topics of their own"]
+        "fluxstream: reply topics (FLUXSTREAM_REPLY_TOPIC_PATTERN=fluxstream[.].*) would include "
+        "'fluxstream.documents', a topic fluxstream reads or writes; replies must go to topics of their own"]
