@@ -21,7 +21,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from fluxstream.kafka import ReplyTopics, new_producer
 from fluxstream.search_client import KafkaSearchClient, SearchTimeout
-from fluxstream.settings import Settings
+from fluxstream.settings import Settings, SettingsError
 from fluxstream.stack import free_port
 from query.kafka_requests import send_within
 from schemas.events import DeadLetter
@@ -202,8 +202,10 @@ def test_reply_topics_follow_kafka_rules_and_the_pattern(stack: Settings) -> Non
     assert renamed.refusal("app-7.replies.web") is None and renamed.refusal("fluxstream.search-replies") is not None
     with pytest.raises(ValueError, match="not an allowed reply topic"):
         ReplyTopics(replace(stack, reply_topic_pattern="billing[.].+"))
-    with pytest.raises(ValueError, match="not a regular expression"):
+    with pytest.raises(SettingsError, match="not a regular expression"):
         ReplyTopics(replace(stack, reply_topic_pattern="("))
+    with pytest.raises(SettingsError, match=r"FLUXSTREAM_REPLY_TOPIC_PATTERN='\(': expected a regular expression"):
+        Settings.from_env({"FLUXSTREAM_REPLY_TOPIC_PATTERN": "("})
     with pytest.raises(ValueError, match="will not reply there"):
         KafkaSearchClient(stack, reply_to=stack.documents_topic)
 
@@ -229,7 +231,7 @@ def test_a_bad_reply_topic_pattern_stops_the_query_service_with_one_line(tmp_pat
            "FLUXSTREAM_REPLY_TOPIC_PATTERN": "fluxstream[.].*"}
     done = subprocess.run([sys.executable, "-m", "fluxstream.cli", "serve"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines() == [
         "fluxstream: reply topics (FLUXSTREAM_REPLY_TOPIC_PATTERN=fluxstream[.].*) would include "
         "'fluxstream.documents', a topic fluxstream reads or writes; replies must go to topics of their own"]
