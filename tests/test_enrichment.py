@@ -72,7 +72,8 @@ async def test_enrichment_is_filterable(stack: Settings, producer: AIOKafkaProdu
     installation = await search("word130", "bm25", "Installation")
     assert {h["chunk_id"] for h in installation} <= {"manual#0", "manual#1"} and installation
     assert installation[0]["metadata"]["enrich_heading_path"] == "Manual > Installation"
-    vector = await search("how do I install it", "vector", "Installation")
+    # Vectors land after the BM25 write and its enrichment (embedding is the slow stage): wait for them.
+    vector = await eventually(lambda: search("how do I install it", "vector", "Installation"), timeout=60)
     assert vector and {h["metadata"]["enrich_section"] for h in vector} == {"Installation"}
 
 
