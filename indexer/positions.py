@@ -30,18 +30,23 @@ from schemas.events import EmbedJob, SourcePosition
 APPLIED_KEY = "fx:applied"
 
 
-# KEYS: the pending sorted set, its entries hash; ARGV: doc_id, offset, doc_id, offset, ...
+# KEYS: the pending sorted set, its entries hash; ARGV: mode, doc_id, offset, doc_id, offset, ...
+# mode "upto": drop entries clearing at or below the offset; "at": only those clearing exactly at it.
 _CLEAR = """
-for i = 1, #ARGV, 2 do
+local function drops(clear_at, offset)
+  if ARGV[1] == 'at' then return tonumber(clear_at) == offset end
+  return tonumber(clear_at) <= offset
+end
+for i = 2, #ARGV, 2 do
   local doc, upto = ARGV[i], tonumber(ARGV[i + 1])
   local entries = redis.call('HGET', KEYS[2], doc)
   if not entries then  -- a score written before entries were kept: it clears at itself
     local score = redis.call('ZSCORE', KEYS[1], doc)
-    if score and tonumber(score) <= upto then redis.call('ZREM', KEYS[1], doc) end
+    if score and drops(score, upto) then redis.call('ZREM', KEYS[1], doc) end
   else
     local kept, low = '', nil
     for offset, clear_at in string.gmatch(entries, '(%d+):(%d+) ') do
-      if tonumber(clear_at) > upto then
+      if not drops(clear_at, upto) then
         kept = kept .. offset .. ':' .. clear_at .. ' '
         if low == nil or tonumber(offset) < low then low = tonumber(offset) end
       end
@@ -77,14 +82,19 @@ class Positions:
 
     async def clear_pending(self, jobs: Iterable[EmbedJob]) -> None:
         """The vector stage handled these jobs: what each one supersedes is no longer pending."""
-        await self.clear_documents((job.collection, job.doc_id, job.source) for job in jobs)
+        await self._cleared("upto", ((job.collection, job.doc_id, job.source) for job in jobs))
 
     async def clear_documents(self, handled: Iterable[tuple[str, str, SourcePosition]]) -> None:
-        """(index, doc_id, source): the document's changes up to ``source`` wait for no job any more
-        (its job was handled, or the change was dead-lettered after its BM25 write and none will come)."""
+        """(index, doc_id, source): the change at ``source`` was dead-lettered after its BM25 write, so
+        no job will clear what that write marked: its own entry goes. Entries of the document's earlier
+        jobs stay, since those jobs are still coming."""
+        await self._cleared("at", handled)
+
+    async def _cleared(self, mode: str, handled: Iterable[tuple[str, str, SourcePosition]]) -> None:
         by_key: dict[tuple[str, str, int], list[str]] = {}
         for collection, doc_id, source in handled:
-            by_key.setdefault((collection, source.topic, source.partition), []).extend((doc_id, str(source.offset)))
+            by_key.setdefault((collection, source.topic, source.partition), [mode]).extend(
+                (doc_id, str(source.offset)))
         async with self.redis.pipeline(transaction=False) as pipe:
             for (collection, topic, partition), args in by_key.items():
                 keys = [self.store.pending_vectors_key(collection, topic, partition),

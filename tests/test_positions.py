@@ -113,3 +113,16 @@ async def test_a_redelivered_job_clears_what_it_re_sends(stack: Settings, redis_
     assert await h.reached(10) and not await h.reached(12)
     await h.positions.clear_pending([again])
     assert await h.reached(12)
+
+
+async def test_a_dead_lettered_change_releases_only_its_own_mark(stack: Settings, redis_client: aioredis.Redis,
+                                                                 collection: str) -> None:
+    """v2 is written, then dead-lettered (its embed job could not be sent): its own mark goes, but v1's
+    job is still coming, so v1's position keeps waiting for it."""
+    h = Harness(stack, redis_client, collection)
+    [first] = await h.batch(("x", 1, 10))
+    await h.batch(("x", 2, 11))
+    await h.positions.clear_documents([(collection, "x", h.at(11))])
+    assert not await h.reached(10)
+    await h.positions.clear_pending([first])
+    assert await h.reached(10) and await h.reached(11)
