@@ -520,12 +520,18 @@ def cmd_search(args: argparse.Namespace) -> int:
         sys.exit(f"fluxstream search: no answer from {url} ({exc}); is `fluxstream dev` or `fluxstream serve` "
                  "running? (--url to ask another)")
     try:
-        sys.stdout.write(orjson.dumps(resp.json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        answer = resp.json()
     except ValueError:
-        sys.stdout.write(resp.text + "\n")
-    if resp.status_code != 200:
-        print(f"fluxstream search: {url} answered {resp.status_code}", file=sys.stderr)
+        answer = None
+    if resp.status_code != 200:  # the service's error in one line (e.g. collection_not_found), exit 1
+        if isinstance(answer, dict) and "error" in answer:
+            print(f"fluxstream search: {answer['error']}: {answer.get('message', '')} ({url} answered "
+                  f"{resp.status_code})", file=sys.stderr)
+        else:
+            print(f"fluxstream search: {url} answered {resp.status_code}: {resp.text[:500]}", file=sys.stderr)
         return 1
+    sys.stdout.write(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode() + "\n" if answer is not None
+                     else resp.text + "\n")
     return 0
 
 

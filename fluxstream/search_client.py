@@ -16,11 +16,31 @@ from aiokafka import TopicPartition
 
 from fluxstream.kafka import ReplyTopics, new_consumer, new_producer
 from fluxstream.settings import Settings
-from schemas.api import TopicSearchReply, TopicSearchRequest
+from schemas.api import ErrorResponse, SearchResponse, TopicSearchReply, TopicSearchRequest
 
 
 class SearchTimeout(TimeoutError):
     """No reply arrived in time (the service may be down or overloaded)."""
+
+
+class SearchError(Exception):
+    """The service answered with a structured error (``.error``: code, message, details)."""
+
+    def __init__(self, error: ErrorResponse) -> None:
+        super().__init__(f"{error.error}: {error.message}")
+        self.error = error
+
+
+class CollectionNotFound(SearchError):
+    """The searched collection does not exist (``collection_not_found``; an empty one answers no hits)."""
+
+
+def response_of(reply: TopicSearchReply) -> SearchResponse:
+    """The reply's response; raises SearchError (CollectionNotFound for that code) for an error reply."""
+    if reply.response is not None:
+        return reply.response
+    error = reply.error or ErrorResponse(error="internal_error", message="a reply with neither response nor error")
+    raise (CollectionNotFound if error.error == "collection_not_found" else SearchError)(error)
 
 
 class KafkaSearchClient:
@@ -68,6 +88,10 @@ class KafkaSearchClient:
         request = TopicSearchRequest(request_id=uuid.uuid4().hex, reply_to=self.reply_to, query=query,
                                      deadline_ms=deadline_ms or int(timeout * 1000), **fields)
         return await self.send_raw(request.request_id, request.model_dump_json(exclude_none=True).encode(), timeout)
+
+    async def search_response(self, query: str, **kwargs: Any) -> SearchResponse:
+        """As ``search``, but the response itself; an error reply raises SearchError / CollectionNotFound."""
+        return response_of(await self.search(query, **kwargs))
 
     async def send_raw(self, request_id: str, value: bytes, timeout: float = 30.0) -> TopicSearchReply:
         """Send an already-encoded request (also used to test how bad requests are answered)."""

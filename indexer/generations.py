@@ -27,6 +27,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from indexer.postings import COLLECTIONS_KEY
+
 REGISTRY_PREFIX = "fx:generations:"
 DROPPED_KEY = "fx:generations-dropped"  # sorted set: index name -> drop time (re-swept for a while)
 _INDEX_NAME = re.compile(r"^(?P<collection>.+?)(?:@g(?P<generation>[1-9][0-9]*))?$")
@@ -169,6 +171,8 @@ class GenerationRegistry:
                 f"collection {collection!r} has generation {state.building} in state {state.state!r}; "
                 "wait for it, or run `fluxstream rebuild --abort` first"
             )
+        # The new index exists even if its source turns out empty: once serving, it answers no hits, not 404.
+        await self.redis.sadd(COLLECTIONS_KEY, index_name(collection, generation))
         return generation
 
     async def report(self, collection: str, generation: int, progress: dict[str, Any]) -> None:

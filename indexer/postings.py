@@ -9,7 +9,8 @@ collection's keys share a slot and one script may touch them all):
                                  table (the CDC source the document comes from, "" for native events)
 ``fx:{c}:chunk:<chunk_id>`` hash doc_id, chunk_no, title, text, hash, metadata, version
 ``fx:{c}:pending:…``       vector-pending positions (see indexer.positions)
-``fx:collections``         set   known collections
+``fx:collections``         set   index names ever written (or being rebuilt): what "the collection exists"
+                                 means to queries (an index emptied by deletes stays; a dropped one goes)
 
 ``meta`` also holds ``truncated:<table>``, the position of the last truncate of a CDC source table:
 an upsert of that table at or below it is refused inside the write script itself, so a batch that

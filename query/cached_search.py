@@ -34,6 +34,6 @@ class CachedSearcher:
         response, retrieval = await self.searcher.search_with_retrieval(req, query_vector=lookup.query_vector)
         self.cache.record("misses")
         metrics.CACHE_LOOKUPS.labels("miss").inc()
-        if retrieval.collection_found and not response.degraded:  # a degraded answer is not the answer
+        if not response.degraded:  # a degraded answer is not the answer
             await self.cache.store(req, identity, retrieval, response, self.searcher.pool(req))
         return response.model_copy(update={"cache": CacheInfo(status="miss")})

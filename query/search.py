@@ -127,10 +127,18 @@ class Retrieval:
     vector_hits: list[VectorHit] | None = None
     vector_log_position: str = "0-0/0"  # the vector-change log's head, read before the k-NN query
     query_vector: np.ndarray | None = None
-    collection_found: bool = True  # False: nothing to cache (the collection may be created later)
     answer_docs: list[str] | None = None  # set by the cache: documents the answer depends on directly
     stats: CollectionStats | None = None  # current statistics, when the cache read them with the hit
     records: dict[str, StoredChunk | None] | None = None  # current records the cache read with the hit
+
+
+class CollectionNotFound(LookupError):
+    """The searched index has never been written (``fx:collections``): a 404, not an empty answer,
+    so a misspelt collection name is not mistaken for "no match" (as Elasticsearch's missing index)."""
+
+    def __init__(self, collection: str) -> None:
+        super().__init__(f"collection {collection!r} does not exist (no document was ever indexed into it)")
+        self.collection = collection
 
 
 class Timer:
@@ -185,7 +193,9 @@ class Searcher:
     async def search_with_retrieval(
         self, req: SearchRequest, query_vector: np.ndarray | None = None, replay: Retrieval | None = None
     ) -> tuple[SearchResponse, Retrieval]:
-        """A search and its retriever outputs; with ``replay``, the retrievers are not asked again."""
+        """A search and its retriever outputs; with ``replay``, the retrievers are not asked again.
+
+        Raises CollectionNotFound for an index never written (an emptied one answers no hits)."""
         timer = Timer()
         pool = self.pool(req)
         retrieval = Retrieval(query_vector=query_vector)
@@ -197,8 +207,7 @@ class Searcher:
         else:
             found = await self.postings.collection_exists(req.collection)
         if not found:
-            retrieval.collection_found = False
-            return self._response(req, [], timer), retrieval
+            raise CollectionNotFound(req.collection)
         retrievers: dict[str, Awaitable[list[tuple[str, float]] | None]] = {}
         if req.mode in ("bm25", "hybrid"):
             retrievers["bm25"] = self._bm25(req, pool, timer, retrieval, replayed)

@@ -31,7 +31,7 @@ from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 from indexer.bm25 import BM25Params
 from indexer.embedders.coalescing import CoalescingEmbedder
-from indexer.generations import GenerationRegistry
+from indexer.generations import GenerationRegistry, parse_index_name
 from indexer.positions import Positions
 from indexer.postings import PostingsStore, unlink_prefix
 from indexer.vector_store import VectorStore
@@ -41,7 +41,7 @@ from query.cache import CacheConfig, SemanticCache
 from query.cached_search import CachedSearcher
 from query.chat import ChatError, ChatModel
 from query.kafka_requests import SearchRequestServer
-from query.search import SearchDefaults, Searcher, StoreUnavailable
+from query.search import CollectionNotFound, SearchDefaults, Searcher, StoreUnavailable
 from query.usage import UsageStore
 from schemas.api import (
     AnswerRequest,
@@ -77,6 +77,12 @@ def _store_of(exc: Exception) -> str | None:
     if isinstance(exc, RedisError):
         return "redis"
     return "postgres" if isinstance(exc, OperationalError) else None
+
+
+def collection_not_found(collection: str) -> ErrorResponse:
+    return ErrorResponse(error="collection_not_found", message=(
+        f"collection {collection!r} does not exist: no document was ever indexed into it "
+        "(check the name; a collection is created by its first document)"), details=[{"collection": collection}])
 
 
 class Gatekeeper:
@@ -356,7 +362,8 @@ def create_app(settings: Settings) -> FastAPI:
     def refusal(problem: ErrorResponse) -> JSONResponse:
         """An error a search function returned (rather than raised), with its HTTP status."""
         down = problem.error == "unavailable"
-        return JSONResponse(problem.model_dump(exclude_none=True), status_code=503 if down else 409,
+        status = 503 if down else 404 if problem.error == "collection_not_found" else 409
+        return JSONResponse(problem.model_dump(exclude_none=True), status_code=status,
                             headers={"Retry-After": "1"} if down else None)
 
     async def position_problem(req: SearchRequest) -> ErrorResponse | None:
@@ -393,8 +400,18 @@ def create_app(settings: Settings) -> FastAPI:
             return as_asked(req, await state.cached.search(routed), generation)
         except STORE_DOWN as exc:
             return unavailable(exc)
+        except CollectionNotFound:
+            metrics.SEARCHES.labels(req.mode, "collection_not_found").inc()
+            return collection_not_found(req.collection)
 
-    @app.post("/v1/search", response_model=SearchResponse, responses={409: {"model": ErrorResponse}})
+    @app.exception_handler(CollectionNotFound)
+    async def missing_collection(request: Request, exc: CollectionNotFound) -> JSONResponse:
+        """Batch and answer routes: the collection as asked (not its generation's index name)."""
+        collection, _ = parse_index_name(exc.collection)
+        return refusal(collection_not_found(collection))
+
+    @app.post("/v1/search", response_model=SearchResponse,
+              responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
     async def search(req: SearchRequest, request: Request, principal: SearchKey) -> Any:
         started = time.perf_counter()
         result = await search_or_error(req)
@@ -413,7 +430,8 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(result.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/answer", response_model=AnswerResponse,
-              responses={200: {"content": {"text/event-stream": {}}}, 409: {"model": ErrorResponse},
+              responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": ErrorResponse},
+                         409: {"model": ErrorResponse},
                          502: {"model": ErrorResponse}})
     async def answer(req: AnswerRequest, request: Request, principal: SearchKey) -> Any:
         """Retrieve, cite and answer; ``stream: true`` answers with server-sent events."""
@@ -423,7 +441,7 @@ def create_app(settings: Settings) -> FastAPI:
                               min_position=req.min_position, wait_timeout_ms=req.wait_timeout_ms)
         routed_probe, _ = await on_serving_generation(probe)
         if (problem := await position_problem(routed_probe)) is not None:
-            return JSONResponse(problem.model_dump(exclude_none=True), status_code=409)
+            return refusal(problem)
         routed = req.model_copy(update={"collection": routed_probe.collection})
         request_id = request.state.request_id
         try:
@@ -457,7 +475,8 @@ def create_app(settings: Settings) -> FastAPI:
         assert state.usage is not None
         return {"window_hours": hours, "collections": await state.usage.stats(hours)}
 
-    @app.post("/v1/search/batch", response_model=BatchSearchResponse, responses={409: {"model": ErrorResponse}})
+    @app.post("/v1/search/batch", response_model=BatchSearchResponse,
+              responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
     async def search_batch(batch: BatchSearchRequest, principal: SearchKey) -> Any:
         """Read-your-writes tokens are waited for first; then one embedding call serves every query."""
         assert state.searcher is not None
@@ -468,7 +487,7 @@ def create_app(settings: Settings) -> FastAPI:
         # Positions are awaited together: the batch waits as long as its longest wait, not their sum.
         problems = await asyncio.gather(*(position_problem(req) for req, _ in routed))
         if (problem := next((p for p in problems if p is not None), None)) is not None:
-            return JSONResponse(problem.model_dump(exclude_none=True), status_code=409)
+            return refusal(problem)
         found = await state.searcher.search_many([req for req, _ in routed])
         responses = [as_asked(req, response, generation)
                      for req, response, (_, generation) in zip(batch.requests, found, routed, strict=True)]

@@ -41,9 +41,31 @@ async def test_malformed_json_body(http: httpx.AsyncClient) -> None:
     assert resp.status_code == 422 and resp.json()["error"] == "invalid_request"
 
 
-async def test_unknown_collection_is_empty_not_error(http: httpx.AsyncClient) -> None:
-    resp = await http.post("/v1/search", json={"query": "anything", "collection": "never-created"})
-    assert resp.status_code == 200 and resp.json()["hits"] == []
+async def test_unknown_collection_is_404_and_emptied_one_is_empty(
+        http: httpx.AsyncClient, stack: Settings, producer: AIOKafkaProducer, collection: str) -> None:
+    """A collection never written answers 404 collection_not_found on every search route (as a missing
+    Elasticsearch index does); one whose documents were all deleted still exists: 200, no hits."""
+    for mode in ("bm25", "vector", "hybrid"):
+        for cache in (True, False):
+            resp = await http.post("/v1/search", json={"query": "anything", "collection": "never-created",
+                                                       "mode": mode, "cache": cache})
+            assert resp.status_code == 404, (mode, resp.text)
+            assert resp.json()["error"] == "collection_not_found" and "never-created" in resp.json()["message"]
+    batch = await http.post("/v1/search/batch", json={"requests": [
+        {"query": "a", "collection": collection}, {"query": "b", "collection": "never-created"}]})
+    assert batch.status_code == 404 and batch.json()["error"] == "collection_not_found"
+    answer = await http.post("/v1/answer", json={"query": "anything", "collection": "never-created",
+                                                 "transform": "none"})
+    assert answer.status_code == 404 and answer.json()["error"] == "collection_not_found"
+
+    async with TopicReader(stack, stack.index_updates_topic) as updates:
+        await send(producer, stack.documents_topic, change("gone", collection, "a heron by the river", version=1))
+        await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"])
+        await send(producer, stack.documents_topic, change("gone", collection, op="delete", version=2))
+        await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"], count=2)
+    for mode in ("bm25", "vector", "hybrid"):
+        resp = await http.post("/v1/search", json={"query": "heron", "collection": collection, "mode": mode})
+        assert resp.status_code == 200 and resp.json()["hits"] == [], (mode, resp.text)
 
 
 async def test_unknown_document_and_route(http: httpx.AsyncClient) -> None:
@@ -69,7 +91,7 @@ async def test_health_ready_metrics_openapi(http: httpx.AsyncClient) -> None:
     await eventually(lambda: topic_search_connected(http), timeout=30)
     await http.post("/v1/search", json={"query": "metrics please", "collection": "never-created"})
     metrics = (await http.get("/metrics")).text
-    assert 'fluxstream_searches_total{mode="hybrid",status="ok"}' in metrics
+    assert 'fluxstream_searches_total{mode="hybrid",status="collection_not_found"}' in metrics
     spec = (await http.get("/openapi.json")).json()
     assert "/v1/search" in spec["paths"] and "/v1/documents/{doc_id}" in spec["paths"]
 

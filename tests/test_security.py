@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fluxstream.search_client import KafkaSearchClient
+from fluxstream.search_client import CollectionNotFound, KafkaSearchClient
 from fluxstream.settings import Settings
 from fluxstream.stack import free_port
 from query.auth import ApiKeys, new_key
@@ -24,6 +24,7 @@ from tests.helpers import query_service
 
 SEARCH_KEY, SEARCH_ENTRY = new_key(["search"])
 ADMIN_KEY, ADMIN_ENTRY = new_key(["search", "admin"])
+ADMITTED = 404  # past the keys and rate limits, a search of "nothing-here" reaches the index: collection_not_found
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ async def test_keys_and_scopes(guarded: tuple[Settings, httpx.AsyncClient]) -> N
     wrong = await http.post("/v1/search", json=body, headers=auth("fx_not-a-key"))
     assert wrong.status_code == 401
     ok = await http.post("/v1/search", json=body, headers={"X-API-Key": SEARCH_KEY, "X-Request-ID": "req-42"})
-    assert ok.status_code == 200 and ok.headers["x-request-id"] == "req-42"
+    assert ok.status_code == ADMITTED and ok.headers["x-request-id"] == "req-42"
     forbidden = await http.get("/v1/admin/collections", headers=auth(SEARCH_KEY))
     assert forbidden.status_code == 403 and forbidden.json()["error"] == "forbidden"
     admin = await http.get("/v1/admin/collections", headers=auth(ADMIN_KEY))
@@ -66,17 +67,17 @@ async def test_rate_limit_and_body_size(guarded: tuple[Settings, httpx.AsyncClie
     _, http = guarded
     body = {"query": "q", "collection": "nothing-here", "mode": "bm25"}
     statuses = [(await http.post("/v1/search", json=body, headers=auth(SEARCH_KEY))).status_code for _ in range(8)]
-    assert statuses[:5] == [200] * 5 and 429 in statuses[5:]
+    assert statuses[:5] == [ADMITTED] * 5 and 429 in statuses[5:]
     limited = await http.post("/v1/search", json=body, headers=auth(SEARCH_KEY))
     assert limited.status_code == 429 and limited.json()["error"] == "rate_limited"
     assert int(limited.headers["retry-after"]) >= 1
     # Another key has its own bucket.
-    assert (await http.post("/v1/search", json=body, headers=auth(ADMIN_KEY))).status_code == 200
+    assert (await http.post("/v1/search", json=body, headers=auth(ADMIN_KEY))).status_code == ADMITTED
     huge = await http.post("/v1/search", content=b'{"query": "' + b"x" * 5000 + b'"}',
                            headers={**auth(ADMIN_KEY), "content-type": "application/json"})
     assert huge.status_code == 413 and huge.json()["error"] == "request_too_large"
     await asyncio.sleep(1.0)  # tokens refill at 2/s
-    assert (await http.post("/v1/search", json=body, headers=auth(SEARCH_KEY))).status_code == 200
+    assert (await http.post("/v1/search", json=body, headers=auth(SEARCH_KEY))).status_code == ADMITTED
 
 
 async def test_topic_requests_need_a_key(guarded: tuple[Settings, httpx.AsyncClient]) -> None:
@@ -86,7 +87,12 @@ async def test_topic_requests_need_a_key(guarded: tuple[Settings, httpx.AsyncCli
     assert refused.status == "error" and refused.error is not None and refused.error.error == "unauthorized"
     async with KafkaSearchClient(settings, api_key=SEARCH_KEY) as client:
         answered = await client.search("anything", collection="nothing-here", mode="bm25", timeout=30)
-    assert answered.status == "ok", answered
+    # Admitted, and the structured error of the search itself comes back as the reply.
+    assert answered.status == "error" and answered.error is not None, answered
+    assert answered.error.error == "collection_not_found", answered
+    with pytest.raises(CollectionNotFound, match="nothing-here"):
+        async with KafkaSearchClient(settings, api_key=SEARCH_KEY) as client:
+            await client.search_response("anything", collection="nothing-here", mode="bm25", timeout=30)
 
 
 def test_key_entries_are_validated() -> None:
@@ -113,4 +119,5 @@ async def test_search_command_takes_url_and_key(guarded: tuple[Settings, httpx.A
     assert refused.returncode == 1 and f"{url} answered 401" in refused.stderr
     answered = await asyncio.to_thread(search, "--api-key", SEARCH_KEY)
     assert "401" not in answered.stderr, answered.stderr  # the key was sent and accepted; the collection
-    assert '"hits"' in answered.stdout or "collection_not_found" in answered.stdout  # may be unknown (404)
+    assert answered.returncode == 1 and "collection_not_found" in answered.stderr  # does not exist: one line
+    assert "Traceback" not in answered.stderr and answered.stdout == ""

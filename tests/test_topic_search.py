@@ -61,6 +61,9 @@ async def test_concurrent_requests_bad_requests_and_deadlines(
                                                       "offset": 10**12})
         assert unreached.status == "error" and unreached.error.error == "position_not_reached"
 
+        missing = await client.search("comets", collection=f"{collection}-never")
+        assert missing.status == "error" and missing.error.error == "collection_not_found", missing
+
     async with TopicReader(stack, stack.dead_letters_topic) as letters:
         await producer.send_and_wait(stack.search_requests_topic, key=b"junk-request", value=b"not json at all")
         [record] = await letters.wait_for_records(lambda r: r.key == b"junk-request")
