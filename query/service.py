@@ -17,15 +17,16 @@ from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 import structlog
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg import OperationalError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fluxstream import metrics
+from fluxstream import __version__, metrics
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
@@ -36,6 +37,7 @@ from indexer.positions import Positions
 from indexer.postings import PostingsStore, unlink_prefix
 from indexer.vector_store import VectorStore
 from query.answering import Answerer, TransformUnavailable
+from query.api_docs import API_KEY, BEARER, TAGS, install_docs
 from query.auth import ApiKeys, AuthError, Principal, RateLimiter, key_from_headers
 from query.cache import CacheConfig, SemanticCache
 from query.cached_search import CachedSearcher
@@ -119,11 +121,13 @@ class RateLimited(Exception):
 def _scoped(scope: str) -> Any:
     """A dependency admitting requests whose API key has ``scope`` (and is within its rate)."""
 
-    async def admit(request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-                    x_api_key: Annotated[str | None, Header(include_in_schema=False)] = None) -> Principal:
+    async def admit(request: Request,
+                    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+                    x_api_key: Annotated[str | None, Security(API_KEY)] = None) -> Principal:
+        # ``bearer`` declares the scheme for the OpenAPI document; the header itself is parsed by query.auth.
         gate: Gatekeeper = request.app.state.gate
         client = request.client.host if request.client else "unknown"
-        principal = gate.admit(key_from_headers(authorization, x_api_key), scope, client)
+        principal = gate.admit(key_from_headers(request.headers.get("authorization"), x_api_key), scope, client)
         structlog.contextvars.bind_contextvars(principal=principal.name)
         return principal
 
@@ -313,7 +317,8 @@ def create_app(settings: Settings) -> FastAPI:
             await requests.stop()
         await state.close()
 
-    app = FastAPI(title="fluxstream query service", version="1", lifespan=lifespan,
+    app = FastAPI(title="fluxstream query service", version=__version__, lifespan=lifespan, openapi_tags=TAGS,
+                  docs_url=None, redoc_url=None,  # query.api_docs serves /docs without a CDN
                   responses={400: {"model": ErrorResponse}, 401: {"model": ErrorResponse},
                              403: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
                              413: {"model": ErrorResponse},
@@ -321,6 +326,7 @@ def create_app(settings: Settings) -> FastAPI:
                              503: {"model": ErrorResponse, "description": "a backing store is unreachable"}})
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.state.gate = gate
+    install_docs(app)
 
     app.add_middleware(RequestObserver)
 
@@ -410,7 +416,7 @@ def create_app(settings: Settings) -> FastAPI:
         collection, _ = parse_index_name(exc.collection)
         return refusal(collection_not_found(collection))
 
-    @app.post("/v1/search", response_model=SearchResponse,
+    @app.post("/v1/search", response_model=SearchResponse, tags=["search"],
               responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
     async def search(req: SearchRequest, request: Request, principal: SearchKey) -> Any:
         started = time.perf_counter()
@@ -429,7 +435,7 @@ def create_app(settings: Settings) -> FastAPI:
         # response_model and encode it with the standard json module (about 0.8 ms per search).
         return Response(result.model_dump_json(), media_type="application/json")
 
-    @app.post("/v1/answer", response_model=AnswerResponse,
+    @app.post("/v1/answer", response_model=AnswerResponse, tags=["answer"],
               responses={200: {"content": {"text/event-stream": {}}}, 404: {"model": ErrorResponse},
                          409: {"model": ErrorResponse},
                          502: {"model": ErrorResponse}})
@@ -462,20 +468,20 @@ def create_app(settings: Settings) -> FastAPI:
                            len(result.sources))
         return result.model_copy(update={"collection": req.collection})
 
-    @app.post("/v1/feedback", status_code=201)
+    @app.post("/v1/feedback", status_code=201, tags=["answer"])
     async def feedback(item: FeedbackRequest, principal: SearchKey) -> dict[str, Any]:
         """A rating of an answer or search, stored durably before this returns."""
         assert state.usage is not None
         return await state.usage.feedback(item)
 
-    @app.get("/v1/stats")
+    @app.get("/v1/stats", tags=["admin"])
     async def stats(principal: AdminKey,
                     hours: Annotated[float, Query(gt=0, le=24 * 90)] = 24.0) -> dict[str, Any]:
         """Per collection: query and answer counts, latency percentiles, results, feedback and positive rate."""
         assert state.usage is not None
         return {"window_hours": hours, "collections": await state.usage.stats(hours)}
 
-    @app.post("/v1/search/batch", response_model=BatchSearchResponse,
+    @app.post("/v1/search/batch", response_model=BatchSearchResponse, tags=["search"],
               responses={404: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
     async def search_batch(batch: BatchSearchRequest, principal: SearchKey) -> Any:
         """Read-your-writes tokens are waited for first; then one embedding call serves every query."""
@@ -497,7 +503,7 @@ def create_app(settings: Settings) -> FastAPI:
         return BatchSearchResponse(responses=responses, strategies=strategies,
                                    timings_ms={"total": round((time.perf_counter() - started) * 1000, 3)})
 
-    @app.get("/v1/documents/{doc_id:path}", response_model=DocumentResponse,
+    @app.get("/v1/documents/{doc_id:path}", response_model=DocumentResponse, tags=["documents"],
              responses={404: {"model": ErrorResponse, "description": "no such document in the collection"}})
     async def get_document(doc_id: DocId, principal: SearchKey,
                            collection: Annotated[CollectionName, Query()] = "default") -> Any:
@@ -518,19 +524,19 @@ def create_app(settings: Settings) -> FastAPI:
         return DocumentResponse(doc_id=doc_id, collection=asked, version=doc.version, deleted=doc.deleted,
                                 title=doc.title, metadata=doc.metadata, chunks=chunks)
 
-    @app.get("/v1/cache/stats")
+    @app.get("/v1/cache/stats", tags=["admin"])
     async def cache_stats(principal: AdminKey) -> dict[str, Any]:
         if state.cache is None:
             return {"enabled": False}
         return {"enabled": True, **await state.cache.stats()}
 
-    @app.get("/v1/admin/collections")
+    @app.get("/v1/admin/collections", tags=["admin"])
     async def admin_collections(principal: AdminKey) -> dict[str, Any]:
         """Per collection: serving generation, counts, a rebuild in progress (as `fluxstream status`)."""
         assert state.redis is not None
         return await collection_status(state.redis)
 
-    @app.delete("/v1/admin/cache/{collection}")
+    @app.delete("/v1/admin/cache/{collection}", tags=["admin"])
     async def admin_clear_cache(collection: CollectionName, principal: AdminKey) -> dict[str, Any]:
         """Drop every cached answer of a collection's serving generation."""
         assert state.redis is not None and state.generations is not None
@@ -539,12 +545,12 @@ def create_app(settings: Settings) -> FastAPI:
         log.info("cache_cleared", collection=collection, keys=removed)
         return {"collection": collection, "removed_keys": removed}
 
-    @app.get("/healthz")
+    @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "not ready: Redis is unreachable or the service is "
-                                                        "starting"}})
+    @app.get("/readyz", tags=["operations"],
+             responses={503: {"description": "not ready: Redis is unreachable or the service is starting"}})
     async def readyz() -> JSONResponse:
         """Ready when searches can be answered: Redis reachable. PostgreSQL down leaves the service
         ready but degraded (BM25 and hybrid answer from BM25 alone, vector searches get 503)."""
@@ -559,7 +565,7 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"ready": ready, **checks, "degraded": degraded, "topic_search": topic_search},
                             status_code=200 if ready else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse,
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["operations"],
              responses={200: {"description": "Prometheus text exposition format",
                               "content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus() -> Response:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
+from importlib.metadata import version
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
+import fluxstream
 from fluxstream.settings import Settings
 from tests.conftest import TopicReader, change, eventually, send
 
@@ -184,3 +189,47 @@ async def test_405_names_the_allowed_methods(http: httpx.AsyncClient) -> None:
     assert resp.headers["allow"] == "POST"
     resp = await http.put("/v1/documents/x")
     assert resp.status_code == 405 and resp.headers["allow"] == "GET"
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.links += [value for name, value in attrs if name in ("src", "href") and value]
+
+
+async def test_docs_page_is_served_from_the_package(http: httpx.AsyncClient) -> None:
+    """/docs works offline: every asset it references is same-origin and served (no CDN)."""
+    page = await http.get("/docs")
+    assert page.status_code == 200 and "swagger-ui" in page.text
+    assert re.search(r"(https?:)?//[a-z0-9]", page.text, re.IGNORECASE) is None, page.text  # no external host
+    parser = _Links()
+    parser.feed(page.text)
+    assert len(parser.links) >= 3, parser.links  # script, stylesheet, icon
+    for link in parser.links:
+        assert urlsplit(link).netloc == "" and link.startswith("/"), link
+        asset = await http.get(link)
+        assert asset.status_code == 200 and len(asset.content) > 100, link
+    assert "SwaggerUIBundle" in (await http.get("/docs/assets/swagger-ui-bundle.js")).text
+    assert (await http.get("/redoc")).status_code == 404  # ReDoc would need a CDN: not offered
+
+
+async def test_openapi_has_version_tags_and_key_schemes(http: httpx.AsyncClient) -> None:
+    spec = (await http.get("/openapi.json")).json()
+    assert spec["info"]["version"] == version("fluxstream") == fluxstream.__version__
+    declared = {tag["name"] for tag in spec["tags"]}
+    assert {"search", "answer", "documents", "admin", "operations"} <= declared
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert operation.get("tags") and set(operation["tags"]) <= declared, (method, path)
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {**schemes["bearerAuth"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKeyHeader"] == {**schemes["apiKeyHeader"], "type": "apiKey", "in": "header",
+                                       "name": "X-API-Key"}
+    # Either scheme admits a search; probes need none.
+    assert {"bearerAuth": []} in spec["paths"]["/v1/search"]["post"]["security"]
+    assert {"apiKeyHeader": []} in spec["paths"]["/v1/search"]["post"]["security"]
+    assert {"apiKeyHeader": []} in spec["paths"]["/v1/admin/collections"]["get"]["security"]
+    assert "security" not in spec["paths"]["/healthz"]["get"]

@@ -63,6 +63,26 @@ async def test_keys_and_scopes(guarded: tuple[Settings, httpx.AsyncClient]) -> N
         assert (await http.get(public)).status_code == 200
 
 
+async def test_docs_authorize_schemes_admit_a_key(guarded: tuple[Settings, httpx.AsyncClient]) -> None:
+    """What Swagger UI's "Authorize" sends for each scheme of the OpenAPI document is accepted; the docs
+    page and its assets need no key."""
+    _, http = guarded
+    assert (await http.get("/docs")).status_code == 200
+    assert (await http.get("/docs/assets/swagger-ui-bundle.js")).status_code == 200
+    spec = (await http.get("/openapi.json")).json()
+    body = {"query": "anything", "collection": "nothing-here", "mode": "bm25"}
+    for name, scheme in spec["components"]["securitySchemes"].items():
+        if scheme["type"] == "http":
+            assert scheme["scheme"] == "bearer"
+            header = {"Authorization": f"Bearer {SEARCH_KEY}"}
+        else:
+            assert scheme["type"] == "apiKey" and scheme["in"] == "header"
+            header = {scheme["name"]: SEARCH_KEY}
+        resp = await http.post("/v1/search", json=body, headers=header)
+        assert resp.status_code == ADMITTED, (name, resp.text)
+        await asyncio.sleep(0.5)  # stay within the 2/s rate of this service
+
+
 async def test_rate_limit_and_body_size(guarded: tuple[Settings, httpx.AsyncClient]) -> None:
     _, http = guarded
     body = {"query": "q", "collection": "nothing-here", "mode": "bm25"}
