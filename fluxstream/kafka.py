@@ -120,3 +120,14 @@ class ReplyTopics:
         if self.pattern.fullmatch(str(topic)) is None:
             return "reply_to_not_allowed", f"reply_to {topic!r} is not an allowed reply topic ({self.rule})"
         return None
+
+
+async def cluster_id(settings: Settings) -> str:
+    """The Kafka cluster's id (Metadata v2+): what applied offsets are tied to (indexer.positions)."""
+    admin = new_admin(settings)
+    await admin.start()
+    try:
+        described = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return str(described.get("cluster_id") or "")

@@ -2,6 +2,11 @@
 
 * ``fx:applied`` hash, field ``<topic>:<partition>`` -> highest source offset the BM25 stage
   has handled (applied, skipped or dead-lettered); offsets are handled in order per partition.
+  Field ``cluster``: the Kafka cluster id those offsets belong to. Offsets mean nothing on another
+  broker (a restarted memory-only dev broker starts again at 0 under a new id): a worker adopts its
+  broker's id at start-up, which clears the offsets and pending marks of the old one
+  (``adopt_cluster``), raises offsets only while the id is its own, and a reader that knows its
+  broker's id counts no offset recorded under another id as reached.
 * ``fx:{c}:pending:<topic>:<partition>`` sorted set, doc_id -> the lowest source offset of the
   document's changes whose vectors are not visible yet;
 * ``fx:{c}:pending-entries:<topic>:<partition>`` hash, doc_id -> its entries ``offset:clear_at ``:
@@ -19,15 +24,28 @@ o2 is handled if v1's own job was skipped or folded, and only until v1's job oth
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
 from indexer.postings import PostingsStore
-from indexer.redis_plan import HashFieldRaiser
 from schemas.events import EmbedJob, SourcePosition
 
 APPLIED_KEY = "fx:applied"
+CLUSTER_FIELD = "cluster"
+
+# KEYS: fx:applied; ARGV: cluster id ('' when unknown), then field, offset pairs. Raises each field to
+# its offset unless the hash belongs to another cluster (a worker still reading an old broker).
+_RAISE = """
+local stored = redis.call('HGET', KEYS[1], 'cluster')
+if ARGV[1] ~= '' and stored and stored ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 2 do
+  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
 
 
 # KEYS: the pending sorted set, its entries hash; ARGV: mode, doc_id, offset, doc_id, offset, ...
@@ -65,11 +83,34 @@ return 1
 
 
 class Positions:
-    def __init__(self, redis: aioredis.Redis, store: PostingsStore) -> None:
+    """Applied positions; ``cluster``: the id of the Kafka cluster this process reads (None: unknown,
+    offsets are taken as they are)."""
+
+    def __init__(self, redis: aioredis.Redis, store: PostingsStore, cluster: str | None = None) -> None:
         self.redis = redis
         self.store = store
-        self._raise_to = HashFieldRaiser(redis)
+        self.cluster = cluster
+        self._raise = redis.register_script(_RAISE)
         self._clear = redis.register_script(_CLEAR)
+
+    async def adopt_cluster(self, cluster: str) -> bool:
+        """Tie applied positions to ``cluster`` (a worker's broker); True if those of another one were dropped.
+
+        The old broker's offsets and pending marks say nothing about the new one's: kept, a position on
+        the new broker would count as applied before the new worker got there."""
+        self.cluster = cluster
+        stored = await self.redis.hget(APPLIED_KEY, CLUSTER_FIELD)
+        if stored is not None and stored.decode() == cluster:
+            return False
+        # Index names cannot hold "}" (CollectionName), document ids can: the regex keeps only pending keys.
+        own = re.compile((re.escape(self.store.prefix) + r":\{[^}]+\}:pending(-entries)?:").encode())
+        pending = [key async for key in self.redis.scan_iter(match=f"{self.store.prefix}:*:pending*", count=1000)
+                   if own.match(key)]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(APPLIED_KEY, *pending)
+            pipe.hset(APPLIED_KEY, CLUSTER_FIELD, cluster)
+            await pipe.execute()
+        return stored is not None
 
     async def record_handled(self, positions: Iterable[SourcePosition]) -> None:
         """Raise the BM25 stage's handled offset per partition to the highest of ``positions``."""
@@ -77,8 +118,9 @@ class Positions:
         for pos in positions:
             field = f"{pos.topic}:{pos.partition}"
             highest[field] = max(highest.get(field, -1), pos.offset)
-        for field, offset in highest.items():
-            await self._raise_to(APPLIED_KEY, field, offset)
+        if highest:
+            args = [self.cluster or ""] + [str(v) for item in highest.items() for v in item]
+            await self._raise(keys=[APPLIED_KEY], args=args)
 
     async def clear_pending(self, jobs: Iterable[EmbedJob]) -> None:
         """The vector stage handled these jobs: what each one supersedes is no longer pending."""
@@ -103,7 +145,10 @@ class Positions:
             await pipe.execute()
 
     async def bm25_offset(self, topic: str, partition: int) -> int:
-        value = await self.redis.hget(APPLIED_KEY, f"{topic}:{partition}")
+        """The BM25 stage's handled offset of the partition on this process's broker (-1: none yet)."""
+        stored, value = await self.redis.hmget(APPLIED_KEY, [CLUSTER_FIELD, f"{topic}:{partition}"])
+        if self.cluster is not None and stored is not None and stored.decode() != self.cluster:
+            return -1  # recorded on another broker: no offset of this one is applied yet
         return int(value) if value is not None else -1
 
     async def oldest_pending(self, collection: str, topic: str, partition: int) -> int | None:

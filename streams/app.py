@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from fluxstream import metrics
-from fluxstream.kafka import faust_credentials
+from fluxstream.kafka import cluster_id, faust_credentials
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from indexer.retirement import Retirement
@@ -68,7 +68,19 @@ class WorkerState:
                     log.warning("resources_unavailable", error=repr(exc))
                     await asyncio.sleep(1.0)
                     continue
-                self._pipeline = Pipeline(self.settings, resources, self.publish, load_cdc_mapping(self.settings))
+                pipeline = Pipeline(self.settings, resources, self.publish, load_cdc_mapping(self.settings))
+                try:
+                    cluster = await cluster_id(self.settings)
+                except Exception as exc:  # the broker is still starting: keep trying, stay not-ready
+                    log.warning("kafka_cluster_unknown", error=repr(exc))
+                    await resources.close()
+                    await asyncio.sleep(1.0)
+                    continue
+                if cluster and await pipeline.positions.adopt_cluster(cluster):
+                    # Another broker's offsets (a restarted memory-only dev broker): a position on this one
+                    # must wait for this worker, not be satisfied by what the old broker's worker applied.
+                    log.warning("applied_positions_reset", cluster=cluster, reason="the Kafka cluster changed")
+                self._pipeline = pipeline
                 gc.freeze()  # start-up objects live as long as the worker: keep them out of every collection
                 # Each document allocates hundreds of short-lived objects, freed by reference counting;
                 # at Python's default (a collection every 700 net allocations) the cyclic collector
