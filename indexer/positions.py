@@ -82,6 +82,13 @@ return 1
 """
 
 
+async def applied_positions(redis: aioredis.Redis) -> tuple[str | None, dict[str, int]]:
+    """(the Kafka cluster id they belong to, ``<topic>:<partition>`` -> handled offset), as recorded."""
+    raw = {k.decode(): v.decode() for k, v in (await redis.hgetall(APPLIED_KEY)).items()}
+    cluster = raw.pop(CLUSTER_FIELD, None)
+    return cluster, {field: int(value) for field, value in raw.items()}
+
+
 class Positions:
     """Applied positions; ``cluster``: the id of the Kafka cluster this process reads (None: unknown,
     offsets are taken as they are)."""

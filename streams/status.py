@@ -11,7 +11,7 @@ from aiokafka import TopicPartition
 from fluxstream.kafka import new_admin, new_consumer
 from fluxstream.settings import Settings
 from indexer.generations import GenerationRegistry, index_name, parse_index_name
-from indexer.positions import APPLIED_KEY
+from indexer.positions import applied_positions
 from indexer.postings import PostingsStore
 from streams.cdc_mapping import CdcMapping
 from streams.topic_range import end_offsets
@@ -55,7 +55,7 @@ async def collection_status(redis: aioredis.Redis) -> dict[str, Any]:
     """One row per collection: its serving generation's counts, and any rebuild in progress."""
     store = PostingsStore(redis)
     registry = GenerationRegistry(redis)
-    applied = {k.decode(): int(v) for k, v in (await redis.hgetall(APPLIED_KEY)).items()}
+    cluster, applied = await applied_positions(redis)
     names = await store.collections()
     collections = sorted({parse_index_name(n)[0] for n in names} | {s.collection for s in await registry.all()})
     states = await registry.get_many(collections)
@@ -74,7 +74,7 @@ async def collection_status(redis: aioredis.Redis) -> dict[str, Any]:
             row["building"] = {"generation": state.building, "state": state.state, "documents": building.docs,
                                "chunks": building.chunks, **state.progress}
         rows.append(row)
-    return {"applied_positions": applied, "collections": rows}
+    return {"applied_positions": applied, "kafka_cluster": cluster, "collections": rows}
 
 
 async def status(settings: Settings) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from fluxstream.settings import Settings
 from fluxstream.wiring import build_tokenizer
 from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
 from indexer.chunking import Chunker
-from indexer.positions import Positions
+from indexer.positions import Positions, applied_positions
 from indexer.postings import PostingsStore
 from schemas.events import DocumentChange, EmbedJob, SourcePosition
 
@@ -161,6 +161,7 @@ async def test_offsets_of_another_kafka_cluster_never_count(stack: Settings) -> 
         assert await reader.reached("c", at(10), vectors=True) and not await reader.reached("c", at(11), vectors=False)
         assert not await worker.adopt_cluster("new-broker")  # a second worker of the same broker keeps them
         assert await reader.bm25_offset("docs", 0) == 10
+        assert await applied_positions(redis) == ("new-broker", {"docs:0": 10})  # what `fluxstream status` shows
     finally:
         await redis.flushdb()
         await redis.aclose()
