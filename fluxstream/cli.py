@@ -505,6 +505,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         committed = f"{row['committed']}{'!' if row.get('ahead') else ''}"
         print(f"{row['topic']:32} {row['partition']:>9} {committed:>10} {row['end']:>10} {row['lag']:>8} "
               f"{applied:>10}")
+    if report.get("kafka_cluster"):
+        print(f"\napplied offsets belong to Kafka cluster {report['kafka_cluster']} (a worker on another cluster "
+              "starts them afresh)")
     if any(row.get("ahead") for row in report["consumer_lag"]):
         print("\n! committed past the partition's end: the topic was recreated or lost records (an in-memory broker "
               "restarted?); the worker group skips or re-reads records until its offsets are reset")
