@@ -41,6 +41,8 @@ def test_positions_of_a_previous_broker_do_not_satisfy_the_new_one(tmp_path: Pat
     base = replace(Settings.from_env(), state_dir=str(tmp_path / "state"), session_timeout=6.0, batch_within=0.01,
                    embed_batch_within=0.05, log_format="console", cdc_config="")
     first, settings = _start(base)
+    assert first.services is not None
+    first_cluster = first.services.kafka_cluster_id
     try:
         docs = [{"doc_id": f"old-{i}", "collection": "restart", "version": 1, "text": f"heron by the river {i}"}
                 for i in range(30)]
@@ -53,8 +55,7 @@ def test_positions_of_a_previous_broker_do_not_satisfy_the_new_one(tmp_path: Pat
 
     second, settings = _start(base)  # same state directory: the index is kept, the topics are new and empty
     try:
-        assert second.services is not None and first.services is not None
-        assert second.services.kafka_cluster_id != first.services.kafka_cluster_id
+        assert second.services is not None and second.services.kafka_cluster_id != first_cluster
         started = time.monotonic()
         resp = _search(settings, "heron", ahead, 1500)  # this broker has no record at that offset yet
         assert resp.status_code == 409 and resp.json()["error"] == "position_not_reached", resp.text
