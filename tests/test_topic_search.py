@@ -35,6 +35,7 @@ def searched(reply: TopicSearchReply) -> bool:
     """The request reached the search itself: "nothing-here" was never written, so that is its answer."""
     return reply.error is not None and reply.error.error == "collection_not_found"
 
+
 async def test_concurrent_requests_bad_requests_and_deadlines(
     stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient, collection: str
 ) -> None:
