@@ -183,3 +183,17 @@ async def test_replay_topic_window_into_a_new_generation(
     promoted = await asyncio.to_thread(cli, stack, "rebuild", collection, "--promote", "--grace", "0")
     assert promoted.returncode == 0 and "generation 2 serving now" in promoted.stdout, promoted.stderr
     assert (await GenerationRegistry(redis_client).serving_index(collection)) == (index_name(collection, 2), 2)
+
+
+async def test_a_generation_exists_from_its_rebuild_start(http: httpx.AsyncClient, redis_client: aioredis.Redis,
+                                                         collection: str) -> None:
+    """A collection is found (200, no hits) once a rebuild gave it a generation, even one whose source held
+    nothing to index: only a collection never written or rebuilt is ``collection_not_found``."""
+    body = {"query": "anything", "collection": collection, "mode": "bm25"}
+    assert (await http.post("/v1/search", json=body)).status_code == 404
+    registry = GenerationRegistry(redis_client)
+    generation = await registry.begin(collection, {"phase": "starting"})
+    assert await PostingsStore(redis_client).collection_exists(index_name(collection, generation))
+    assert await registry.switch(collection, generation, grace_seconds=60)
+    resp = await http.post("/v1/search", json=body)
+    assert resp.status_code == 200 and resp.json()["hits"] == [] and resp.json()["generation"] == generation
