@@ -118,6 +118,8 @@ async def send(producer: AIOKafkaProducer, topic: str, key_value: tuple[bytes | 
 
 async def bm25_ids(http: httpx.AsyncClient, collection: str, query: str) -> list[str]:
     resp = await http.post("/v1/search", json={"query": query, "collection": collection, "mode": "bm25", "k": 50})
+    if resp.status_code == 404 and resp.json()["error"] == "collection_not_found":
+        return []  # nothing indexed into it yet
     assert resp.status_code == 200, resp.text
     return sorted(h["doc_id"] for h in resp.json()["hits"])
 
