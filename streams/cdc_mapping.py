@@ -22,6 +22,7 @@ rows of different tables never share an id, and a truncate removes only its own 
 
 from __future__ import annotations
 
+import math
 import string
 import tomllib
 from collections import Counter
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from schemas.events import INT64_MAX, INT64_MIN
 
 ID_SEPARATOR = "|"
 NAMESPACE_SEPARATOR = ":"
@@ -105,12 +108,23 @@ def _check_distinct(sources: list[TableMapping]) -> None:
 
 def _metadata_value(value: Any) -> Any:
     """Scalars and lists of scalars as they are (filterable); anything else (an object such as an hstore
-    map, a list of lists or objects) as its JSON text."""
-    if value is None or isinstance(value, str | int | float | bool):
+    map, a list of lists or objects) as its JSON text. A number the event schema cannot carry (a MySQL
+    ``BIGINT UNSIGNED`` over 2^63-1, a double beyond that range or NaN) becomes its text, so the row is
+    still indexed rather than dead-lettered for one column."""
+    if value is None or isinstance(value, str | bool):
         return value
+    if isinstance(value, int | float):
+        return _storable_number(value)
     if isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value):
-        return value
+        return [v if isinstance(v, str | bool) else _storable_number(v) for v in value]
     return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _storable_number(value: float) -> float | str:
+    """``value`` itself when schemas.events' metadata numbers admit it, else its decimal text."""
+    if isinstance(value, int):
+        return value if INT64_MIN <= value <= INT64_MAX else str(value)
+    return value if math.isfinite(value) and INT64_MIN + 1024 <= value <= INT64_MAX - 1023 else repr(value)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from schemas.events import DocumentChange
 from streams import debezium
 from streams.cdc_mapping import CdcMapping
 from tests.debezium_fixtures import envelope, pg_source, record
@@ -65,3 +66,17 @@ def test_an_explicit_empty_prefix_turns_namespacing_off() -> None:
 def test_sources_of_one_collection_cannot_share_a_name_or_a_prefix(second: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="share the"):
         CdcMapping.from_dict({"sources": [source("pg.public.posts", "feed"), second]})
+
+
+def test_numbers_the_event_schema_cannot_carry_become_text() -> None:
+    """A MySQL BIGINT UNSIGNED over 2^63-1 (or a double past that range) must not dead-letter its row."""
+    mapping = CdcMapping.from_dict({"sources": [source("mysql.shop.items", "items",
+                                                       metadata=["big", "small", "huge", "many"])]})
+    [items] = mapping.sources
+    row = {"id": 1, "body": "text", "big": 2**64 - 1, "small": -5, "huge": 1e300, "many": [1, 2**63, 2.5]}
+    title, text, metadata = items.render(row)
+    assert metadata == {"big": "18446744073709551615", "small": -5, "huge": "1e+300",
+                        "many": [1, "9223372036854775808", 2.5]}
+    change = DocumentChange(op="upsert", doc_id="1", collection="items", version=1, title=title, text=text,
+                            metadata=metadata)
+    assert change.metadata["big"] == "18446744073709551615"
