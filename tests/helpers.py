@@ -7,6 +7,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -17,11 +18,20 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
+from fluxstream.stack import free_port
 from fluxstream.wiring import build_tokenizer
 from indexer.chunking import Chunker, make_chunk_id
 from indexer.postings import PostingsStore, pack_posting
 from query.service import create_app
 from tests.conftest import eventually
+
+
+def own_stack_settings(state_dir: str, **overrides: Any) -> Settings:
+    """Settings for a test's own Stack (fault drills stop its servers): fast batching, a short group
+    session (Tansu makes a join wait session_timeout / 2), free ports; ``overrides`` win."""
+    return replace(Settings.from_env(), state_dir=state_dir, session_timeout=6.0, http_port=free_port(),
+                   worker_web_port=free_port(), log_format="console", batch_within=0.01, embed_batch_within=0.05,
+                   **overrides)
 
 
 async def scan_postings(redis: aioredis.Redis, collection: str) -> dict[str, dict[str, int]]:

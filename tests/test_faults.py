@@ -9,7 +9,7 @@ import random
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,9 +18,9 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
-from fluxstream.stack import AppProcesses, Stack, free_port
+from fluxstream.stack import AppProcesses, Stack
 from tests.conftest import eventually
-from tests.helpers import assert_same_index, history, publish
+from tests.helpers import assert_same_index, history, own_stack_settings, publish
 
 pytestmark = pytest.mark.slow
 
@@ -28,9 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state_dir = tmp_path_factory.mktemp("faults")
-    base = replace(Settings.from_env(), state_dir=str(state_dir), session_timeout=6.0, http_port=free_port(),
-                   worker_web_port=free_port(), log_format="console", batch_within=0.01, embed_batch_within=0.05,
-                   app_id="fluxstream-faults")
+    base = own_stack_settings(str(state_dir), app_id="fluxstream-faults")
     stack = Stack(base, workers=2)
     stack.start()
     yield stack

@@ -8,16 +8,15 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
-from fluxstream.stack import Stack, free_port
+from fluxstream.stack import Stack
 from tests.conftest import TopicReader, change, eventually, send
+from tests.helpers import own_stack_settings
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +28,7 @@ TEXTS = {"q1": "river stones are smoothed by the water over many years",
 @pytest.fixture(scope="module")
 def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state_dir = tmp_path_factory.mktemp("query-faults")
-    base = replace(Settings.from_env(), state_dir=str(state_dir), session_timeout=6.0, http_port=free_port(),
-                   worker_web_port=free_port(), log_format="console", batch_within=0.01, embed_batch_within=0.05,
-                   app_id="fluxstream-query-faults")
+    base = own_stack_settings(str(state_dir), app_id="fluxstream-query-faults")
     stack = Stack(base, workers=1)
     stack.start()
     yield stack
