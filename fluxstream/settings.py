@@ -149,6 +149,13 @@ class Settings:
     topic_replication: int = _env_field(1, "Replication factor when fluxstream creates its topics.", COUNT)
 
     cdc_config: str = _env_field("", "TOML file mapping Debezium topics/tables to collections (docs/cdc.md).")
+    cdc_source_url: str = _env_field(
+        "", "Source PostgreSQL `fluxstream cdc` captures (wal_level=logical), postgresql://user:pw@host:port/db.",
+        Allowed("a postgresql:// URL", lambda v: not v or v.startswith(("postgresql://", "postgres://"))))
+    cdc_tables: str = _env_field("", "Tables `fluxstream cdc` captures, schema.table comma-separated.")
+    cdc_topic_prefix: str = _env_field("cdc", "Topic prefix of `fluxstream cdc`: topics are <prefix>.<schema>.<table>.")
+    cdc_slot: str = _env_field("fluxstream", "Replication slot of `fluxstream cdc` (publication <slot>_publication).")
+    cdc_schemas: bool = _env_field(True, "`fluxstream cdc` writes JSON with schemas (schemas.enable=true).")
 
     # --- worker ---
     app_id: str = _env_field("fluxstream", "Faust app id, also the consumer group id.")

