@@ -57,6 +57,8 @@ def _start(source: SourcePostgres, stack: Settings, state_dir: Path, run: int) -
 
 async def _found(http: httpx.AsyncClient, query: str) -> set[str]:
     resp = await http.post("/v1/search", json={"query": query, "collection": COLLECTION, "mode": "bm25", "k": 20})
+    if resp.status_code == 404:  # the collection does not exist until its first record is applied
+        return set()
     resp.raise_for_status()
     return {hit["doc_id"] for hit in resp.json()["hits"]}
 
