@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from fluxstream import devenv
+from fluxstream import __version__, devenv
 from fluxstream.logging import configure_logging, get_logger, redact
 from fluxstream.settings import Settings, SettingsError, describe, markdown_reference
 
@@ -697,22 +697,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("fluxstream")
-    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     from streams.cdc_engine import parse_property  # light: no JVM until a command runs the engine
 
     parser = argparse.ArgumentParser(
         prog="fluxstream", description="fluxstream: dev stack, worker, query service, topic admin, publishing, search. "
         "Every setting is a FLUXSTREAM_* environment variable (fluxstream config lists them).")
-    parser.add_argument("--version", action="version", version=f"fluxstream {_version()}")
+    parser.add_argument("--version", action="version", version=f"fluxstream {__version__}")
     parser.add_argument("--state-dir", help="state directory (default $FLUXSTREAM_STATE_DIR or .fluxstream)")
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run the embedded stack with worker and query service")
