@@ -26,6 +26,14 @@ from query.service import create_app
 from tests.conftest import eventually
 
 
+async def bm25_ids(http: httpx.AsyncClient, collection: str, query: str) -> list[str]:
+    """Sorted doc ids of a BM25 search (k = 50); none while the collection has no document yet (404)."""
+    resp = await http.post("/v1/search", json={"query": query, "collection": collection, "mode": "bm25", "k": 50})
+    if resp.status_code == 404 and resp.json()["error"] == "collection_not_found":
+        return []  # nothing indexed into it yet
+    assert resp.status_code == 200, resp.text
+    return sorted(h["doc_id"] for h in resp.json()["hits"])
+
 def own_stack_settings(state_dir: str, **overrides: Any) -> Settings:
     """Settings for a test's own Stack (fault drills stop its servers): fast batching, a short group
     session (Tansu makes a join wait session_timeout / 2), free ports; ``overrides`` win."""

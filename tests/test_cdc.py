@@ -18,6 +18,7 @@ from fluxstream.settings import Settings
 from indexer.postings import PostingsStore
 from tests.conftest import eventually
 from tests.debezium_fixtures import envelope, mysql_source, pg_source, record
+from tests.helpers import bm25_ids
 
 ARTICLES = "pg.public.articles"
 
@@ -29,13 +30,6 @@ async def produce(producer: AIOKafkaProducer, topic: str, key: bytes | None, val
 async def doc(http: httpx.AsyncClient, collection: str, doc_id: str) -> dict[str, Any] | None:
     resp = await http.get(f"/v1/documents/{doc_id}", params={"collection": collection})
     return resp.json() if resp.status_code == 200 else None
-
-
-async def bm25_ids(http: httpx.AsyncClient, collection: str, query: str) -> list[str]:
-    resp = await http.post("/v1/search", json={"query": query, "collection": collection, "mode": "bm25", "k": 50})
-    if resp.status_code == 404 and resp.json()["error"] == "collection_not_found":
-        return []  # nothing indexed into it yet
-    return sorted(h["doc_id"] for h in resp.json()["hits"])
 
 
 async def test_connector_without_lsn_and_composite_key(stack: Settings, producer: AIOKafkaProducer,

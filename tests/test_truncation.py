@@ -21,6 +21,7 @@ from indexer.postings import DocumentState, PostingsStore, VersionConflict
 from schemas.events import DocumentChange, SourcePosition
 from tests.conftest import eventually
 from tests.debezium_fixtures import envelope, pg_source, record
+from tests.helpers import bm25_ids
 
 
 def upsert(collection: str, doc_id: str, version: int, table: str | None) -> tuple[DocumentState, DocumentState]:
@@ -114,14 +115,6 @@ async def test_rows_written_just_before_a_truncate_never_survive_it(
 async def send(producer: AIOKafkaProducer, topic: str, key_value: tuple[bytes | None, bytes | None]) -> None:
     key, value = key_value
     await producer.send_and_wait(topic, key=key, value=value)
-
-
-async def bm25_ids(http: httpx.AsyncClient, collection: str, query: str) -> list[str]:
-    resp = await http.post("/v1/search", json={"query": query, "collection": collection, "mode": "bm25", "k": 50})
-    if resp.status_code == 404 and resp.json()["error"] == "collection_not_found":
-        return []  # nothing indexed into it yet
-    assert resp.status_code == 200, resp.text
-    return sorted(h["doc_id"] for h in resp.json()["hits"])
 
 
 async def test_a_truncate_removes_only_its_own_tables_documents(
