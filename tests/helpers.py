@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -18,7 +18,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.settings import Settings
-from fluxstream.stack import free_port
+from fluxstream.stack import Stack, free_port
 from fluxstream.wiring import build_tokenizer
 from indexer.chunking import Chunker, make_chunk_id
 from indexer.postings import PostingsStore, pack_posting
@@ -40,6 +40,17 @@ def own_stack_settings(state_dir: str, **overrides: Any) -> Settings:
     return replace(Settings.from_env(), state_dir=state_dir, session_timeout=6.0, http_port=free_port(),
                    worker_web_port=free_port(), log_format="console", batch_within=0.01, embed_batch_within=0.05,
                    **overrides)
+
+
+@contextmanager
+def own_stack(state_dir: str, workers: int, **overrides: Any) -> Iterator[Stack]:
+    """A started Stack of the test's own (``own_stack_settings``), stopped on the way out."""
+    stack = Stack(own_stack_settings(state_dir, **overrides), workers=workers)
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 async def scan_postings(redis: aioredis.Redis, collection: str) -> dict[str, dict[str, int]]:

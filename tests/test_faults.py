@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from fluxstream.settings import Settings
 from fluxstream.stack import AppProcesses, Stack
 from tests.conftest import eventually
-from tests.helpers import assert_same_index, history, own_stack_settings, publish
+from tests.helpers import assert_same_index, history, own_stack, publish
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +28,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state_dir = tmp_path_factory.mktemp("faults")
-    base = own_stack_settings(str(state_dir), app_id="fluxstream-faults")
-    stack = Stack(base, workers=2)
-    stack.start()
-    yield stack
-    stack.stop()
+    with own_stack(str(state_dir), workers=2, app_id="fluxstream-faults") as stack:
+        yield stack
     for log in sorted(Path(state_dir).glob("worker-*.log")):
         print(f"--- {log.name}: {len(re.findall('Traceback', log.read_text(errors='replace')))} tracebacks")
 

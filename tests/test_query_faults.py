@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from fluxstream.stack import Stack
 from tests.conftest import TopicReader, change, eventually, send
-from tests.helpers import own_stack_settings
+from tests.helpers import own_stack
 
 pytestmark = pytest.mark.slow
 
@@ -28,11 +28,8 @@ TEXTS = {"q1": "river stones are smoothed by the water over many years",
 @pytest.fixture(scope="module")
 def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state_dir = tmp_path_factory.mktemp("query-faults")
-    base = own_stack_settings(str(state_dir), app_id="fluxstream-query-faults")
-    stack = Stack(base, workers=1)
-    stack.start()
-    yield stack
-    stack.stop()
+    with own_stack(str(state_dir), workers=1, app_id="fluxstream-query-faults") as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
