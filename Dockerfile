@@ -7,7 +7,7 @@
 #   docker run IMAGE create-topics   -> fluxstream create-topics  (one-shot)
 #   docker run IMAGE publish --file docs.ndjson
 #
-# Every setting is an environment variable FLUXSTREAM_* (see fluxstream/settings.py).
+# Every setting is an environment variable FLUXSTREAM_* (see fluxstream/core/settings.py).
 # Build:  docker build -t fluxstream:local .
 
 # The Python version CI tests (.ci/run runs the test suite on 3.11): the image runs what was tested.

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fluxstream.indexer.postings import PostingsStore
+from fluxstream.indexer.vector_store import VectorHit
+from fluxstream.query.cache import CacheConfig, SemanticCache
+from fluxstream.query.search import Retrieval
+from fluxstream.schemas.api import CacheInfo, SearchRequest, SearchResponse
 from fluxstream.stack import EmbeddedServices
-from indexer.postings import PostingsStore
-from indexer.vector_store import VectorHit
-from query.cache import CacheConfig, SemanticCache
-from query.search import Retrieval
-from schemas.api import CacheInfo, SearchRequest, SearchResponse
 
 DIM = 384
 COLLECTION = "bench"

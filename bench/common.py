@@ -16,9 +16,9 @@ import numpy as np
 import psycopg
 import redis.asyncio as aioredis
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.postings import PostingsStore
 from fluxstream.stack import Stack, free_port
-from indexer.postings import PostingsStore
 
 VASWANI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vaswani"
 

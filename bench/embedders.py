@@ -135,7 +135,7 @@ def sentence_transformers_available() -> bool:
 def load_local() -> tuple[Any, float]:
     """Import + construct + load weights, timed, as a cold worker start does."""
     start = time.perf_counter()
-    from indexer.embedders.minilm import LocalMiniLMEmbedder
+    from fluxstream.indexer.embedders.minilm import LocalMiniLMEmbedder
 
     embedder = LocalMiniLMEmbedder()
     embedder.load()

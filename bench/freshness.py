@@ -27,8 +27,8 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from fluxstream.kafka import new_producer
-from fluxstream.settings import Settings
+from fluxstream.core.kafka import new_producer
+from fluxstream.core.settings import Settings
 from fluxstream.stack import Stack, free_port
 
 WORDS = ["stream", "index", "query", "vector", "token", "chunk", "shard", "replica", "offset", "commit", "lag", "fresh"]

@@ -22,11 +22,11 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from bench.common import VASWANI, load_vaswani_corpus, percentiles
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.hnsw import HNSW_PRESETS
+from fluxstream.query.evaluation import load_trec_topics
 from fluxstream.stack import EmbeddedServices
 from fluxstream.wiring import open_embedder
-from indexer.hnsw import HNSW_PRESETS
-from query.evaluation import load_trec_topics
 
 CACHE = Path.home() / ".cache" / "fluxstream"
 EF_SEARCH = [20, 40, 100, 200, 400]

@@ -33,15 +33,15 @@ import orjson
 from bench.common import load_vaswani_corpus, percentiles, running_stack, wait_until_indexed
 from bench.cpu import CpuMeter
 from fluxstream.client import publish_documents
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.apply import DocumentBuilder
+from fluxstream.indexer.chunking import Chunker
+from fluxstream.indexer.embedders.base import close_embedder
+from fluxstream.indexer.postings import DocumentState, pack_posting
+from fluxstream.indexer.vector_stage import PART_SIZE as EMBED_PART
+from fluxstream.schemas.events import DocumentChange
+from fluxstream.streams.topic_range import TopicRange, read_range
 from fluxstream.wiring import build_tokenizer, open_embedder, open_redis
-from indexer.apply import DocumentBuilder
-from indexer.chunking import Chunker
-from indexer.embedders.base import close_embedder
-from indexer.postings import DocumentState, pack_posting
-from indexer.vector_stage import PART_SIZE as EMBED_PART
-from schemas.events import DocumentChange
-from streams.topic_range import TopicRange, read_range
 
 
 def workload(n: int, collection: str, skip: int = 0) -> list[dict[str, Any]]:

@@ -29,9 +29,9 @@ from pgvector.psycopg import register_vector
 
 from bench.common import percentiles, running_stack, wait_until_indexed
 from fluxstream.client import publish_documents
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.chunking import Chunker, make_chunk_id
 from fluxstream.wiring import build_tokenizer
-from indexer.chunking import Chunker, make_chunk_id
 
 VOCABULARY = 30_000
 TOPICS = 300

@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import orjson
 
 from fluxstream import __version__, devenv
-from fluxstream.logging import configure_logging, get_logger, redact
-from fluxstream.settings import Settings, SettingsError, describe, markdown_reference
+from fluxstream.core.logging import configure_logging, get_logger, redact
+from fluxstream.core.settings import Settings, SettingsError, describe, markdown_reference
 
 if TYPE_CHECKING:
     from fluxstream.stack import Stack
-    from streams.rebuild import RebuildPlan
-    from streams.topic_range import TopicRange
+    from fluxstream.streams.rebuild import RebuildPlan
+    from fluxstream.streams.topic_range import TopicRange
 
 log = get_logger("fluxstream.cli")
 
@@ -49,7 +49,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     Exit status 1 when the stack cannot start or a child exits while it runs; 0 after Ctrl-C/SIGTERM.
     """
-    from fluxstream.logging import log_to_file
+    from fluxstream.core.logging import log_to_file
     from fluxstream.stack import DEV_EXTRA_HINT, Stack, StackError, missing_embedded_servers
 
     base = _settings(args, dev_stack=False)
@@ -199,8 +199,8 @@ CDC_RECOMMENDED = {"decimal.handling.mode": "string"}  # exact numbers with or w
 def cmd_cdc(args: argparse.Namespace) -> int:
     """Debezium's embedded engine in this process (streams/cdc_engine.py), publishing to Kafka as Kafka
     Connect would; offsets under ``<state dir>/cdc``; SIGTERM/Ctrl-C stops it cleanly (exit status 0)."""
-    from fluxstream.kafka import connection_options
-    from streams.cdc_engine import KafkaSink, postgres_properties, serve
+    from fluxstream.core.kafka import connection_options
+    from fluxstream.streams.cdc_engine import KafkaSink, postgres_properties, serve
 
     settings = _settings(args)
     source = args.source or settings.cdc_source_url
@@ -230,8 +230,8 @@ def cmd_cdc(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from fluxstream.logging import logging_config
-    from streams.app import build_app
+    from fluxstream.core.logging import logging_config
+    from fluxstream.streams.app import build_app
 
     settings = _settings(args)
     _require(settings, "kafka_url", "redis_url", "database_url")
@@ -257,10 +257,10 @@ def _use_uvloop() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from fluxstream.kafka import ReplyTopics
-    from fluxstream.logging import logging_config
-    from query.service import create_app
-    from streams.topics import topic_names
+    from fluxstream.core.kafka import ReplyTopics
+    from fluxstream.core.logging import logging_config
+    from fluxstream.query.service import create_app
+    from fluxstream.streams.topics import topic_names
 
     settings = _settings(args)
     _require(settings, "redis_url", "database_url")
@@ -288,7 +288,7 @@ def _require(settings: Settings, *names: str) -> None:
 
 # ---------------------------------------------------------------- admin
 def cmd_create_topics(args: argparse.Namespace) -> int:
-    from streams.topics import create_topics
+    from fluxstream.streams.topics import create_topics
 
     settings = _settings(args)
     _require(settings, "kafka_url")
@@ -321,8 +321,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from aiokafka.errors import KafkaError
 
     from fluxstream.client import publish_changes
-    from streams.eventlog import BadLine
-    from streams.replay import Progress, read_documents
+    from fluxstream.streams.eventlog import BadLine
+    from fluxstream.streams.replay import Progress, read_documents
 
     settings = _settings(args)
     _require(settings, "kafka_url")
@@ -372,7 +372,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import tempfile
 
-    from streams.replay import export, replay
+    from fluxstream.streams.replay import export, replay
 
     settings = _settings(args)
     if not args.dry_run or args.from_topic:
@@ -412,7 +412,7 @@ def _ms(text: str | None) -> int | None:
 
 
 def _window(args: argparse.Namespace, topic: str) -> TopicRange:
-    from streams.topic_range import TopicRange
+    from fluxstream.streams.topic_range import TopicRange
 
     return TopicRange(topic, args.partition, start=args.from_offset, end=args.to_offset,
                       start_ms=_ms(args.from_time), end_ms=_ms(args.to_time))
@@ -420,7 +420,7 @@ def _window(args: argparse.Namespace, topic: str) -> TopicRange:
 
 def _rebuild_plan(args: argparse.Namespace, collection: str) -> RebuildPlan:
     """A new generation must catch up with the live topic: windows have a start but no end."""
-    from streams.rebuild import RebuildPlan
+    from fluxstream.streams.rebuild import RebuildPlan
 
     if args.to_offset is not None or args.to_time is not None:
         sys.exit("a new generation replays up to the topic's end (it must catch up): --to-* does not apply")
@@ -433,8 +433,8 @@ def _rebuild_plan(args: argparse.Namespace, collection: str) -> RebuildPlan:
 
 
 def _rebuild(settings: Settings, plan: RebuildPlan) -> int:
-    from streams.app import load_cdc_mapping
-    from streams.rebuild import rebuild
+    from fluxstream.streams.app import load_cdc_mapping
+    from fluxstream.streams.rebuild import rebuild
 
     _require(settings, "kafka_url", "redis_url", "database_url")
     report = asyncio.run(rebuild(settings, plan, load_cdc_mapping(settings)))
@@ -459,7 +459,7 @@ def _promote(settings: Settings, collection: str, grace: float | None) -> int:
     """Switch to a generation built with --no-switch (it has been fed live changes since)."""
     import redis.asyncio as aioredis
 
-    from indexer.generations import GenerationRegistry
+    from fluxstream.indexer.generations import GenerationRegistry
 
     async def run() -> tuple[bool, str]:
         redis = aioredis.from_url(settings.redis_url)
@@ -481,8 +481,8 @@ def _promote(settings: Settings, collection: str, grace: float | None) -> int:
 
 
 def _abort_rebuild(settings: Settings, collection: str) -> int:
-    from indexer.retirement import Retirement
-    from streams.pipeline import Resources
+    from fluxstream.indexer.retirement import Retirement
+    from fluxstream.streams.pipeline import Resources
 
     async def run() -> str:
         resources = await Resources.open(settings, settings.redis_url, settings.database_url)
@@ -508,7 +508,7 @@ def _add_range_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from streams.replay import export
+    from fluxstream.streams.replay import export
 
     settings = _settings(args)
     _require(settings, "kafka_url")
@@ -519,8 +519,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """list | show | redrive the records of the dead-letter topic (streams/dead_letters.py)."""
-    from streams.dead_letters import fetch_letters, parse_position, read_letters, redrive
-    from streams.topic_range import TopicRange
+    from fluxstream.streams.dead_letters import fetch_letters, parse_position, read_letters, redrive
+    from fluxstream.streams.topic_range import TopicRange
 
     settings = _settings(args)
     _require(settings, "kafka_url")
@@ -575,7 +575,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from streams.status import status
+    from fluxstream.streams.status import status
 
     settings = _settings(args)
     _require(settings, "kafka_url", "redis_url")
@@ -638,7 +638,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Precision, recall, F1, MRR and nDCG@k of the running query service against judged queries."""
     import httpx
 
-    from query.evaluation import evaluate, load_qrels, load_queries
+    from fluxstream.query.evaluation import evaluate, load_qrels, load_queries
 
     settings = _settings(args)
     qrels, queries = load_qrels(args.qrels), load_queries(args.queries)
@@ -668,7 +668,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    from schemas.registry import ALL_MODELS, render, schema_path, write_all
+    from fluxstream.schemas.registry import ALL_MODELS, render, schema_path, write_all
 
     if args.write:
         for path in write_all():
@@ -681,7 +681,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 def cmd_api_key(args: argparse.Namespace) -> int:
     """Print a new key (give it to the client) and its entry (append it to FLUXSTREAM_API_KEYS)."""
-    from query.auth import new_key
+    from fluxstream.query.auth import new_key
 
     key, entry = new_key([s.strip() for s in args.scopes.split(",") if s.strip()])
     print(f"key:   {key}\nentry: {entry}")
@@ -698,7 +698,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from streams.cdc_engine import parse_property  # light: no JVM until a command runs the engine
+    from fluxstream.streams.cdc_engine import parse_property  # light: no JVM until a command runs the engine
 
     parser = argparse.ArgumentParser(
         prog="fluxstream", description="fluxstream: dev stack, worker, query service, topic admin, publishing, search. "

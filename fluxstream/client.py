@@ -11,9 +11,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
-from fluxstream.kafka import new_producer
-from fluxstream.settings import Settings
-from schemas.events import DocumentChange, SourcePosition
+from fluxstream.core.kafka import new_producer
+from fluxstream.core.settings import Settings
+from fluxstream.schemas.events import DocumentChange, SourcePosition
 
 _clock_lock = threading.Lock()
 _last_version = 0

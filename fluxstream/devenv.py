@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fluxstream.settings import ENV_PREFIX, Settings
+from fluxstream.core.settings import ENV_PREFIX, Settings
 
 ENV_FILE = "env"
 # What changes between dev stack starts, and what a client needs to reach the stack.

@@ -14,9 +14,9 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from fluxstream.kafka import ReplyTopics, new_consumer, new_producer
-from fluxstream.settings import Settings
-from schemas.api import ErrorResponse, SearchResponse, TopicSearchReply, TopicSearchRequest
+from fluxstream.core.kafka import ReplyTopics, new_consumer, new_producer
+from fluxstream.core.settings import Settings
+from fluxstream.schemas.api import ErrorResponse, SearchResponse, TopicSearchReply, TopicSearchRequest
 
 
 class SearchTimeout(TimeoutError):

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fluxstream import ports
-from fluxstream.lifetime import die_with_parent
-from fluxstream.settings import Settings
-from streams.topics import create_topics
+from fluxstream.core.lifetime import die_with_parent
+from fluxstream.core.settings import Settings
+from fluxstream.streams.topics import create_topics
 
 Progress = Callable[[str], AbstractContextManager[object]]
 """``with progress("starting Kafka"):`` around each start-up step (`fluxstream dev` prints them)."""

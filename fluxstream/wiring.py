@@ -13,12 +13,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from fluxstream.redis_packing import with_c_packing
-from fluxstream.settings import Settings
-from indexer.embedders.base import Embedder
-from indexer.embedders.factory import embedder_from_settings
-from indexer.tokenizer import Tokenizer, parse_stopwords
-from indexer.vector_store import VectorStore
+from fluxstream.core.redis_packing import with_c_packing
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.embedders.base import Embedder
+from fluxstream.indexer.embedders.factory import embedder_from_settings
+from fluxstream.indexer.tokenizer import Tokenizer, parse_stopwords
+from fluxstream.indexer.vector_store import VectorStore
 
 
 def build_tokenizer(settings: Settings) -> Tokenizer:

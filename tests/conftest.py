@@ -21,7 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 from fluxstream.stack import AppProcesses, Stack, free_port
 
 # Debezium topics the session worker reads (tests/test_cdc.py, tests/test_debezium_real.py).

@@ -80,13 +80,13 @@ class SourcePostgres:
 
 
 class EngineProcess:
-    """``python -m streams.cdc_engine`` as a child process."""
+    """``python -m fluxstream.streams.cdc_engine`` as a child process."""
 
     def __init__(self, database_url: str, tables: Sequence[str], *, topic_prefix: str, state_dir: Path,
                  kafka: str | None = None, out: Path | None = None, schemas: bool = False, slot: str = "fluxstream",
                  properties: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
-        self.args = [sys.executable, "-m", "streams.cdc_engine", "--database-url", database_url,
+        self.args = [sys.executable, "-m", "fluxstream.streams.cdc_engine", "--database-url", database_url,
                      "--topic-prefix", topic_prefix, "--state-dir", str(state_dir), "--slot", slot]
         for table in tables:
             self.args += ["--table", table]

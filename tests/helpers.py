@@ -17,12 +17,12 @@ import redis.asyncio as aioredis
 import uvicorn
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.chunking import Chunker, make_chunk_id
+from fluxstream.indexer.postings import PostingsStore, pack_posting
+from fluxstream.query.service import create_app
 from fluxstream.stack import Stack, free_port
 from fluxstream.wiring import build_tokenizer
-from indexer.chunking import Chunker, make_chunk_id
-from indexer.postings import PostingsStore, pack_posting
-from query.service import create_app
 from tests.conftest import eventually
 
 

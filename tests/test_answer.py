@@ -14,9 +14,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.query.answering import HYDE_PROMPT, QUOTE_PROMPT
 from fluxstream.stack import free_port
-from query.answering import HYDE_PROMPT, QUOTE_PROMPT
 from tests.conftest import TopicReader, change, send
 from tests.helpers import query_service
 from tests.openai_server import ChatServerState, chat_server
@@ -146,8 +146,8 @@ async def _sse(response: httpx.Response) -> AsyncIterator[tuple[str, dict]]:
 
 
 def test_prompt_budget_keeps_best_sources_whole() -> None:
-    from query.prompting import build_prompt, estimate_tokens
-    from schemas.api import SearchHit
+    from fluxstream.query.prompting import build_prompt, estimate_tokens
+    from fluxstream.schemas.api import SearchHit
 
     def hit(n: int, words: int) -> SearchHit:
         return SearchHit(doc_id=f"d{n}", chunk_id=f"d{n}#0", chunk_no=0, title="", text="word " * words,

@@ -21,11 +21,11 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.query.auth import new_key
+from fluxstream.query.service import create_app
 from fluxstream.stack import free_port
-from query.auth import new_key
-from query.service import create_app
-from streams.topics import create_topics
+from fluxstream.streams.topics import create_topics
 
 KEY, ENTRY = new_key(["search", "admin"])
 

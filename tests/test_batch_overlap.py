@@ -8,7 +8,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
-from streams.app import (
+from fluxstream.streams.app import (
     NON_OUTAGE_ATTEMPTS,
     BatchHealth,
     Retries,

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
-from indexer.bm25 import idf
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.bm25 import idf
 from tests.conftest import TopicReader, change, send
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 
 from fluxstream.client import publish_documents
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.schemas.events import SourcePosition
 from fluxstream.stack import Stack, free_port
-from schemas.events import SourcePosition
 
 
 def _start(base: Settings) -> tuple[Stack, Settings]:

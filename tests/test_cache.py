@@ -12,14 +12,14 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
-from indexer.embedders.base import model_input
-from indexer.embedders.coalescing import CoalescingEmbedder
-from indexer.embedders.minilm import LocalMiniLMEmbedder
-from indexer.embedders.openai_compat import OpenAICompatibleEmbedder
-from indexer.postings import PostingsStore
-from query.cache import params_digest
-from schemas.api import SearchRequest
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.embedders.base import model_input
+from fluxstream.indexer.embedders.coalescing import CoalescingEmbedder
+from fluxstream.indexer.embedders.minilm import LocalMiniLMEmbedder
+from fluxstream.indexer.embedders.openai_compat import OpenAICompatibleEmbedder
+from fluxstream.indexer.postings import PostingsStore
+from fluxstream.query.cache import params_digest
+from fluxstream.schemas.api import SearchRequest
 from tests.conftest import TopicReader, change, eventually, send
 
 STABLE = ["granite quarry stone", "maple syrup harvest", "violin concerto strings", "glacier ice melt",

@@ -14,8 +14,8 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
-from indexer.postings import PostingsStore
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.postings import PostingsStore
 from tests.conftest import eventually
 from tests.debezium_fixtures import envelope, mysql_source, pg_source, record
 from tests.helpers import bm25_ids

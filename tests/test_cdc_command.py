@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 from fluxstream.stack import spawn, stop_process
 from tests.conftest import eventually
 from tests.debezium_harness import REPO, STREAMING, SourcePostgres

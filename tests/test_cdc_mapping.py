@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from schemas.events import DocumentChange
-from streams import debezium
-from streams.cdc_mapping import CdcMapping
+from fluxstream.schemas.events import DocumentChange
+from fluxstream.streams import debezium
+from fluxstream.streams.cdc_mapping import CdcMapping
 from tests.debezium_fixtures import envelope, pg_source, record
 
 

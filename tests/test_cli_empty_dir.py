@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 from fluxstream.stack import free_port
 
 CLI = [sys.executable, "-m", "fluxstream.cli"]

@@ -11,9 +11,9 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
-from schemas.events import SourcePosition
-from streams.decoding import Rejected, dead_letter_record
+from fluxstream.core.settings import Settings
+from fluxstream.schemas.events import SourcePosition
+from fluxstream.streams.decoding import Rejected, dead_letter_record
 from tests.conftest import TopicReader, change, eventually
 from tests.test_replay import cli
 

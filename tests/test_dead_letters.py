@@ -8,8 +8,8 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
-from schemas.events import DeadLetter
+from fluxstream.core.settings import Settings
+from fluxstream.schemas.events import DeadLetter
 from tests.conftest import TopicReader, change, send
 
 

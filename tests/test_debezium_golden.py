@@ -10,16 +10,16 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.apply import BatchOutcome, BM25Stage, DocumentBuilder, SourcedChange, split_by_document
+from fluxstream.indexer.chunking import Chunker
+from fluxstream.indexer.postings import PostingsStore
+from fluxstream.schemas.events import DocumentChange, SourcePosition
+from fluxstream.streams import debezium
+from fluxstream.streams.cdc_engine import ConnectRecord
+from fluxstream.streams.cdc_mapping import CdcMapping
+from fluxstream.streams.pipeline import cdc_change
 from fluxstream.wiring import build_tokenizer
-from indexer.apply import BatchOutcome, BM25Stage, DocumentBuilder, SourcedChange, split_by_document
-from indexer.chunking import Chunker
-from indexer.postings import PostingsStore
-from schemas.events import DocumentChange, SourcePosition
-from streams import debezium
-from streams.cdc_engine import ConnectRecord
-from streams.cdc_mapping import CdcMapping
-from streams.pipeline import cdc_change
 from tests.debezium_records import TOASTED, VARIANTS, mapping, recorded
 
 MAPPING = mapping()

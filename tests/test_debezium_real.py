@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.postings import PostingsStore
 from fluxstream.stack import AppProcesses
-from indexer.postings import PostingsStore
 from tests.conftest import eventually
 from tests.debezium_harness import EngineProcess, SourcePostgres
 from tests.helpers import assert_stats_match

@@ -9,7 +9,7 @@ import uuid
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 from tests.helpers import assert_same_index, history, messy, publish
 
 

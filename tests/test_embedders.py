@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.embedders import Embedder, EmbeddingError, create_embedder, embedder_from_settings, minilm
-from indexer.embedders.child_process import ChildProcessEmbedder
-from indexer.embedders.minilm import LocalMiniLMEmbedder
-from indexer.embedders.openai_compat import OpenAICompatibleEmbedder
+from fluxstream.indexer.embedders import Embedder, EmbeddingError, create_embedder, embedder_from_settings, minilm
+from fluxstream.indexer.embedders.child_process import ChildProcessEmbedder
+from fluxstream.indexer.embedders.minilm import LocalMiniLMEmbedder
+from fluxstream.indexer.embedders.openai_compat import OpenAICompatibleEmbedder
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text("utf-8"))
@@ -188,7 +188,7 @@ def test_local_refuses_tampered_weights(tmp_path: Path) -> None:
 
 def test_local_never_imports_torch() -> None:
     code = (
-        "import sys; from indexer.embedders import create_embedder; "
+        "import sys; from fluxstream.indexer.embedders import create_embedder; "
         "v = create_embedder('local').embed_sync(['no torch here']); "
         "assert v.shape == (1, 384); "
         "bad = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]; "
@@ -479,7 +479,7 @@ class _CountingEmbedder:
 
 
 async def test_coalescing_embedder_batches_concurrent_queries(local: LocalMiniLMEmbedder) -> None:
-    from indexer.embedders.coalescing import CoalescingEmbedder
+    from fluxstream.indexer.embedders.coalescing import CoalescingEmbedder
 
     counting = _CountingEmbedder(local)
     coalescing = CoalescingEmbedder(counting, remember=4)
@@ -528,7 +528,7 @@ def test_child_process_embedder_gives_the_same_vectors_and_survives_a_child_dyin
 
 def test_embedding_processes_follow_the_containers_cpu_limit(tmp_path: Path) -> None:
     """A container's CPU quota (cgroup v2 or v1) caps the child processes; affinity alone would not."""
-    from indexer.embedders.child_process import _cgroup_cpu_quota
+    from fluxstream.indexer.embedders.child_process import _cgroup_cpu_quota
 
     v2 = tmp_path / "v2"
     v2.mkdir()
@@ -551,7 +551,7 @@ def test_embedding_children_die_with_a_killed_worker(tmp_path: Path) -> None:
     script = tmp_path / "owner.py"
     script.write_text(
         "import asyncio, sys, time\n"
-        "from indexer.embedders.child_process import ChildProcessEmbedder\n"
+        "from fluxstream.indexer.embedders.child_process import ChildProcessEmbedder\n"
         "async def main():\n"
         "    embedder = ChildProcessEmbedder(processes=2)\n"
         "    await embedder.embed(['one text'] * 16)\n"

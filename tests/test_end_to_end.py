@@ -8,7 +8,7 @@ import httpx
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 from tests.conftest import TopicReader, change, eventually, send
 from tests.helpers import assert_stats_match
 

@@ -7,7 +7,7 @@ import random
 import pytest
 import pytrec_eval
 
-from query.evaluation import average_precision, evaluate, ndcg_at, per_query, reciprocal_rank_at
+from fluxstream.query.evaluation import average_precision, evaluate, ndcg_at, per_query, reciprocal_rank_at
 
 
 def _random_case(rng: random.Random) -> tuple[dict[str, dict[str, int]], dict[str, list[str]]]:

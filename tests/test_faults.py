@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 from fluxstream.stack import AppProcesses, Stack
 from tests.conftest import eventually
 from tests.helpers import assert_same_index, history, own_stack, publish

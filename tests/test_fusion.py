@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from query.fusion import min_max, rrf, weighted
+from fluxstream.query.fusion import min_max, rrf, weighted
 
 BM25 = [("a", 12.0), ("b", 8.0), ("c", 2.0)]
 VECTOR = [("c", 0.9), ("a", 0.7), ("d", 0.5)]
@@ -49,7 +49,7 @@ def test_ties_are_deterministic() -> None:
 
 
 def test_score_fusions_by_hand() -> None:
-    from query.fusion import EPS, score_fusion
+    from fluxstream.query.fusion import EPS, score_fusion
 
     runs = {"bm25": BM25, "vector": VECTOR}  # normalised: bm25 a=1 b=.6 c=0; vector c=1 a=.5 d=0
     weights = {"bm25": 0.3, "vector": 0.7}
@@ -67,8 +67,8 @@ def test_score_fusions_by_hand() -> None:
 
 
 def test_auto_strategy_reads_the_query_shape() -> None:
-    from indexer.tokenizer import Tokenizer
-    from query.strategy import AutoStrategy
+    from fluxstream.indexer.tokenizer import Tokenizer
+    from fluxstream.query.strategy import AutoStrategy
 
     auto, tokenizer = AutoStrategy(), Tokenizer()
     assert auto.choose("hnsw recall", tokenizer, (0.5, 0.5)) == ("sparse-first", {"bm25": 0.7, "vector": 0.3})

@@ -17,13 +17,13 @@ from aiokafka import AIOKafkaProducer
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from fluxstream.settings import Settings
-from indexer.postings import DocumentState, PostingsStore
-from query.cache import SemanticCache
-from schemas.api import SearchRequest
-from schemas.events import DeadLetter, DocumentChange
-from schemas.registry import schema_path
-from streams.decoding import decode
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.postings import DocumentState, PostingsStore
+from fluxstream.query.cache import SemanticCache
+from fluxstream.schemas.api import SearchRequest
+from fluxstream.schemas.events import DeadLetter, DocumentChange
+from fluxstream.schemas.registry import schema_path
+from fluxstream.streams.decoding import decode
 from tests.conftest import TopicReader, change, eventually
 
 # name -> a document-change event (as JSON text: stdlib json writes integers of any size)

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 import fluxstream
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 from tests.conftest import TopicReader, change, eventually, send
 
 

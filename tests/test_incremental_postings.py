@@ -9,12 +9,12 @@ from dataclasses import replace
 import pytest
 import redis.asyncio as aioredis
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.apply import BM25Stage, DocumentBuilder, SourcedChange, split_by_document
+from fluxstream.indexer.chunking import Chunker
+from fluxstream.indexer.postings import PostingsStore
+from fluxstream.schemas.events import DocumentChange, SourcePosition
 from fluxstream.wiring import build_tokenizer
-from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange, split_by_document
-from indexer.chunking import Chunker
-from indexer.postings import PostingsStore
-from schemas.events import DocumentChange, SourcePosition
 from tests.helpers import assert_stats_match
 
 VOCAB = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota",

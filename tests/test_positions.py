@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
+from fluxstream.indexer.chunking import Chunker
+from fluxstream.indexer.positions import Positions, applied_positions
+from fluxstream.indexer.postings import PostingsStore
+from fluxstream.schemas.events import DocumentChange, EmbedJob, SourcePosition
 from fluxstream.wiring import build_tokenizer
-from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
-from indexer.chunking import Chunker
-from indexer.positions import Positions, applied_positions
-from indexer.postings import PostingsStore
-from schemas.events import DocumentChange, EmbedJob, SourcePosition
 
 
 class Harness:

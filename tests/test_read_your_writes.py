@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from fluxstream.client import publish_documents
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 
 
 @pytest.mark.parametrize("mode", ["bm25", "hybrid", "vector"])

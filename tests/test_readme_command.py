@@ -16,8 +16,8 @@ import httpx
 import psutil
 import pytest
 
+from fluxstream.indexer.embedders.minilm import MODEL_PACKAGE_VERSION
 from fluxstream.stack import free_port
-from indexer.embedders.minilm import MODEL_PACKAGE_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 

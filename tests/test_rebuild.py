@@ -17,9 +17,9 @@ import psycopg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
-from indexer.generations import GenerationRegistry, index_name
-from indexer.postings import PostingsStore
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.generations import GenerationRegistry, index_name
+from fluxstream.indexer.postings import PostingsStore
 from tests.conftest import eventually
 from tests.helpers import VOCAB, assert_same_index, history, index_snapshot, publish
 from tests.test_replay import cli, iso

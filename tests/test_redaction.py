@@ -19,7 +19,7 @@ import pytest
 import redis
 import structlog
 
-from fluxstream.logging import configure_logging, get_logger, redact
+from fluxstream.core.logging import configure_logging, get_logger, redact
 from fluxstream.stack import EmbeddedServices, free_port
 
 REDIS_PASSWORD = "Redis-Pw-7f3a9c"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from redis.exceptions import DataError
 
-from fluxstream.redis_packing import HiredisPacking
-from fluxstream.settings import Settings
+from fluxstream.core.redis_packing import HiredisPacking
+from fluxstream.core.settings import Settings
 from fluxstream.wiring import open_redis
 
 

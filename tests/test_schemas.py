@@ -6,8 +6,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from schemas.events import DocumentChange, EmbedChunk, EmbedJob, IndexUpdate, SourcePosition, Stages
-from schemas.registry import ALL_MODELS, render, schema_path
+from fluxstream.schemas.events import DocumentChange, EmbedChunk, EmbedJob, IndexUpdate, SourcePosition, Stages
+from fluxstream.schemas.registry import ALL_MODELS, render, schema_path
 
 
 @pytest.mark.parametrize("name", sorted(ALL_MODELS))
@@ -31,7 +31,7 @@ def test_document_change_roundtrip_and_rules() -> None:
 def test_configuration_reference_is_current() -> None:
     from pathlib import Path
 
-    from fluxstream.settings import markdown_reference
+    from fluxstream.core.settings import markdown_reference
 
     doc = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
     assert doc.read_text() == markdown_reference(), "run: fluxstream config --markdown > docs/configuration.md"

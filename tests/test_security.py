@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fluxstream.core.settings import Settings
+from fluxstream.query.auth import ApiKeys, new_key
 from fluxstream.search_client import CollectionNotFound, KafkaSearchClient
-from fluxstream.settings import Settings
 from fluxstream.stack import free_port
-from query.auth import ApiKeys, new_key
-from streams.topics import create_topics
+from fluxstream.streams.topics import create_topics
 from tests.helpers import query_service
 
 SEARCH_KEY, SEARCH_ENTRY = new_key(["search"])

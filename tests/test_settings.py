@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from fluxstream.cli import build_parser
-from fluxstream.settings import Settings, SettingsError
+from fluxstream.core.settings import Settings, SettingsError
+from fluxstream.query.auth import new_key
 from fluxstream.stack import free_port
-from query.auth import new_key
 
 REPO = Path(__file__).resolve().parents[1]
 BAD = {

@@ -20,14 +20,14 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.positions import Positions
+from fluxstream.indexer.postings import PostingsStore
+from fluxstream.schemas.events import DeadLetter, SourcePosition
 from fluxstream.stack import AppProcesses, free_port
-from indexer.positions import Positions
-from indexer.postings import PostingsStore
-from schemas.events import DeadLetter, SourcePosition
-from streams.decoding import RECORD_OVERHEAD, Rejected, dead_letter_record
-from streams.pipeline import PRODUCER_MAX_REQUEST_BYTES, Pipeline, Resources
-from streams.topics import create_topics
+from fluxstream.streams.decoding import RECORD_OVERHEAD, Rejected, dead_letter_record
+from fluxstream.streams.pipeline import PRODUCER_MAX_REQUEST_BYTES, Pipeline, Resources
+from fluxstream.streams.topics import create_topics
 from tests.conftest import TopicReader, change, eventually
 
 MiB = 1024 * 1024

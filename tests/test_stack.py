@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from fluxstream import devenv
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
 from fluxstream.stack import AppProcesses, EmbeddedServices, Stack, StackError
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.chunking import Chunker, content_hash
-from indexer.tokenizer import ENGLISH_STOPWORDS, Tokenizer, parse_stopwords
+from fluxstream.indexer.chunking import Chunker, content_hash
+from fluxstream.indexer.tokenizer import ENGLISH_STOPWORDS, Tokenizer, parse_stopwords
 
 
 def test_unicode_folding_and_words() -> None:

