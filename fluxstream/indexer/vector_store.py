@@ -170,7 +170,9 @@ class VectorStore:
                 "SELECT atttypmod FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'embedding'",
                 (CHUNKS_TABLE,),
             )
-            (typmod,) = await cur.fetchone()
+            column = await cur.fetchone()
+            assert column is not None  # the table was created above, so its column exists
+            (typmod,) = column
         if typmod != self.dimensions:
             raise SchemaMismatch(
                 f"{CHUNKS_TABLE}.embedding has {typmod} dimensions but the embedder gives {self.dimensions}"
@@ -324,8 +326,9 @@ class VectorStore:
     async def count(self, name: str) -> int:
         async with self.pool.connection() as conn:
             cur = await conn.execute(f"SELECT count(*) FROM {CHUNKS_TABLE} WHERE collection = %s", (name,))
-            (n,) = await cur.fetchone()
-            return int(n)
+            counted = await cur.fetchone()
+            assert counted is not None  # count(*) always yields one row
+            return int(counted[0])
 
     async def ping(self) -> None:
         async def select_1(conn: AsyncConnection) -> None:

@@ -105,7 +105,9 @@ class UsageStore:
             cur = await conn.execute(
                 "INSERT INTO fluxstream_feedback (request_id, collection, score, comment) VALUES (%s, %s, %s, %s) "
                 "RETURNING id", (item.request_id, collection, item.score, item.comment))
-            (feedback_id,) = await cur.fetchone()
+            inserted = await cur.fetchone()
+            assert inserted is not None  # INSERT ... RETURNING yields its row
+            (feedback_id,) = inserted
         return {"id": feedback_id, "request_id": item.request_id, "collection": collection}
 
     async def stats(self, hours: float) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 NO_NUL = r"^[^\x00]*$"
 """Strings every store can hold: PostgreSQL text and jsonb refuse NUL (U+0000), so no string may carry one."""

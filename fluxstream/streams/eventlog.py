@@ -70,6 +70,8 @@ def _field(name: str, data: bytes | None, *, as_json: bool) -> dict[str, Any]:
 
 
 def decode(line_no: int, line: bytes) -> LogRecord:
+    value: bytes | None
+    key: bytes | None
     try:
         raw = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
