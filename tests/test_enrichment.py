@@ -10,7 +10,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from fluxstream.core.provider_calls import RetryPolicy
+from fluxstream.core.retry import RetryPolicy
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.enrichment import keywords, llm_tags, structure, syllables, text_metrics
 from fluxstream.indexer.postings import StoredChunk

@@ -13,7 +13,8 @@ from typing import Any
 
 import openai
 
-from fluxstream.core.provider_calls import RetryPolicy, call_with_retries
+from fluxstream.core.provider_calls import call_with_retries, provider_policy
+from fluxstream.core.retry import RetryPolicy
 from fluxstream.core.settings import Settings
 
 Message = dict[str, str]
@@ -44,13 +45,14 @@ class ChatModel:
         """None when no chat model is configured (answers then return the prompt and sources)."""
         if not settings.chat_model:
             return None
-        common = {"api_key": settings.chat_api_key or "unused", "timeout": settings.chat_timeout, "max_retries": 0}
+        common: dict[str, Any] = {"api_key": settings.chat_api_key or "unused", "timeout": settings.chat_timeout,
+                                  "max_retries": 0}
         if settings.chat_provider == "azure":
             client: Any = openai.AsyncAzureOpenAI(azure_endpoint=settings.chat_base_url,
                                                  api_version=settings.azure_api_version, **common)
         else:
             client = openai.AsyncOpenAI(base_url=settings.chat_base_url or None, **common)
-        return cls(client, settings.chat_model, policy=RetryPolicy(settings.chat_max_retries),
+        return cls(client, settings.chat_model, policy=provider_policy(settings.chat_max_retries),
                    max_tokens=settings.answer_max_tokens)
 
     def _error(self, message: str, permanent: bool, status: int | None) -> ChatError:

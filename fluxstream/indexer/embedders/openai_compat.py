@@ -14,7 +14,7 @@ import numpy as np
 import openai
 from openai.types import CreateEmbeddingResponse
 
-from fluxstream.core.provider_calls import RetryPolicy, call_with_retries
+from fluxstream.core.provider_calls import call_with_retries, provider_policy
 
 from .base import EmbeddingError, as_text_list, l2_normalize
 
@@ -53,7 +53,7 @@ class OpenAICompatibleEmbedder:
         self.dimensions: int = dimensions or 0  # 0 until the first response when not configured
         self.model_id: str = f"openai:{model}" + (f"@{dimensions}" if dimensions else "")
         self.batch_size = batch_size
-        self.retry_policy = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self.retry_policy = provider_policy(max_retries, backoff_base, backoff_max)
         self._client = openai.AsyncOpenAI(
             api_key=api_key, base_url=base_url or None, timeout=timeout, max_retries=0
         )
