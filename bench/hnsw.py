@@ -22,8 +22,8 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from bench.common import VASWANI, load_vaswani_corpus, percentiles
+from fluxstream.core.hnsw import HNSW_PRESETS
 from fluxstream.core.settings import Settings
-from fluxstream.indexer.hnsw import HNSW_PRESETS
 from fluxstream.query.evaluation import load_trec_topics
 from fluxstream.stack import EmbeddedServices
 from fluxstream.wiring import open_embedder

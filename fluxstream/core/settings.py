@@ -14,13 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from fluxstream.core.hnsw import HNSW_PRESETS, HNSWParams
 from fluxstream.core.logging import redact
-from fluxstream.indexer.embedders.factory import EMBEDDER_KINDS
-from fluxstream.indexer.hnsw import HNSW_PRESETS, HNSWParams
 
 ENV_PREFIX = "FLUXSTREAM_"
 WORKER_STAGES = ("bm25", "vectors", "cache", "enrich")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+EMBEDDER_KINDS = ("local", "openai")  # built by indexer.embedders.factory
 
 
 class SettingsError(ValueError):

@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from psycopg_pool.base import AttemptWithBackoff
 
 from fluxstream.core import metrics
-from fluxstream.indexer.hnsw import DEFAULT_HNSW, HNSWParams
+from fluxstream.core.hnsw import DEFAULT_HNSW, HNSWParams
 
 CHUNKS_TABLE = "fluxstream_chunks"
 VERSIONS_TABLE = "fluxstream_vector_versions"

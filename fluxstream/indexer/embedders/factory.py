@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from fluxstream.core.settings import EMBEDDER_KINDS, Settings
 
 from .base import Embedder
 
-if TYPE_CHECKING:
-    from fluxstream.core.settings import Settings
-
 __all__ = ["EMBEDDER_KINDS", "create_embedder", "embedder_from_settings"]
-
-EMBEDDER_KINDS = ("local", "openai")
 
 
 def create_embedder(

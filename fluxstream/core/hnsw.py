@@ -3,6 +3,8 @@
 ``m`` (graph degree) and ``ef_construction`` are fixed when the index is built; ``ef_search``
 is per query. Presets trade recall against latency and memory; bench/hnsw.py measures each
 (recall@10 against exact search, latency, index size) and docs/benchmarks.md has the figures.
+In the floor because the settings check ``FLUXSTREAM_HNSW_PRESET`` against these names; the vector
+store (indexer.vector_store) builds its indexes with them.
 """
 
 from __future__ import annotations
