@@ -12,10 +12,10 @@ from aiokafka import AIOKafkaProducer
 
 from fluxstream.core.retry import RetryPolicy
 from fluxstream.core.settings import Settings
+from fluxstream.indexer.chat import ChatModel
 from fluxstream.indexer.enrichment import keywords, llm_tags, structure, syllables, text_metrics
 from fluxstream.indexer.postings import StoredChunk
 from fluxstream.indexer.tokenizer import Tokenizer
-from fluxstream.query.chat import ChatModel
 from tests.conftest import change, eventually, send
 from tests.openai_server import chat_server
 

@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fluxstream.indexer.chat import ChatModel
 from fluxstream.indexer.postings import PostingsStore, StoredChunk
 from fluxstream.indexer.tokenizer import Tokenizer
-from fluxstream.query.chat import ChatModel
 
 PREFIX = "enrich_"
 _SENTENCE = re.compile(r"[^.!?]+(?:[.!?]+|$)")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from fluxstream.indexer.chat import ChatError, ChatModel
 from fluxstream.query.cached_search import CachedSearcher
-from fluxstream.query.chat import ChatError, ChatModel
 from fluxstream.query.fusion import rrf
 from fluxstream.query.prompting import Prompt, build_prompt
 from fluxstream.schemas.api import AnswerRequest, AnswerResponse, AnswerSource, SearchHit, SearchRequest

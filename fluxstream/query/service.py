@@ -32,6 +32,7 @@ from fluxstream.core.kafka import cluster_id
 from fluxstream.core.logging import get_logger
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.bm25 import BM25Params
+from fluxstream.indexer.chat import ChatError, ChatModel
 from fluxstream.indexer.embedders.coalescing import CoalescingEmbedder
 from fluxstream.indexer.generations import GenerationRegistry, parse_index_name
 from fluxstream.indexer.positions import Positions
@@ -42,7 +43,6 @@ from fluxstream.query.api_docs import API_KEY, BEARER, TAGS, install_docs
 from fluxstream.query.auth import ApiKeys, AuthError, Principal, RateLimiter, key_from_headers
 from fluxstream.query.cache import CacheConfig, SemanticCache
 from fluxstream.query.cached_search import CachedSearcher
-from fluxstream.query.chat import ChatError, ChatModel
 from fluxstream.query.kafka_requests import SearchRequestServer
 from fluxstream.query.search import CollectionNotFound, SearchDefaults, Searcher, StoreUnavailable
 from fluxstream.query.usage import UsageStore

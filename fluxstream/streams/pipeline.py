@@ -29,6 +29,7 @@ from fluxstream.core import metrics
 from fluxstream.core.logging import get_logger
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.apply import BatchOutcome, BM25Stage, DocumentBuilder, SourcedChange
+from fluxstream.indexer.chat import ChatError, ChatModel
 from fluxstream.indexer.chunking import Chunker
 from fluxstream.indexer.embedders.base import Embedder, EmbeddingError, close_embedder
 from fluxstream.indexer.enrichment import enrich_document, llm_tags, prefixed
@@ -38,7 +39,6 @@ from fluxstream.indexer.postings import PostingsStore
 from fluxstream.indexer.vector_stage import VectorStage
 from fluxstream.indexer.vector_store import VectorStore
 from fluxstream.query.cache import SemanticCache
-from fluxstream.query.chat import ChatError, ChatModel
 from fluxstream.schemas.events import DocumentChange, EmbedJob, IndexUpdate, SourcePosition
 from fluxstream.streams import debezium
 from fluxstream.streams.cdc_mapping import CdcMapping

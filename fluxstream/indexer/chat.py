@@ -1,8 +1,9 @@
 """Chat completions from any OpenAI-compatible server (OpenAI, Azure OpenAI, vLLM, Ollama...).
 
-Used by ``/v1/answer`` and the query transforms. Whole answers retry through transient failures
-(``fluxstream.core.provider_calls``); a stream retries only until its first token arrives, since
-tokens already sent to a client cannot be taken back.
+Used by ``/v1/answer`` and the query transforms, and by the enrichment stage (chunk tags): a model
+provider like the embedders, so it sits in the indexer layer both can import. Whole answers retry
+through transient failures (``fluxstream.core.provider_calls``); a stream retries only until its
+first token arrives, since tokens already sent to a client cannot be taken back.
 """
 
 from __future__ import annotations
