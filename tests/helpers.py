@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 import uvicorn
 from aiokafka import AIOKafkaProducer
 
+from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.chunking import Chunker, make_chunk_id
 from fluxstream.indexer.postings import PostingsStore, pack_posting
@@ -56,8 +57,8 @@ def own_stack(state_dir: str, workers: int, **overrides: Any) -> Iterator[Stack]
 async def scan_postings(redis: aioredis.Redis, collection: str) -> dict[str, dict[str, int]]:
     store = PostingsStore(redis)
     postings: dict[str, dict[str, int]] = {}
-    for term in await store.scan_suffixes(store.posting_key(collection, "")):
-        raw = await redis.hgetall(store.posting_key(collection, term))
+    for term in await store.scan_suffixes(keyspace.posting(collection, "")):
+        raw = await redis.hgetall(keyspace.posting(collection, term))
         postings[term] = {k.decode(): int(v) for k, v in raw.items()}
     return postings
 

@@ -12,6 +12,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.embedders.base import model_input
 from fluxstream.indexer.embedders.coalescing import CoalescingEmbedder
@@ -159,7 +160,7 @@ async def test_a_hit_shows_the_current_record_of_its_answer(
     body = {"query": "marmalade oranges", "collection": collection, "mode": "bm25", "k": 1}
     await search(http, body)
     assert "enrich_shelf" not in (await search(http, body))["hits"][0]["metadata"]
-    chunk = PostingsStore(redis_client).chunk_key(collection, "m#0")
+    chunk = keyspace.chunk(collection, "m#0")
     await redis_client.hset(chunk, "enrich", orjson.dumps({"enrich_shelf": "jams"}))  # as the enrich stage writes
     after = await search(http, body)
     assert after["cache"]["status"] == "exact"  # the same retrieval, replayed...

@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
 from fluxstream.stack import AppProcesses, Stack
 from tests.conftest import eventually
@@ -183,7 +184,7 @@ async def test_sigterm_finishes_the_batch_in_hand(
     before = log.read_text(errors="replace").count("finishing_batch_before_stop")
 
     async def embedding() -> bool:  # vectors of the clean build are landing: batches are in flight
-        return bool(await redis.exists(f"fx:{{clean-{run.run}}}:vlog"))
+        return bool(await redis.exists(keyspace.vector_log(f"clean-{run.run}")))
 
     await eventually(embedding, timeout=120, interval=0.1)
     await asyncio.to_thread(apps.kill, victim, 15)

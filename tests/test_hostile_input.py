@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaProducer
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
+from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.postings import DocumentState, PostingsStore
-from fluxstream.query.cache import SemanticCache
 from fluxstream.schemas.api import SearchRequest
 from fluxstream.schemas.events import DeadLetter, DocumentChange
 from fluxstream.schemas.registry import schema_path
@@ -194,7 +194,7 @@ async def test_unreadable_index_updates_are_dead_lettered_and_clear_their_cache(
         await updates.wait_for(lambda e: e[1]["collection"] == collection and e[1]["stages"]["vectors"], timeout=90)
     body = {"query": "heron", "collection": collection, "mode": "bm25"}
     assert (await http.post("/v1/search", json=body)).status_code == 200
-    cached = f"{SemanticCache.base(collection)}:*"
+    cached = keyspace.cache_prefix(collection) + "*"
     assert await redis_client.keys(cached)
     # JSON objects naming the collection: other tests' readers of the shared topic decode every record.
     partial = {"collection": collection, "doc_id": "h", "version": 2, "stages": {"bm25": True, "vectors": False}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
 from fluxstream.indexer.chunking import Chunker
@@ -23,7 +24,7 @@ class Harness:
         store = PostingsStore(redis)
         tokenizer = build_tokenizer(settings)
         self.stage = BM25Stage(store, DocumentBuilder(Chunker(64, 8, tokenizer), tokenizer))
-        self.positions = Positions(redis, store)
+        self.positions = Positions(redis)
         self.collection = collection
         self.topic = f"positions-{collection}"  # fx:applied is global: a topic nobody else uses
 
@@ -76,7 +77,7 @@ async def test_the_successors_job_releases_the_superseded_change(
     assert await h.reached(10) and await h.reached(11)  # v1 is superseded by the visible v2
     await h.positions.clear_pending([first])  # v1's job, skipped by the vector stage: nothing left to clear
     assert await h.reached(11)
-    assert await redis_client.hlen(PostingsStore(redis_client).pending_entries_key(collection, h.topic, 0)) == 0
+    assert await redis_client.hlen(keyspace.pending_entries(collection, h.topic, 0)) == 0
 
 
 async def test_a_change_skipped_behind_an_in_flight_successor_waits_for_it(
@@ -135,25 +136,24 @@ async def test_offsets_of_another_kafka_cluster_never_count(stack: Settings) -> 
     redis = aioredis.from_url(stack.redis_url.rsplit("/", 1)[0] + "/9")
     try:
         await redis.flushdb()
-        store = PostingsStore(redis)
         at = lambda offset: SourcePosition(topic="docs", partition=0, offset=offset)  # noqa: E731
-        old = Positions(redis, store)
+        old = Positions(redis)
         assert not await old.adopt_cluster("old-broker")  # nothing recorded before: nothing dropped
         await old.record_handled([at(500)])
-        await redis.zadd(store.pending_vectors_key("c", "docs", 0), {"x": 400})
-        await redis.hset(store.pending_entries_key("c", "docs", 0), "x", "400:400 ")
-        lookalike = store.doc_key("c", "y}:pending:docs:0")  # a document id may look like a pending key
+        await redis.zadd(keyspace.pending_vectors("c", "docs", 0), {"x": 400})
+        await redis.hset(keyspace.pending_entries("c", "docs", 0), "x", "400:400 ")
+        lookalike = keyspace.document("c", "y}:pending:docs:0")  # a document id may look like a pending key
         await redis.hset(lookalike, "version", 1)
 
-        reader = Positions(redis, store, cluster="new-broker")  # a query service reaching the new broker
+        reader = Positions(redis, cluster="new-broker")  # a query service reaching the new broker
         assert not await reader.reached("c", at(10), vectors=False)  # the old broker's 500 is not the new one's
         assert await reader.bm25_offset("docs", 0) == -1
-        assert await Positions(redis, store, cluster="old-broker").reached("c", at(10), vectors=False)
+        assert await Positions(redis, cluster="old-broker").reached("c", at(10), vectors=False)
 
-        worker = Positions(redis, store)
+        worker = Positions(redis)
         assert await worker.adopt_cluster("new-broker")  # the new broker's worker starts: old positions go
-        assert not await redis.exists(store.pending_vectors_key("c", "docs", 0),
-                                      store.pending_entries_key("c", "docs", 0))
+        assert not await redis.exists(keyspace.pending_vectors("c", "docs", 0),
+                                      keyspace.pending_entries("c", "docs", 0))
         assert await redis.exists(lookalike)
         await old.record_handled([at(600)])  # a worker still on the old broker changes nothing now
         assert not await reader.reached("c", at(10), vectors=False)

@@ -17,6 +17,7 @@ import psycopg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.generations import GenerationRegistry, index_name
 from fluxstream.indexer.postings import PostingsStore
@@ -27,7 +28,7 @@ from tests.test_replay import cli, iso
 
 async def _keys_of(redis: aioredis.Redis, index: str) -> list[str]:
     store = PostingsStore(redis)
-    return await store.scan_suffixes(store.meta_key(index)[: -len("meta")])
+    return await store.scan_suffixes(keyspace.index_prefix(index))
 
 
 async def _vector_rows(database_url: str, index: str) -> int:

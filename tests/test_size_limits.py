@@ -22,7 +22,6 @@ from aiokafka import AIOKafkaProducer
 
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.positions import Positions
-from fluxstream.indexer.postings import PostingsStore
 from fluxstream.schemas.events import DeadLetter, SourcePosition
 from fluxstream.stack import AppProcesses, free_port
 from fluxstream.streams.decoding import RECORD_OVERHEAD, Rejected, dead_letter_record
@@ -169,7 +168,7 @@ async def test_a_follow_up_record_too_large_to_publish_dead_letters_its_change(
             token = SourcePosition(topic=meta.topic, partition=meta.partition, offset=meta.offset)
             redis = aioredis.from_url(stack.redis_url)
             try:
-                positions = Positions(redis, PostingsStore(redis))
+                positions = Positions(redis)
                 assert await eventually(lambda: positions.reached("limits", token, vectors=True), timeout=30)
             finally:
                 await redis.aclose()

@@ -12,10 +12,10 @@ import httpx
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
 from fluxstream.indexer.chunking import Chunker
-from fluxstream.indexer.positions import APPLIED_KEY
 from fluxstream.indexer.postings import DocumentState, PostingsStore, VersionConflict
 from fluxstream.schemas.events import DocumentChange, SourcePosition
 from fluxstream.wiring import build_tokenizer
@@ -84,7 +84,7 @@ async def handled(redis: aioredis.Redis, sent: list[Any]) -> bool:
     for meta in sent:
         field = f"{meta.topic}:{meta.partition}"
         ends[field] = max(ends.get(field, -1), meta.offset)
-    values = await redis.hmget(APPLIED_KEY, *ends)
+    values = await redis.hmget(keyspace.APPLIED, *ends)
     return all(v is not None and int(v) >= end for v, end in zip(values, ends.values(), strict=True))
 
 

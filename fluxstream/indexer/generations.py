@@ -27,10 +27,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from fluxstream.indexer.postings import COLLECTIONS_KEY
+from fluxstream.core import keyspace
 
-REGISTRY_PREFIX = "fx:generations:"
-DROPPED_KEY = "fx:generations-dropped"  # sorted set: index name -> drop time (re-swept for a while)
 _INDEX_NAME = re.compile(r"^(?P<collection>.+?)(?:@g(?P<generation>[1-9][0-9]*))?$")
 
 
@@ -129,7 +127,7 @@ class GenerationRegistry:
 
     @staticmethod
     def key(collection: str) -> str:
-        return REGISTRY_PREFIX + collection
+        return keyspace.generation_registry(collection)
 
     async def get(self, collection: str) -> GenerationState:
         return _decode(collection, await self.redis.hgetall(self.key(collection)))
@@ -143,7 +141,8 @@ class GenerationRegistry:
         return {name: _decode(name, row) for name, row in zip(names, rows, strict=True)}
 
     async def all(self) -> list[GenerationState]:
-        names = [k.decode()[len(REGISTRY_PREFIX):] async for k in self.redis.scan_iter(match=REGISTRY_PREFIX + "*")]
+        prefix = keyspace.GENERATIONS_PREFIX
+        names = [k.decode()[len(prefix):] async for k in self.redis.scan_iter(match=prefix + "*")]
         return list((await self.get_many(names)).values())
 
     async def serving_index(self, collection: str) -> tuple[str, int]:
@@ -172,7 +171,7 @@ class GenerationRegistry:
                 "wait for it, or run `fluxstream rebuild --abort` first"
             )
         # The new index exists even if its source turns out empty: once serving, it answers no hits, not 404.
-        await self.redis.sadd(COLLECTIONS_KEY, index_name(collection, generation))
+        await self.redis.sadd(keyspace.COLLECTIONS, index_name(collection, generation))
         return generation
 
     async def report(self, collection: str, generation: int, progress: dict[str, Any]) -> None:

@@ -24,15 +24,13 @@ o2 is handled if v1's own job was skipped or folded, and only until v1's job oth
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import redis.asyncio as aioredis
 
-from fluxstream.indexer.postings import PostingsStore
+from fluxstream.core import keyspace
 from fluxstream.schemas.events import EmbedJob, SourcePosition
 
-APPLIED_KEY = "fx:applied"
 CLUSTER_FIELD = "cluster"
 
 # KEYS: fx:applied; ARGV: cluster id ('' when unknown), then field, offset pairs. Raises each field to
@@ -84,7 +82,7 @@ return 1
 
 async def applied_positions(redis: aioredis.Redis) -> tuple[str | None, dict[str, int]]:
     """(the Kafka cluster id they belong to, ``<topic>:<partition>`` -> handled offset), as recorded."""
-    raw = {k.decode(): v.decode() for k, v in (await redis.hgetall(APPLIED_KEY)).items()}
+    raw = {k.decode(): v.decode() for k, v in (await redis.hgetall(keyspace.APPLIED)).items()}
     cluster = raw.pop(CLUSTER_FIELD, None)
     return cluster, {field: int(value) for field, value in raw.items()}
 
@@ -93,9 +91,8 @@ class Positions:
     """Applied positions; ``cluster``: the id of the Kafka cluster this process reads (None: unknown,
     offsets are taken as they are)."""
 
-    def __init__(self, redis: aioredis.Redis, store: PostingsStore, cluster: str | None = None) -> None:
+    def __init__(self, redis: aioredis.Redis, cluster: str | None = None) -> None:
         self.redis = redis
-        self.store = store
         self.cluster = cluster
         self._raise = redis.register_script(_RAISE)
         self._clear = redis.register_script(_CLEAR)
@@ -106,16 +103,15 @@ class Positions:
         The old broker's offsets and pending marks say nothing about the new one's: kept, a position on
         the new broker would count as applied before the new worker got there."""
         self.cluster = cluster
-        stored = await self.redis.hget(APPLIED_KEY, CLUSTER_FIELD)
+        stored = await self.redis.hget(keyspace.APPLIED, CLUSTER_FIELD)
         if stored is not None and stored.decode() == cluster:
             return False
         # Index names cannot hold "}" (CollectionName), document ids can: the regex keeps only pending keys.
-        own = re.compile((re.escape(self.store.prefix) + r":\{[^}]+\}:pending(-entries)?:").encode())
-        pending = [key async for key in self.redis.scan_iter(match=f"{self.store.prefix}:*:pending*", count=1000)
-                   if own.match(key)]
+        pending = [key async for key in self.redis.scan_iter(match=keyspace.PENDING_SCAN, count=1000)
+                   if keyspace.PENDING_KEY.match(key)]
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(APPLIED_KEY, *pending)
-            pipe.hset(APPLIED_KEY, CLUSTER_FIELD, cluster)
+            pipe.delete(keyspace.APPLIED, *pending)
+            pipe.hset(keyspace.APPLIED, CLUSTER_FIELD, cluster)
             await pipe.execute()
         return stored is not None
 
@@ -127,7 +123,7 @@ class Positions:
             highest[field] = max(highest.get(field, -1), pos.offset)
         if highest:
             args = [self.cluster or ""] + [str(v) for item in highest.items() for v in item]
-            await self._raise(keys=[APPLIED_KEY], args=args)
+            await self._raise(keys=[keyspace.APPLIED], args=args)
 
     async def clear_pending(self, jobs: Iterable[EmbedJob]) -> None:
         """The vector stage handled these jobs: what each one supersedes is no longer pending."""
@@ -146,20 +142,20 @@ class Positions:
                 (doc_id, str(source.offset)))
         async with self.redis.pipeline(transaction=False) as pipe:
             for (collection, topic, partition), args in by_key.items():
-                keys = [self.store.pending_vectors_key(collection, topic, partition),
-                        self.store.pending_entries_key(collection, topic, partition)]
+                keys = [keyspace.pending_vectors(collection, topic, partition),
+                        keyspace.pending_entries(collection, topic, partition)]
                 await self._clear(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
     async def bm25_offset(self, topic: str, partition: int) -> int:
         """The BM25 stage's handled offset of the partition on this process's broker (-1: none yet)."""
-        stored, value = await self.redis.hmget(APPLIED_KEY, [CLUSTER_FIELD, f"{topic}:{partition}"])
+        stored, value = await self.redis.hmget(keyspace.APPLIED, [CLUSTER_FIELD, f"{topic}:{partition}"])
         if self.cluster is not None and stored is not None and stored.decode() != self.cluster:
             return -1  # recorded on another broker: no offset of this one is applied yet
         return int(value) if value is not None else -1
 
     async def oldest_pending(self, collection: str, topic: str, partition: int) -> int | None:
-        key = self.store.pending_vectors_key(collection, topic, partition)
+        key = keyspace.pending_vectors(collection, topic, partition)
         first = await self.redis.zrange(key, 0, 0, withscores=True)
         return int(first[0][1]) if first else None
 

@@ -1,7 +1,7 @@
 """BM25 postings and statistics in plain Redis/Valkey data structures.
 
-Key layout (``{c}`` is the collection, a Redis-Cluster hash tag, so one
-collection's keys share a slot and one script may touch them all):
+What the keys hold (``{c}`` is the collection, a Redis-Cluster hash tag, so one collection's keys
+share a slot and one script may touch them all; every key is built by ``fluxstream.core.keyspace``):
 
 ``fx:{c}:meta``            hash  chunks (N), total_len (sum of chunk lengths), docs, seq (change counter)
 ``fx:{c}:p:<term>``        hash  chunk_id -> dl * 2**16 + tf   (df = HLEN)
@@ -36,13 +36,12 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from fluxstream.core import metrics
+from fluxstream.core import keyspace, metrics
 from fluxstream.indexer.redis_plan import HashFieldRaiser, Plan, PlanRunner
 
 TF_BITS = 16
 TF_MASK = (1 << TF_BITS) - 1
 MAX_CHUNK_TERMS = TF_MASK
-COLLECTIONS_KEY = "fx:collections"
 
 
 
@@ -140,9 +139,8 @@ class CollectionStats:
 class PostingsStore:
     """Reads and atomically rewrites document states; serves BM25 inputs to queries."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "fx", wait_aof: bool = False) -> None:
+    def __init__(self, redis: aioredis.Redis, *, wait_aof: bool = False) -> None:
         self.redis = redis
-        self.prefix = prefix
         self.wait_aof = wait_aof
         self._plans = PlanRunner(redis)
         self._raise = HashFieldRaiser(redis)
@@ -150,43 +148,11 @@ class PostingsStore:
             "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end "
             "return out")
 
-    # ---- keys ----
-    def _base(self, collection: str) -> str:
-        return f"{self.prefix}:{{{collection}}}"
-
-    def meta_key(self, collection: str) -> str:
-        return f"{self._base(collection)}:meta"
-
-    def posting_key(self, collection: str, term: str) -> str:
-        return f"{self._base(collection)}:p:{term}"
-
-    def doc_key(self, collection: str, doc_id: str) -> str:
-        return f"{self._base(collection)}:doc:{doc_id}"
-
-    def chunk_key(self, collection: str, chunk_id: str) -> str:
-        return f"{self._base(collection)}:chunk:{chunk_id}"
-
-    def term_versions_key(self, collection: str) -> str:
-        """Hash term -> the collection's ``seq`` after the last write that changed the term's postings."""
-        return f"{self._base(collection)}:termver"
-
-    def vector_log_key(self, collection: str) -> str:
-        """Stream of vector-stage changes (doc_id, chunk embeddings), for cache validation."""
-        return f"{self._base(collection)}:vlog"
-
-    def pending_vectors_key(self, collection: str, topic: str, partition: int) -> str:
-        """Sorted set doc_id -> lowest source offset of its changes whose vectors are not visible yet."""
-        return f"{self._base(collection)}:pending:{topic}:{partition}"
-
-    def pending_entries_key(self, collection: str, topic: str, partition: int) -> str:
-        """Hash doc_id -> its pending entries ``offset:clear_at ...`` (see indexer.positions)."""
-        return f"{self._base(collection)}:pending-entries:{topic}:{partition}"
-
     # ---- writer side ----
     @metrics.timed("redis", "read_documents")
     async def read_documents(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DocumentState]:
         """Current states of (collection, doc_id) pairs, in one command (see ``_hmget_each``)."""
-        rows = await self._hmget_each([self.doc_key(collection, doc_id) for collection, doc_id in refs], DOC_FIELDS)
+        rows = await self._hmget_each([keyspace.document(coll, doc_id) for coll, doc_id in refs], DOC_FIELDS)
         return {ref: _decode_document(ref, row) for ref, row in zip(refs, rows, strict=True)}
 
     @metrics.timed("redis", "write_documents")
@@ -211,27 +177,28 @@ class PostingsStore:
             stats_deltas.setdefault(after.collection, Counter()).update(_stats_delta(before, after))
         for mark in marks:
             plans.setdefault(mark.collection, Plan()).pending(
-                self.pending_vectors_key(mark.collection, mark.topic, mark.partition),
-                self.pending_entries_key(mark.collection, mark.topic, mark.partition),
+                keyspace.pending_vectors(mark.collection, mark.topic, mark.partition),
+                keyspace.pending_entries(mark.collection, mark.topic, mark.partition),
                 mark.doc_id, mark.offset, mark.clear_at, mark.only_if)
         if not plans:
             return
         for state in unchanged:
             if state.collection in stats_deltas:
-                plans[state.collection].check(self.doc_key(state.collection, state.doc_id), "version", state.version)
+                plans[state.collection].check(keyspace.document(state.collection, state.doc_id), "version",
+                                              state.version)
         for collection, plan in plans.items():
             if collection not in stats_deltas:  # marks only: no document written
                 continue
             for name, delta in stats_deltas[collection].items():  # one HINCRBY per statistic, not per document
                 if delta:
-                    plan.op("HINCRBY", self.meta_key(collection), name, delta)
+                    plan.op("HINCRBY", keyspace.meta(collection), name, delta)
             # What caches validate against (see query.cache): the collection's change counter, and per term
             # the counter's value after the last write that changed the term's postings (one HSET, not an
             # HINCRBY per term: the counter only grows, so a changed stamp means a changed term).
-            plan.stamp_fields(self.term_versions_key(collection), self.meta_key(collection),
+            plan.stamp_fields(keyspace.term_versions(collection), keyspace.meta(collection),
                               sorted(changed_terms[collection]))
         if stats_deltas:
-            await self.redis.sadd(COLLECTIONS_KEY, *stats_deltas)
+            await self.redis.sadd(keyspace.COLLECTIONS, *stats_deltas)
         for plan in plans.values():
             conflict = await self._plans.run(plan)
             if conflict is not None:
@@ -242,30 +209,30 @@ class PostingsStore:
     def _plan_document(self, plan: Plan, before: DocumentState, after: DocumentState, updated_at: str,
                        changed_terms: set[str]) -> None:
         coll = after.collection
-        doc_key = self.doc_key(coll, after.doc_id)
+        doc_key = keyspace.document(coll, after.doc_id)
         plan.check(doc_key, "version", before.version)
         if after.table is not None and not after.deleted:
-            plan.check_below(self.meta_key(coll), truncation_field(after.table), after.version or 0)
+            plan.check_below(keyspace.meta(coll), truncation_field(after.table), after.version or 0)
         old = {c.chunk_id: c for c in before.chunks}
         new = {c.chunk_id: c for c in after.chunks}
-        postings = self.posting_key(coll, "")
+        postings = keyspace.posting(coll, "")
         for chunk_id, chunk in old.items():
             replacement = new.get(chunk_id)
             if replacement is None or replacement.content_hash != chunk.content_hash:
                 plan.delete_field_on_keys(chunk_id, [postings + term for term in chunk.tf])
                 changed_terms.update(chunk.tf)
             if replacement is None:
-                plan.op("DEL", self.chunk_key(coll, chunk_id))
+                plan.op("DEL", keyspace.chunk(coll, chunk_id))
         for chunk_id, chunk in new.items():
             previous = old.get(chunk_id)
             if previous is None or previous.content_hash != chunk.content_hash:
-                plan.op("HDEL", self.chunk_key(coll, chunk_id), "enrich")  # described the old text
+                plan.op("HDEL", keyspace.chunk(coll, chunk_id), "enrich")  # described the old text
                 high = chunk.dl << TF_BITS
                 plan.set_field_on_keys(chunk_id, [postings + term for term in chunk.tf],
                                        [high | min(tf, TF_MASK) for tf in chunk.tf.values()])
                 changed_terms.update(chunk.tf)
             plan.op(
-                "HSET", self.chunk_key(coll, chunk_id),
+                "HSET", keyspace.chunk(coll, chunk_id),
                 "doc_id", after.doc_id, "chunk_no", chunk.chunk_no, "title", after.title,
                 "text", chunk.text, "hash", chunk.content_hash,
                 "metadata", _json(after.metadata), "version", after.version,
@@ -282,44 +249,44 @@ class PostingsStore:
     # ---- reader side ----
     async def raise_truncation(self, collection: str, table: str, position: int) -> None:
         """Record a truncate of ``table``: its changes at or below ``position`` can no longer create documents."""
-        await self._raise(self.meta_key(collection), truncation_field(table), position)
+        await self._raise(keyspace.meta(collection), truncation_field(table), position)
 
     async def truncations(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """The truncation floor of each (collection, table); -1 where the table was never truncated."""
         names = sorted(set(refs))
         async with self.redis.pipeline(transaction=False) as pipe:
             for collection, table in names:
-                pipe.hget(self.meta_key(collection), truncation_field(table))
+                pipe.hget(keyspace.meta(collection), truncation_field(table))
             values = await pipe.execute()
         return {ref: int(v) if v is not None else -1 for ref, v in zip(names, values, strict=True)}
 
     async def change_seq(self, collection: str) -> int:
         """Bumped by every BM25 write and after every vector write of the collection."""
-        value = await self.redis.hget(self.meta_key(collection), "seq")
+        value = await self.redis.hget(keyspace.meta(collection), "seq")
         return int(value) if value is not None else 0
 
     async def bump_seq(self, collections: Iterable[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for collection in set(collections):
-                pipe.hincrby(self.meta_key(collection), "seq", 1)
+                pipe.hincrby(keyspace.meta(collection), "seq", 1)
             await pipe.execute()
 
     async def collection_exists(self, collection: str) -> bool:
-        return bool(await self.redis.sismember(COLLECTIONS_KEY, collection))
+        return bool(await self.redis.sismember(keyspace.COLLECTIONS, collection))
 
     async def collections(self) -> list[str]:
-        return sorted(m.decode() for m in await self.redis.smembers(COLLECTIONS_KEY))
+        return sorted(m.decode() for m in await self.redis.smembers(keyspace.COLLECTIONS))
 
     async def stats_if_exists(self, collection: str) -> CollectionStats | None:
         """The collection's statistics, or None if there is no such collection; one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sismember(COLLECTIONS_KEY, collection)
-            pipe.hmget(self.meta_key(collection), *STATS_FIELDS)
+            pipe.sismember(keyspace.COLLECTIONS, collection)
+            pipe.hmget(keyspace.meta(collection), *STATS_FIELDS)
             exists, meta = await pipe.execute()
         return decode_stats(meta) if exists else None
 
     async def stats(self, collection: str) -> CollectionStats:
-        return decode_stats(await self.redis.hmget(self.meta_key(collection), *STATS_FIELDS))
+        return decode_stats(await self.redis.hmget(keyspace.meta(collection), *STATS_FIELDS))
 
     @metrics.timed("redis", "postings")
     async def postings(
@@ -327,10 +294,10 @@ class PostingsStore:
     ) -> tuple[CollectionStats, dict[str, dict[str, int]], dict[str, int]]:
         """Statistics, the posting lists of ``terms`` and their change stamps, in one MULTI snapshot."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(self.meta_key(collection), *STATS_FIELDS)
-            pipe.hmget(self.term_versions_key(collection), *terms)
+            pipe.hmget(keyspace.meta(collection), *STATS_FIELDS)
+            pipe.hmget(keyspace.term_versions(collection), *terms)
             for term in terms:
-                pipe.hgetall(self.posting_key(collection, term))
+                pipe.hgetall(keyspace.posting(collection, term))
             meta, versions, *lists = await pipe.execute()
         postings = {
             term: {chunk.decode(): int(value) for chunk, value in raw.items()}
@@ -340,7 +307,7 @@ class PostingsStore:
 
     async def vector_log_head(self, collection: str) -> str:
         """The log position: ``<last id>/<entries ever added>`` (the count detects trimming later)."""
-        last_id, added = await self._vector_log_info(self.vector_log_key(collection))
+        last_id, added = await self._vector_log_info(keyspace.vector_log(collection))
         return f"{last_id}/{added}"
 
     async def _vector_log_info(self, key: str) -> tuple[str, int]:
@@ -355,14 +322,14 @@ class PostingsStore:
         """Append (doc_id, concatenated float32 chunk embeddings) after the vector stage committed."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for doc_id, embeddings in changes:
-                pipe.xadd(self.vector_log_key(collection), {"doc": doc_id, "emb": embeddings},
+                pipe.xadd(keyspace.vector_log(collection), {"doc": doc_id, "emb": embeddings},
                           maxlen=maxlen, approximate=True)
             await pipe.execute()
 
     async def vector_changes_since(self, collection: str, position: str) -> list[tuple[str, bytes]] | None:
         """(doc_id, embeddings) logged after ``position`` (from vector_log_head); None if trimmed away since."""
         log_id, added = position.split("/")
-        key = self.vector_log_key(collection)
+        key = keyspace.vector_log(collection)
         async with self.redis.pipeline(transaction=True) as pipe:  # one snapshot: the count must match
             pipe.xrange(key, min=f"({log_id}")
             pipe.execute_command("XINFO", "STREAM", key)
@@ -377,18 +344,18 @@ class PostingsStore:
     async def term_versions(self, collection: str, terms: Sequence[str]) -> dict[str, int]:
         if not terms:
             return {}
-        return _counters(terms, await self.redis.hmget(self.term_versions_key(collection), *terms))
+        return _counters(terms, await self.redis.hmget(keyspace.term_versions(collection), *terms))
 
     @metrics.timed("redis", "fetch_chunks")
     async def fetch_chunks(self, collection: str, chunk_ids: Sequence[str]) -> list[StoredChunk | None]:
         """Chunk records in the order asked; None for chunks that no longer exist."""
-        rows = await self._hmget_each([self.chunk_key(collection, c) for c in chunk_ids], CHUNK_FIELDS)
+        rows = await self._hmget_each([keyspace.chunk(collection, c) for c in chunk_ids], CHUNK_FIELDS)
         return [decode_chunk(chunk_id, row) for chunk_id, row in zip(chunk_ids, rows, strict=True)]
 
     @metrics.timed("redis", "chunk_facts")
     async def chunk_facts(self, collection: str, chunk_ids: Sequence[str]) -> list[tuple[str, dict[str, Any]] | None]:
         """(content hash, metadata with enrichment) per chunk, None where gone: for filters and stale checks."""
-        rows = await self._hmget_each([self.chunk_key(collection, c) for c in chunk_ids],
+        rows = await self._hmget_each([keyspace.chunk(collection, c) for c in chunk_ids],
                                       ("hash", "metadata", "enrich"))
         return [(h.decode(), _with_enrichment(m, e)) if h is not None else None for h, m, e in rows]
 
@@ -403,7 +370,7 @@ class PostingsStore:
     async def document_frequencies(self, collection: str, terms: Sequence[str]) -> dict[str, int]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for term in terms:
-                pipe.hlen(self.posting_key(collection, term))
+                pipe.hlen(keyspace.posting(collection, term))
             counts = await pipe.execute()
         return dict(zip(terms, counts, strict=True))
 
@@ -413,14 +380,14 @@ class PostingsStore:
         written = 0
         for chunk_id, content_hash, fields in items:
             plan = Plan()
-            plan.check(self.chunk_key(collection, chunk_id), "hash", content_hash)
-            plan.op("HSET", self.chunk_key(collection, chunk_id), "enrich", _json(fields))
+            plan.check(keyspace.chunk(collection, chunk_id), "hash", content_hash)
+            plan.op("HSET", keyspace.chunk(collection, chunk_id), "enrich", _json(fields))
             written += await self._plans.run(plan) is None
         return written
 
     async def document_ids(self, collection: str) -> list[str]:
         """Every document id the collection has a record for (tombstones included)."""
-        return await self.scan_suffixes(self.doc_key(collection, ""))
+        return await self.scan_suffixes(keyspace.document(collection, ""))
 
     async def table_document_ids(self, collection: str, table: str, *, untagged: bool) -> list[str]:
         """Ids of the documents (tombstones included) that come from CDC source ``table``, for its
@@ -430,20 +397,20 @@ class PostingsStore:
         found: list[str] = []
         for start in range(0, len(ids), 1000):
             page = ids[start : start + 1000]
-            rows = await self._hmget_each([self.doc_key(collection, d) for d in page], ("table",))
+            rows = await self._hmget_each([keyspace.document(collection, d) for d in page], ("table",))
             found += [d for d, (tag,) in zip(page, rows, strict=True)
                       if tag == table.encode() or (untagged and not tag)]
         return found
 
     async def scan_suffixes(self, prefix: str) -> list[str]:
         """What follows ``prefix`` in every key that starts with it."""
-        return [key.decode()[len(prefix):] async for key in self.redis.scan_iter(match=key_pattern(prefix),
-                                                                                 count=1000)]
+        return [key.decode()[len(prefix):]
+                async for key in self.redis.scan_iter(match=keyspace.scan_pattern(prefix), count=1000)]
 
     async def drop_index(self, name: str) -> int:
         """Remove every key of index ``name`` (a collection generation); returns how many went."""
-        await self.redis.srem(COLLECTIONS_KEY, name)
-        return await unlink_prefix(self.redis, self._base(name) + ":")
+        await self.redis.srem(keyspace.COLLECTIONS, name)
+        return await unlink_prefix(self.redis, keyspace.index_prefix(name))
 
     async def get_document(self, collection: str, doc_id: str) -> DocumentState:
         return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
@@ -487,16 +454,11 @@ def _json(value: Any) -> str:
     return orjson.dumps(value, default=str).decode()
 
 
-def key_pattern(prefix: str) -> str:
-    """SCAN pattern for keys starting with ``prefix`` (hash-tag braces escaped)."""
-    return prefix.replace("{", "\\{").replace("}", "\\}") + "*"
-
-
 async def unlink_prefix(redis: aioredis.Redis, prefix: str) -> int:
     """UNLINK every key starting with ``prefix``, a SCAN page at a time (never blocks the server)."""
     removed = 0
     batch: list[bytes] = []
-    async for key in redis.scan_iter(match=key_pattern(prefix), count=1000):
+    async for key in redis.scan_iter(match=keyspace.scan_pattern(prefix), count=1000):
         batch.append(key)
         if len(batch) >= 1000:
             removed += await redis.unlink(*batch)

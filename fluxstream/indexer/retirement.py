@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from fluxstream.core import keyspace
 from fluxstream.core.logging import get_logger
-from fluxstream.indexer.generations import DROPPED_KEY, GenerationRegistry, index_name, parse_index_name
+from fluxstream.indexer.generations import GenerationRegistry, index_name, parse_index_name
 from fluxstream.indexer.postings import PostingsStore, unlink_prefix
 from fluxstream.indexer.vector_store import VectorStore
-from fluxstream.query.cache import SemanticCache
 
 log = get_logger("fluxstream.retirement")
 
@@ -39,9 +39,9 @@ class Retirement:
     async def drop(self, name: str, *, remember: bool = True) -> Dropped:
         """Remove index ``name`` everywhere: postings and records, cache entries, vector rows."""
         if remember:
-            await self.redis.zadd(DROPPED_KEY, {name: time.time()})
+            await self.redis.zadd(keyspace.GENERATIONS_DROPPED, {name: time.time()})
         keys = await self.postings.drop_index(name)
-        keys += await unlink_prefix(self.redis, SemanticCache.base(name) + ":")
+        keys += await unlink_prefix(self.redis, keyspace.cache_prefix(name))
         rows = await self.vectors.drop_index(name)
         if keys or rows:
             log.info("index_dropped", index=name, redis_keys=keys, vector_rows=rows)
@@ -68,12 +68,12 @@ class Retirement:
             collection, generation = parse_index_name(name)
             if not states[collection].keeps(generation):
                 dropped.append(await self.drop(name))
-        await self.redis.zremrangebyscore(DROPPED_KEY, "-inf", now - RESWEEP_SECONDS)
-        for raw in await self.redis.zrange(DROPPED_KEY, 0, -1):
+        await self.redis.zremrangebyscore(keyspace.GENERATIONS_DROPPED, "-inf", now - RESWEEP_SECONDS)
+        for raw in await self.redis.zrange(keyspace.GENERATIONS_DROPPED, 0, -1):
             name = raw.decode()
             collection, generation = parse_index_name(name)
             if (await self.registry.get(collection)).keeps(generation):
-                await self.redis.zrem(DROPPED_KEY, name)  # the name is in use again (a later rebuild)
+                await self.redis.zrem(keyspace.GENERATIONS_DROPPED, name)  # the name is in use again (a later rebuild)
             elif name not in {d.index for d in dropped}:
                 dropped.append(await self.drop(name, remember=False))
         return [d for d in dropped if d.redis_keys or d.vector_rows]

@@ -39,13 +39,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from fluxstream.core import keyspace
 from fluxstream.indexer.postings import CHUNK_FIELDS, PostingsStore, decode_chunk, decode_stats
 from fluxstream.indexer.redis_plan import Plan, PlanRunner
 from fluxstream.indexer.vector_store import VectorHit
 from fluxstream.query.search import Retrieval
 from fluxstream.schemas.api import SearchRequest, SearchResponse
 
-STATS_KEY = "fx:cache:stats"
 SIMILARITY_SLACK = 1e-5  # float32 rounding between stored candidate scores and recomputed similarities
 _PARAM_FIELDS = {"collection", "k", "mode", "fusion", "rrf_k", "weights", "filters", "ef_search"}
 
@@ -165,36 +165,16 @@ class SemanticCache:
         self._delete_if_equal = redis.register_script(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
 
-    # ---- keys ----
-    @staticmethod
-    def base(collection: str) -> str:
-        return f"fxc:{{{collection}}}"
-
-    def entry_key(self, collection: str, entry_id: str) -> str:
-        return f"{self.base(collection)}:e:{entry_id}"
-
+    # ---- keys (see fluxstream.core.keyspace) ----
     def exact_key(self, req: SearchRequest, identity: bytes) -> str:
         """The key of answers equal to ``req``'s: its parameters and ``identity``, what the mode's
         retrievers read of the query text (``Searcher.query_identity``). Only texts every retriever
         treats identically share it; the cache normalises nothing itself (docs/cache.md)."""
         digest = hashlib.blake2b(b"v2\0" + params_digest(req).encode() + b"\0" + identity, digest_size=16)
-        return f"{self.base(req.collection)}:x:{digest.hexdigest()}"
-
-    def term_key(self, collection: str, term: str) -> str:
-        return f"{self.base(collection)}:t:{term}"
-
-    def doc_key(self, collection: str, doc_id: str) -> str:
-        return f"{self.base(collection)}:d:{doc_id}"
-
-    def lru_key(self, collection: str) -> str:
-        return f"{self.base(collection)}:lru"
-
-    def stream_key(self, collection: str) -> str:
-        return f"{self.base(collection)}:new"
+        return keyspace.cache_exact(req.collection, digest.hexdigest())
 
     def bucket_keys(self, req: SearchRequest, vector: np.ndarray) -> list[str]:
-        prefix = f"{self.base(req.collection)}:l:{params_digest(req)}"
-        return [f"{prefix}:{band}:{sig}" for band, sig in enumerate(self.lsh.signatures(vector))]
+        return keyspace.cache_buckets(req.collection, params_digest(req), self.lsh.signatures(vector))
 
     # ---- lookup ----
     async def lookup(self, req: SearchRequest, identity: bytes, embed: Any) -> Lookup:
@@ -215,7 +195,7 @@ class SemanticCache:
             return Lookup(None, vector)
         async with self.redis.pipeline(transaction=False) as pipe:
             for candidate in candidates:
-                pipe.hget(self.entry_key(req.collection, candidate), "embedding")
+                pipe.hget(keyspace.cache_entry(req.collection, candidate), "embedding")
             embeddings = await pipe.execute()
         best, best_id = -1.0, None
         for candidate, raw in zip(candidates, embeddings, strict=True):
@@ -233,9 +213,9 @@ class SemanticCache:
     async def _load_exact(self, req: SearchRequest, identity: bytes) -> CacheHit | None:
         coll = req.collection
         found = await self._exact_lookup(
-            keys=[self.exact_key(req, identity), self.lru_key(coll)],
-            args=[self.entry_key(coll, ""), self.postings.term_versions_key(coll), time.time(),
-                  self.postings.meta_key(coll), self.postings.chunk_key(coll, ""), *CHUNK_FIELDS])
+            keys=[self.exact_key(req, identity), keyspace.cache_lru(coll)],
+            args=[keyspace.cache_entry(coll, ""), keyspace.term_versions(coll), time.time(),
+                  keyspace.meta(coll), keyspace.chunk(coll, ""), *CHUNK_FIELDS])
         if not found:
             return None
         entry_id, query, raw, embedding, threshold, stamps, meta, answered, records = found
@@ -251,11 +231,11 @@ class SemanticCache:
                                      float(threshold or -1.0), current)
 
     async def _load(self, collection: str, entry_id: str, kind: str, similarity: float) -> CacheHit | None:
-        fields = await self.redis.hmget(self.entry_key(collection, entry_id), "query", "retrieval", "embedding",
+        fields = await self.redis.hmget(keyspace.cache_entry(collection, entry_id), "query", "retrieval", "embedding",
                                         "threshold")
         if fields[1] is None:
             return None  # invalidated or expired meanwhile
-        await self.redis.zadd(self.lru_key(collection), {entry_id: time.time()})
+        await self.redis.zadd(keyspace.cache_lru(collection), {entry_id: time.time()})
         return await self._validated(collection, entry_id, kind, similarity, fields[0],
                                      decode_retrieval(fields[1], embedding_of(fields[2])), float(fields[3] or -1.0))
 
@@ -338,7 +318,7 @@ class SemanticCache:
             return False
         coll, ttl = req.collection, self.config.ttl_seconds
         entry_id = uuid.uuid4().hex
-        entry_key, exact_key = self.entry_key(coll, entry_id), self.exact_key(req, identity)
+        entry_key, exact_key = keyspace.cache_entry(coll, entry_id), self.exact_key(req, identity)
         plan = Plan()
         retrieval.answer_docs = self.answer_docs(req, retrieval, response)
         vector = retrieval.query_vector if retrieval.vector_hits is not None else None
@@ -350,25 +330,25 @@ class SemanticCache:
                 "threshold", self.threshold(req, retrieval, response, pool) if vector is not None else "")
         plan.op("EXPIRE", entry_key, ttl)
         plan.op("SET", exact_key, entry_id, "EX", ttl)
-        index_keys = [self.term_key(coll, t) for t in (retrieval.postings or {})]
-        index_keys += [self.doc_key(coll, d) for d in retrieval.answer_docs]
+        index_keys = [keyspace.cache_term(coll, t) for t in (retrieval.postings or {})]
+        index_keys += [keyspace.cache_doc(coll, d) for d in retrieval.answer_docs]
         if vector is not None:
             index_keys += self.bucket_keys(req, vector)
         for key in index_keys:
             plan.op("SADD", key, entry_id)
             plan.op("EXPIRE", key, ttl)
-        plan.op("ZADD", self.lru_key(coll), time.time(), entry_id)
+        plan.op("ZADD", keyspace.cache_lru(coll), time.time(), entry_id)
         if vector is not None:
-            plan.op("XADD", self.stream_key(coll), "MAXLEN", "~", self.config.stream_maxlen, "*", "id", entry_id)
+            plan.op("XADD", keyspace.cache_new(coll), "MAXLEN", "~", self.config.stream_maxlen, "*", "id", entry_id)
         await self._plans.run(plan)
         self.record("stored")
         await self._evict(coll)
         return True
 
     async def _evict(self, collection: str) -> None:
-        extra = await self.redis.zcard(self.lru_key(collection)) - self.config.max_entries
+        extra = await self.redis.zcard(keyspace.cache_lru(collection)) - self.config.max_entries
         if extra > 0:
-            oldest = await self.redis.zpopmin(self.lru_key(collection), extra)
+            oldest = await self.redis.zpopmin(keyspace.cache_lru(collection), extra)
             await self.delete(collection, [m.decode() for m, _ in oldest], count_as="evicted")
 
     async def delete(self, collection: str, entry_ids: list[str], count_as: str = "invalidations") -> int:
@@ -377,19 +357,19 @@ class SemanticCache:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id in entry_ids:
-                pipe.hget(self.entry_key(collection, entry_id), "exact_key")
+                pipe.hget(keyspace.cache_entry(collection, entry_id), "exact_key")
             exact_keys = await pipe.execute()
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id in entry_ids:
-                pipe.delete(self.entry_key(collection, entry_id))
+                pipe.delete(keyspace.cache_entry(collection, entry_id))
             removed = sum(await pipe.execute())
         async with self.redis.pipeline(transaction=False) as pipe:
             for entry_id, exact in zip(entry_ids, exact_keys, strict=True):
                 if exact is not None:  # only if it still points here: a newer entry may own it now
                     await self._delete_if_equal(keys=[exact], args=[entry_id], client=pipe)
-                pipe.zrem(self.lru_key(collection), entry_id)
+                pipe.zrem(keyspace.cache_lru(collection), entry_id)
             await pipe.execute()
-        await self.redis.hincrby(STATS_KEY, count_as, removed)
+        await self.redis.hincrby(keyspace.CACHE_STATS, count_as, removed)
         return removed
 
     def record(self, outcome: str) -> None:
@@ -400,10 +380,10 @@ class SemanticCache:
 
     async def _count(self, outcome: str) -> None:
         with contextlib.suppress(RedisError):  # Redis down: the request reports that; one lost count is no loss
-            await self.redis.hincrby(STATS_KEY, outcome, 1)
+            await self.redis.hincrby(keyspace.CACHE_STATS, outcome, 1)
 
     async def stats(self) -> dict[str, float]:
-        raw = {k.decode(): int(v) for k, v in (await self.redis.hgetall(STATS_KEY)).items()}
+        raw = {k.decode(): int(v) for k, v in (await self.redis.hgetall(keyspace.CACHE_STATS)).items()}
         hits = raw.get("hits", 0) + raw.get("semantic_hits", 0)
         lookups = hits + raw.get("misses", 0)
         return {**raw, **{k: raw.get(k, 0) for k in ("hits", "semantic_hits", "misses", "stored",

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fluxstream import __version__
-from fluxstream.core import metrics
+from fluxstream.core import keyspace, metrics
 from fluxstream.core.kafka import cluster_id
 from fluxstream.core.logging import get_logger
 from fluxstream.core.settings import Settings
@@ -162,7 +162,7 @@ class QueryState:
                                                  model_id=embedder.model_id, pool_timeout=s.database_pool_timeout)
         postings = PostingsStore(self.redis)
         self.generations = GenerationRegistry(self.redis)
-        self.positions = Positions(self.redis, postings)
+        self.positions = Positions(self.redis)
         self.searcher = Searcher(
             postings, self.vectors, embedder, build_tokenizer(s),
             BM25Params(s.bm25_k1, s.bm25_b),
@@ -564,7 +564,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Drop every cached answer of a collection's serving generation."""
         assert state.redis is not None and state.generations is not None
         index, _ = await state.generations.serving_index(collection)
-        removed = await unlink_prefix(state.redis, SemanticCache.base(index) + ":")
+        removed = await unlink_prefix(state.redis, keyspace.cache_prefix(index))
         log.info("cache_cleared", collection=collection, keys=removed)
         return {"collection": collection, "removed_keys": removed}
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fluxstream.core import keyspace
 from fluxstream.indexer.postings import unlink_prefix
 from fluxstream.indexer.vector_store import VectorStore
 from fluxstream.query.cache import SIMILARITY_SLACK, SemanticCache, embedding_of
@@ -52,11 +53,11 @@ class CacheInvalidator:
     async def clear(self, collection: str) -> int:
         """Drop every entry of ``collection`` (an index): for a change whose effects are unknown."""
         self.mirrors.pop(collection, None)
-        return await unlink_prefix(self.cache.redis, SemanticCache.base(collection) + ":")
+        return await unlink_prefix(self.cache.redis, keyspace.cache_prefix(collection))
 
     async def _by_terms_and_docs(self, collection: str, updates: list[IndexUpdate]) -> set[str]:
-        keys = {self.cache.term_key(collection, t) for u in updates for t in u.terms}
-        keys |= {self.cache.doc_key(collection, u.doc_id) for u in updates}
+        keys = {keyspace.cache_term(collection, t) for u in updates for t in u.terms}
+        keys |= {keyspace.cache_doc(collection, u.doc_id) for u in updates}
         if not keys:
             return set()
         return {m.decode() for m in await self.cache.redis.sunion(sorted(keys))}
@@ -79,15 +80,15 @@ class CacheInvalidator:
         """Read entries added since the last sync (their embeddings and candidate thresholds)."""
         mirror = self.mirrors[collection]
         redis = self.cache.redis
-        if len(mirror.ids) > 2 * max(1, await redis.zcard(self.cache.lru_key(collection))):
+        if len(mirror.ids) > 2 * max(1, await redis.zcard(keyspace.cache_lru(collection))):
             mirror = self.mirrors[collection] = VectorEntries()  # mostly gone: rebuild from the stream
-        records = await redis.xrange(self.cache.stream_key(collection), min=f"({mirror.last_stream_id}")
+        records = await redis.xrange(keyspace.cache_new(collection), min=f"({mirror.last_stream_id}")
         if not records:
             return mirror
         entry_ids = [fields[b"id"].decode() for _, fields in records]
         async with redis.pipeline(transaction=False) as pipe:
             for entry_id in entry_ids:
-                pipe.hmget(self.cache.entry_key(collection, entry_id), "embedding", "threshold")
+                pipe.hmget(keyspace.cache_entry(collection, entry_id), "embedding", "threshold")
             rows = await pipe.execute()
         for entry_id, (raw, threshold) in zip(entry_ids, rows, strict=True):
             vector = embedding_of(raw)

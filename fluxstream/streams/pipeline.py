@@ -128,7 +128,7 @@ class Pipeline:
         builder = DocumentBuilder(Chunker(settings.chunk_size, settings.chunk_overlap, tokenizer), tokenizer)
         self.bm25 = BM25Stage(resources.postings, builder)
         self.vector_stage = VectorStage(resources.vectors, resources.embedder, self._log_vector_changes)
-        self.positions = Positions(resources.redis, resources.postings)
+        self.positions = Positions(resources.redis)
         self.invalidator = CacheInvalidator(
             SemanticCache(resources.redis, resources.postings, resources.embedder.dimensions), resources.vectors)
         self.ready = True
