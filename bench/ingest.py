@@ -34,10 +34,10 @@ from bench.common import load_vaswani_corpus, percentiles, running_stack, wait_u
 from bench.cpu import CpuMeter
 from fluxstream.client import publish_documents
 from fluxstream.core.settings import Settings
-from fluxstream.indexer.apply import DocumentBuilder
 from fluxstream.indexer.chunking import Chunker
+from fluxstream.indexer.documents import DocumentState, pack_posting
 from fluxstream.indexer.embedders.base import close_embedder
-from fluxstream.indexer.postings import DocumentState, pack_posting
+from fluxstream.indexer.fold import DocumentBuilder
 from fluxstream.indexer.vector_stage import PART_SIZE as EMBED_PART
 from fluxstream.schemas.events import DocumentChange
 from fluxstream.streams.topic_range import TopicRange, read_range

@@ -11,8 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from fluxstream.core.settings import Settings
-from fluxstream.indexer.apply import BatchOutcome, BM25Stage, DocumentBuilder, SourcedChange, split_by_document
+from fluxstream.indexer.apply import BatchOutcome, BM25Stage, split_by_document
 from fluxstream.indexer.chunking import Chunker
+from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
 from fluxstream.indexer.postings import PostingsStore
 from fluxstream.schemas.events import DocumentChange, SourcePosition
 from fluxstream.streams import debezium

@@ -19,7 +19,9 @@ from pydantic import ValidationError
 
 from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
-from fluxstream.indexer.postings import DocumentState, PostingsStore
+from fluxstream.indexer.documents import DocumentState, DocumentWrite
+from fluxstream.indexer.postings import PostingsStore
+from fluxstream.indexer.write_plan import plan_writes
 from fluxstream.schemas.api import SearchRequest
 from fluxstream.schemas.events import DeadLetter, DocumentChange
 from fluxstream.schemas.registry import schema_path
@@ -96,8 +98,9 @@ async def test_document_id_with_nul_is_a_client_error(http: httpx.AsyncClient, r
                                                        collection: str) -> None:
     # As the BM25 stage wrote such a document before these limits (PostgreSQL then refused the id).
     written = DocumentState(collection, "nul\u0000id", version=1, title="half-indexed", source={})
-    await PostingsStore(redis_client).write_documents([(DocumentState(collection, "nul\u0000id"), written)],
-                                                      updated_at="2026-12-01T00:00:00+00:00")
+    await PostingsStore(redis_client).write_documents(
+        plan_writes([DocumentWrite(DocumentState(collection, "nul\u0000id"), written)]),
+        updated_at="2026-12-01T00:00:00+00:00")
     resp = await http.get(f"/v1/documents/nul%00id?collection={collection}")
     assert 400 <= resp.status_code < 500, resp.text[:300]
     assert "error" in resp.json()

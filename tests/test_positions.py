@@ -9,8 +9,9 @@ import redis.asyncio as aioredis
 
 from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
-from fluxstream.indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
+from fluxstream.indexer.apply import BM25Stage
 from fluxstream.indexer.chunking import Chunker
+from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
 from fluxstream.indexer.positions import Positions, applied_positions
 from fluxstream.indexer.postings import PostingsStore
 from fluxstream.schemas.events import DocumentChange, EmbedJob, SourcePosition

@@ -14,9 +14,12 @@ from aiokafka import AIOKafkaProducer
 
 from fluxstream.core import keyspace
 from fluxstream.core.settings import Settings
-from fluxstream.indexer.apply import BM25Stage, DocumentBuilder, SourcedChange
+from fluxstream.indexer.apply import BM25Stage
 from fluxstream.indexer.chunking import Chunker
-from fluxstream.indexer.postings import DocumentState, PostingsStore, VersionConflict
+from fluxstream.indexer.documents import DocumentState, DocumentWrite
+from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
+from fluxstream.indexer.postings import PostingsStore, VersionConflict
+from fluxstream.indexer.write_plan import CollectionWrite, plan_writes
 from fluxstream.schemas.events import DocumentChange, SourcePosition
 from fluxstream.wiring import build_tokenizer
 from tests.conftest import eventually
@@ -24,8 +27,10 @@ from tests.debezium_fixtures import envelope, pg_source, record
 from tests.helpers import bm25_ids
 
 
-def upsert(collection: str, doc_id: str, version: int, table: str | None) -> tuple[DocumentState, DocumentState]:
-    return DocumentState(collection, doc_id), DocumentState(collection, doc_id, version, title="t", table=table)
+def upsert(collection: str, doc_id: str, version: int, table: str | None) -> list[CollectionWrite]:
+    """The plan writing the first version of a document."""
+    return plan_writes([DocumentWrite(DocumentState(collection, doc_id),
+                                      DocumentState(collection, doc_id, version, title="t", table=table))])
 
 
 async def test_the_write_script_refuses_an_upsert_at_or_below_its_tables_floor(
@@ -35,14 +40,14 @@ async def test_the_write_script_refuses_an_upsert_at_or_below_its_tables_floor(
     await store.raise_truncation(collection, "notes", big)
     for version in (2**62, big):
         try:
-            await store.write_documents([upsert(collection, "a", version, "notes")], updated_at="now")
+            await store.write_documents(upsert(collection, "a", version, "notes"), updated_at="now")
             raise AssertionError(f"version {version} at or below the floor was written")
         except VersionConflict:
             pass
         assert (await store.get_document(collection, "a")).version is None  # nothing of the plan was written
-    await store.write_documents([upsert(collection, "a", big + 1, "notes")], updated_at="now")
-    await store.write_documents([upsert(collection, "b", 7, "posts")], updated_at="now")  # another table's floor
-    await store.write_documents([upsert(collection, "c", 7, None)], updated_at="now")  # native: no table
+    await store.write_documents(upsert(collection, "a", big + 1, "notes"), updated_at="now")
+    await store.write_documents(upsert(collection, "b", 7, "posts"), updated_at="now")  # another table's floor
+    await store.write_documents(upsert(collection, "c", 7, None), updated_at="now")  # native: no table
     states = await store.read_documents([(collection, d) for d in "abc"])
     assert [s.version for s in states.values()] == [big + 1, 7, 7]
     assert (await store.get_document(collection, "a")).table == "notes"

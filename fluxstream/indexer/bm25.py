@@ -14,7 +14,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fluxstream.indexer.postings import TF_BITS, TF_MASK, CollectionStats
+from fluxstream.indexer.documents import TF_BITS, TF_MASK
+from fluxstream.indexer.postings import CollectionStats
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@
   the change at ``offset`` is visible to vectors once the vector stage has handled the document's
   job at ``clear_at`` or a later one (that job carries the same or a newer version: a superseded
   change counts as visible once its successor is). Entries are added inside the BM25 stage's
-  atomic write (``indexer.apply.pending_marks``), before the job is sent; each handled job removes
+  atomic write (``indexer.fold.pending_marks``), before the job is sent; each handled job removes
   its document's entries clearing at or below its offset and rescores the document.
 
 A position (topic, partition, offset) is visible to BM25 once ``fx:applied`` reaches it, and to

@@ -27,9 +27,8 @@ The same script records which positions wait for vectors (``PendingMark``).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,78 +36,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from fluxstream.core import keyspace, metrics
+from fluxstream.indexer.documents import TF_BITS, TF_MASK, ChunkState, DocRef, DocumentState, TableRef
 from fluxstream.indexer.redis_plan import HashFieldRaiser, Plan, PlanRunner
-
-TF_BITS = 16
-TF_MASK = (1 << TF_BITS) - 1
-MAX_CHUNK_TERMS = TF_MASK
-
-
-
-def pack_posting(tf: int, dl: int) -> int:
-    return (dl << TF_BITS) | min(tf, TF_MASK)
-
-
-def unpack_posting(value: int) -> tuple[int, int]:
-    """(tf, dl) from a stored posting value."""
-    return value & TF_MASK, value >> TF_BITS
+from fluxstream.indexer.write_plan import CollectionWrite, DocumentDiff
 
 
 class VersionConflict(Exception):
     """Another writer changed a document between our read and our write."""
-
-
-@dataclass
-class ChunkState:
-    """A chunk as the index holds it; ``tf`` is kept so removal knows which postings to drop."""
-
-    chunk_id: str
-    chunk_no: int
-    content_hash: str
-    dl: int
-    tf: dict[str, int]
-    text: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.chunk_id, "no": self.chunk_no, "hash": self.content_hash, "dl": self.dl, "tf": self.tf}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> ChunkState:
-        return cls(raw["id"], raw["no"], raw["hash"], raw["dl"], raw["tf"])
-
-
-@dataclass
-class DocumentState:
-    """What the index holds for one document (absent documents have version None)."""
-
-    collection: str
-    doc_id: str
-    version: int | None = None
-    deleted: bool = False
-    title: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    chunks: list[ChunkState] = field(default_factory=list)
-    source: dict[str, Any] | None = None
-    row: dict[str, Any] | None = None  # CDC source columns, to fill TOAST placeholders later
-    table: str | None = None  # the CDC source (streams.cdc_mapping) it comes from; None for native events
-
-    @property
-    def live(self) -> bool:
-        return self.version is not None and not self.deleted
-
-
-@dataclass(frozen=True)
-class PendingMark:
-    """A change at ``offset`` whose vectors are visible once a job at ``clear_at`` or later is handled
-    (indexer.positions); with ``only_if``, recorded only while an entry clearing at it is pending."""
-
-    collection: str
-    topic: str
-    partition: int
-    doc_id: str
-    offset: int
-    clear_at: int
-    only_if: int | None = None
 
 
 @dataclass(frozen=True)
@@ -150,97 +84,84 @@ class PostingsStore:
 
     # ---- writer side ----
     @metrics.timed("redis", "read_documents")
-    async def read_documents(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], DocumentState]:
+    async def read_documents(self, refs: Sequence[DocRef]) -> dict[DocRef, DocumentState]:
         """Current states of (collection, doc_id) pairs, in one command (see ``_hmget_each``)."""
         rows = await self._hmget_each([keyspace.document(coll, doc_id) for coll, doc_id in refs], DOC_FIELDS)
         return {ref: _decode_document(ref, row) for ref, row in zip(refs, rows, strict=True)}
 
     @metrics.timed("redis", "write_documents")
-    async def write_documents(
-        self, changes: Iterable[tuple[DocumentState, DocumentState]], *, updated_at: str,
-        marks: Iterable[PendingMark] = (), unchanged: Iterable[DocumentState] = (),
-    ) -> None:
-        """Replace each ``before`` state with its ``after`` state and add ``marks``, atomically per collection.
+    async def write_documents(self, writes: Sequence[CollectionWrite], *, updated_at: str) -> None:
+        """Execute a write plan (``indexer.fold``): one compare-and-set script per collection.
 
-        Raises VersionConflict when any ``before`` — or any ``unchanged`` state the new states were
-        derived from (a key change's old key) — no longer matches Redis, or an upsert of a CDC table
-        is at or below that table's truncation floor; the caller re-reads and re-plans. Nothing is
-        written in that case.
+        Raises VersionConflict when a document no longer holds the version the plan expects (its
+        ``before``, or an ``expected`` state the new ones were derived from), or an upsert of a CDC
+        table is at or below that table's truncation floor; the caller re-reads and folds again.
+        Nothing of that collection's plan is written in that case.
         """
-        plans: dict[str, Plan] = {}
-        changed_terms: dict[str, set[str]] = {}
-        stats_deltas: dict[str, Counter[str]] = {}
-        for before, after in changes:
-            plan = plans.setdefault(after.collection, Plan())
-            terms = changed_terms.setdefault(after.collection, set())
-            self._plan_document(plan, before, after, updated_at, terms)
-            stats_deltas.setdefault(after.collection, Counter()).update(_stats_delta(before, after))
-        for mark in marks:
-            plans.setdefault(mark.collection, Plan()).pending(
-                keyspace.pending_vectors(mark.collection, mark.topic, mark.partition),
-                keyspace.pending_entries(mark.collection, mark.topic, mark.partition),
-                mark.doc_id, mark.offset, mark.clear_at, mark.only_if)
-        if not plans:
+        if not writes:
             return
-        for state in unchanged:
-            if state.collection in stats_deltas:
-                plans[state.collection].check(keyspace.document(state.collection, state.doc_id), "version",
-                                              state.version)
-        for collection, plan in plans.items():
-            if collection not in stats_deltas:  # marks only: no document written
-                continue
-            for name, delta in stats_deltas[collection].items():  # one HINCRBY per statistic, not per document
-                if delta:
-                    plan.op("HINCRBY", keyspace.meta(collection), name, delta)
-            # What caches validate against (see query.cache): the collection's change counter, and per term
-            # the counter's value after the last write that changed the term's postings (one HSET, not an
-            # HINCRBY per term: the counter only grows, so a changed stamp means a changed term).
-            plan.stamp_fields(keyspace.term_versions(collection), keyspace.meta(collection),
-                              sorted(changed_terms[collection]))
-        if stats_deltas:
-            await self.redis.sadd(keyspace.COLLECTIONS, *stats_deltas)
-        for plan in plans.values():
-            conflict = await self._plans.run(plan)
+        written = [w.collection for w in writes if w.documents]
+        if written:
+            await self.redis.sadd(keyspace.COLLECTIONS, *written)
+        for write in writes:
+            conflict = await self._plans.run(self._encode(write, updated_at))
             if conflict is not None:
                 raise VersionConflict(conflict)
         if self.wait_aof:
             await self.redis.execute_command("WAITAOF", 1, 0, 5000)
 
-    def _plan_document(self, plan: Plan, before: DocumentState, after: DocumentState, updated_at: str,
-                       changed_terms: set[str]) -> None:
+    def _encode(self, write: CollectionWrite, updated_at: str) -> Plan:
+        """The script arguments of one collection's write (order: documents, marks, checks of the
+        states it was derived from, statistics, term stamps)."""
+        plan = Plan()
+        collection = write.collection
+        for document in write.documents:
+            self._encode_document(plan, document, updated_at)
+        for mark in write.marks:
+            plan.pending(keyspace.pending_vectors(collection, mark.topic, mark.partition),
+                         keyspace.pending_entries(collection, mark.topic, mark.partition),
+                         mark.doc_id, mark.offset, mark.clear_at, mark.only_if)
+        if not write.documents:  # marks only: no document written
+            return plan
+        for state in write.expected:
+            plan.check(keyspace.document(collection, state.doc_id), "version", state.version)
+        for name, delta in write.stats_delta.items():
+            plan.op("HINCRBY", keyspace.meta(collection), name, delta)
+        # What caches validate against (see query.cache): the collection's change counter, and per term
+        # the counter's value after the last write that changed the term's postings (one HSET, not an
+        # HINCRBY per term: the counter only grows, so a changed stamp means a changed term).
+        plan.stamp_fields(keyspace.term_versions(collection), keyspace.meta(collection), write.changed_terms)
+        return plan
+
+    def _encode_document(self, plan: Plan, document: DocumentDiff, updated_at: str) -> None:
+        after = document.write.after
         coll = after.collection
         doc_key = keyspace.document(coll, after.doc_id)
-        plan.check(doc_key, "version", before.version)
-        if after.table is not None and not after.deleted:
-            plan.check_below(keyspace.meta(coll), truncation_field(after.table), after.version or 0)
-        old = {c.chunk_id: c for c in before.chunks}
-        new = {c.chunk_id: c for c in after.chunks}
+        plan.check(doc_key, "version", document.expected_version)
+        if document.floor_table is not None:
+            plan.check_below(keyspace.meta(coll), truncation_field(document.floor_table), after.version or 0)
         postings = keyspace.posting(coll, "")
-        for chunk_id, chunk in old.items():
-            replacement = new.get(chunk_id)
-            if replacement is None or replacement.content_hash != chunk.content_hash:
-                plan.delete_field_on_keys(chunk_id, [postings + term for term in chunk.tf])
-                changed_terms.update(chunk.tf)
-            if replacement is None:
-                plan.op("DEL", keyspace.chunk(coll, chunk_id))
-        for chunk_id, chunk in new.items():
-            previous = old.get(chunk_id)
-            if previous is None or previous.content_hash != chunk.content_hash:
-                plan.op("HDEL", keyspace.chunk(coll, chunk_id), "enrich")  # described the old text
-                high = chunk.dl << TF_BITS
-                plan.set_field_on_keys(chunk_id, [postings + term for term in chunk.tf],
-                                       [high | min(tf, TF_MASK) for tf in chunk.tf.values()])
-                changed_terms.update(chunk.tf)
+        for chunk in document.unposted:
+            plan.delete_field_on_keys(chunk.chunk_id, [postings + term for term in chunk.tf])
+        for chunk_id in document.dropped:
+            plan.op("DEL", keyspace.chunk(coll, chunk_id))
+        for chunk in document.posted:
+            plan.op("HDEL", keyspace.chunk(coll, chunk.chunk_id), "enrich")  # described the old text
+            high = chunk.dl << TF_BITS
+            plan.set_field_on_keys(chunk.chunk_id, [postings + term for term in chunk.tf],
+                                   [high | min(tf, TF_MASK) for tf in chunk.tf.values()])
+        metadata = _json(after.metadata)
+        for chunk in after.chunks:
             plan.op(
-                "HSET", keyspace.chunk(coll, chunk_id),
+                "HSET", keyspace.chunk(coll, chunk.chunk_id),
                 "doc_id", after.doc_id, "chunk_no", chunk.chunk_no, "title", after.title,
                 "text", chunk.text, "hash", chunk.content_hash,
-                "metadata", _json(after.metadata), "version", after.version,
+                "metadata", metadata, "version", after.version,
             )
         plan.op(
             "HSET", doc_key,
             "version", after.version, "deleted", int(after.deleted), "title", after.title,
-            "metadata", _json(after.metadata),
+            "metadata", metadata,
             "chunks", _json([c.to_json() for c in after.chunks]),
             "source", _json(after.source), "updated_at", updated_at,
             "row", _json(after.row), "table", after.table or "",
@@ -251,7 +172,7 @@ class PostingsStore:
         """Record a truncate of ``table``: its changes at or below ``position`` can no longer create documents."""
         await self._raise(keyspace.meta(collection), truncation_field(table), position)
 
-    async def truncations(self, refs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    async def truncations(self, refs: Iterable[TableRef]) -> dict[TableRef, int]:
         """The truncation floor of each (collection, table); -1 where the table was never truncated."""
         names = sorted(set(refs))
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -275,7 +196,8 @@ class PostingsStore:
         return bool(await self.redis.sismember(keyspace.COLLECTIONS, collection))
 
     async def collections(self) -> list[str]:
-        return sorted(m.decode() for m in await self.redis.smembers(keyspace.COLLECTIONS))
+        members = await self.redis.smembers(keyspace.COLLECTIONS)
+        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
 
     async def stats_if_exists(self, collection: str) -> CollectionStats | None:
         """The collection's statistics, or None if there is no such collection; one round trip."""
@@ -357,7 +279,7 @@ class PostingsStore:
         """(content hash, metadata with enrichment) per chunk, None where gone: for filters and stale checks."""
         rows = await self._hmget_each([keyspace.chunk(collection, c) for c in chunk_ids],
                                       ("hash", "metadata", "enrich"))
-        return [(h.decode(), _with_enrichment(m, e)) if h is not None else None for h, m, e in rows]
+        return [(h.decode(), _with_enrichment(m or b"{}", e)) if h is not None else None for h, m, e in rows]
 
     async def _hmget_each(self, keys: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:
         """HMGET ``fields`` of every key, in one command: hot reads of queries (chunks) and of the writer
@@ -413,7 +335,8 @@ class PostingsStore:
         return await unlink_prefix(self.redis, keyspace.index_prefix(name))
 
     async def get_document(self, collection: str, doc_id: str) -> DocumentState:
-        return (await self.read_documents([(collection, doc_id)]))[(collection, doc_id)]
+        ref = DocRef(collection, doc_id)
+        return (await self.read_documents([ref]))[ref]
 
 
 DOC_FIELDS = ("version", "deleted", "title", "metadata", "chunks", "source", "row", "table")  # read by the writer
@@ -435,13 +358,6 @@ def _with_enrichment(metadata: bytes | str, enrichment: bytes | None) -> dict[st
     if enrichment:
         merged.update(orjson.loads(enrichment))
     return merged
-
-
-def _stats_delta(before: DocumentState, after: DocumentState) -> dict[str, int]:
-    """What replacing ``before`` by ``after`` adds to the collection's BM25 statistics."""
-    return {"chunks": len(after.chunks) - len(before.chunks),
-            "total_len": sum(c.dl for c in after.chunks) - sum(c.dl for c in before.chunks),
-            "docs": int(after.live) - int(before.live)}
 
 
 def truncation_field(table: str) -> str:
@@ -474,20 +390,20 @@ def _log_info(info: dict[Any, Any]) -> tuple[str, int]:
     return fields["last-generated-id"].decode(), int(fields["entries-added"])
 
 
-def _counters(names: Sequence[str], values: Sequence[bytes | None]) -> dict[str, int]:
+def _counters(names: Sequence[str], values: Sequence[bytes | str | None]) -> dict[str, int]:
     return {name: int(v) if v is not None else 0 for name, v in zip(names, values, strict=True)}
 
 
 STATS_FIELDS = ("chunks", "total_len", "docs")  # of the ``meta`` hash, in CollectionStats order
 
 
-def decode_stats(meta: list[bytes | None]) -> CollectionStats:
+def decode_stats(meta: Sequence[bytes | str | None]) -> CollectionStats:
     """Statistics from the ``STATS_FIELDS`` values (absent fields count 0)."""
     chunks, total_len, docs = (int(v) if v is not None else 0 for v in meta)
     return CollectionStats(chunks, total_len, docs)
 
 
-def _decode_document(ref: tuple[str, str], row: Sequence[bytes | None]) -> DocumentState:
+def _decode_document(ref: DocRef, row: Sequence[bytes | None]) -> DocumentState:
     """A document record from its ``DOC_FIELDS`` values (all None: not indexed yet)."""
     collection, doc_id = ref
     version, deleted, title, metadata, chunks, source, source_row, table = row

@@ -28,11 +28,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from fluxstream.core import metrics
 from fluxstream.core.logging import get_logger
 from fluxstream.core.settings import Settings
-from fluxstream.indexer.apply import BatchOutcome, BM25Stage, DocumentBuilder, SourcedChange
+from fluxstream.indexer.apply import BatchOutcome, BM25Stage
 from fluxstream.indexer.chat import ChatError, ChatModel
 from fluxstream.indexer.chunking import Chunker
 from fluxstream.indexer.embedders.base import Embedder, EmbeddingError, close_embedder
 from fluxstream.indexer.enrichment import enrich_document, llm_tags, prefixed
+from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
 from fluxstream.indexer.generations import GenerationRegistry, parse_index_name
 from fluxstream.indexer.positions import Positions
 from fluxstream.indexer.postings import PostingsStore
