@@ -12,7 +12,7 @@ from fluxstream.core.settings import Settings
 from fluxstream.indexer.apply import BM25Stage
 from fluxstream.indexer.chunking import Chunker
 from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
-from fluxstream.indexer.positions import Positions, applied_positions
+from fluxstream.indexer.positions import ChangeAt, Positions, applied_positions
 from fluxstream.indexer.postings import PostingsStore
 from fluxstream.schemas.events import DocumentChange, EmbedJob, SourcePosition
 from fluxstream.wiring import build_tokenizer
@@ -124,7 +124,7 @@ async def test_a_dead_lettered_change_releases_only_its_own_mark(stack: Settings
     h = Harness(stack, redis_client, collection)
     [first] = await h.batch(("x", 1, 10))
     await h.batch(("x", 2, 11))
-    await h.positions.clear_documents([(collection, "x", h.at(11))])
+    await h.positions.clear_documents([ChangeAt(collection, "x", h.at(11))])
     assert not await h.reached(10)
     await h.positions.clear_pending([first])
     assert await h.reached(10) and await h.reached(11)

@@ -15,7 +15,7 @@ from fluxstream.indexer.chunking import content_hash
 from fluxstream.indexer.embedders.base import Embedder, EmbeddingError
 from fluxstream.indexer.embedders.factory import embedder_from_settings
 from fluxstream.indexer.vector_stage import VectorStage
-from fluxstream.indexer.vector_store import VectorStore
+from fluxstream.indexer.vector_store import VectorDocument, VectorStore
 from fluxstream.schemas.events import EmbedChunk, EmbedJob, SourcePosition
 
 
@@ -106,7 +106,8 @@ async def test_a_write_of_many_documents_keeps_each_ones_outcome(
     assert await vector_store.document_hashes(collection, "kept") == {"kept#0": content_hash("kept")}
     assert await vector_store.document_hashes(collection, "new") == {"new#0": content_hash("new")}
     with pytest.raises(ValueError, match="once"):
-        await vector_store.replace_documents([(collection, "x", 1, True, []), (collection, "x", 2, True, [])])
+        await vector_store.replace_documents([VectorDocument(collection, "x", 1, True, []),
+                                              VectorDocument(collection, "x", 2, True, [])])
 
 
 async def test_stored_vectors_are_the_embedders_bit_for_bit(vector_store: VectorStore,

@@ -25,7 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from fluxstream.indexer.chat import ChatModel
 from fluxstream.indexer.postings import PostingsStore, StoredChunk
@@ -60,10 +60,18 @@ def text_metrics(text: str, tokenizer: Tokenizer) -> dict[str, Any]:
             "readability": readability}
 
 
-def headings(text: str) -> list[tuple[int, int, str]]:
-    """(offset, level, title) of every heading in ``text``, in order."""
-    found = [(m.start(), len(m.group(1)), m.group(2).strip()) for m in _MARKDOWN_HEADING.finditer(text)]
-    found += [(m.start(), int(m.group(1)), " ".join(_TAG.sub("", m.group(2)).split()))
+class Heading(NamedTuple):
+    """A markdown or HTML heading: where it starts in the text, its level (1 = top) and title."""
+
+    offset: int
+    level: int
+    title: str
+
+
+def headings(text: str) -> list[Heading]:
+    """Every heading in ``text``, in order."""
+    found = [Heading(m.start(), len(m.group(1)), m.group(2).strip()) for m in _MARKDOWN_HEADING.finditer(text)]
+    found += [Heading(m.start(), int(m.group(1)), " ".join(_TAG.sub("", m.group(2)).split()))
               for m in _HTML_HEADING.finditer(text)]
     return sorted(found)
 
@@ -75,19 +83,19 @@ def structure(chunks: Sequence[StoredChunk]) -> list[dict[str, Any]]:
     chunk count, headings further in belong to the content after them. Consecutive chunks overlap,
     so only the headings before the next chunk's start carry over to it.
     """
-    stack: list[tuple[int, str]] = []  # (level, title) of the headings in force
+    stack: list[Heading] = []  # the headings in force, outermost first
 
-    def enter(level: int, title: str) -> None:
+    def enter(heading: Heading) -> None:
         nonlocal stack
-        stack = [h for h in stack if h[0] < level] + [(level, title)]
+        stack = [h for h in stack if h.level < heading.level] + [heading]
 
     out = []
     for i, chunk in enumerate(chunks):
         found = headings(chunk.text)
         body = _content_start(chunk.text)
-        for _, level, title in (h for h in found if h[0] <= body):
-            enter(level, title)
-        path = [title for _, title in stack]
+        for heading in (h for h in found if h.offset <= body):
+            enter(heading)
+        path = [h.title for h in stack]
         out.append({"section": path[-1] if path else None, "heading_path": " > ".join(path) or None,
                     "prev_chunk": chunks[i - 1].chunk_id if i > 0 else None,
                     "next_chunk": chunks[i + 1].chunk_id if i + 1 < len(chunks) else None})
@@ -95,8 +103,8 @@ def structure(chunks: Sequence[StoredChunk]) -> list[dict[str, Any]]:
         if i + 1 < len(chunks):
             at = chunk.text.find(chunks[i + 1].text[:60])
             next_start = at if at > 0 else next_start
-        for _, level, title in (h for h in found if body < h[0] < next_start):
-            enter(level, title)
+        for heading in (h for h in found if body < h.offset < next_start):
+            enter(heading)
     return out
 
 

@@ -25,6 +25,7 @@ o2 is handled if v1's own job was skipped or folded, and only until v1's job oth
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
@@ -82,9 +83,28 @@ return 1
 
 async def applied_positions(redis: aioredis.Redis) -> tuple[str | None, dict[str, int]]:
     """(the Kafka cluster id they belong to, ``<topic>:<partition>`` -> handled offset), as recorded."""
-    raw = {k.decode(): v.decode() for k, v in (await redis.hgetall(keyspace.APPLIED)).items()}
+    raw = {_str(k): _str(v) for k, v in (await redis.hgetall(keyspace.APPLIED)).items()}
     cluster = raw.pop(CLUSTER_FIELD, None)
     return cluster, {field: int(value) for field, value in raw.items()}
+
+
+def _str(value: bytes | str) -> str:
+    """A reply as text (the client answers bytes; its types allow either)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class ChangeAt(NamedTuple):
+    """A change of document ``doc_id`` of index ``collection``, read at ``source``."""
+
+    collection: str
+    doc_id: str
+    source: SourcePosition
+
+
+class _PendingKey(NamedTuple):
+    collection: str
+    topic: str
+    partition: int
 
 
 class Positions:
@@ -104,7 +124,7 @@ class Positions:
         the new broker would count as applied before the new worker got there."""
         self.cluster = cluster
         stored = await self.redis.hget(keyspace.APPLIED, CLUSTER_FIELD)
-        if stored is not None and stored.decode() == cluster:
+        if stored is not None and _str(stored) == cluster:
             return False
         # Index names cannot hold "}" (CollectionName), document ids can: the regex keeps only pending keys.
         pending = [key async for key in self.redis.scan_iter(match=keyspace.PENDING_SCAN, count=1000)
@@ -127,30 +147,30 @@ class Positions:
 
     async def clear_pending(self, jobs: Iterable[EmbedJob]) -> None:
         """The vector stage handled these jobs: what each one supersedes is no longer pending."""
-        await self._cleared("upto", ((job.collection, job.doc_id, job.source) for job in jobs))
+        await self._cleared("upto", (ChangeAt(job.collection, job.doc_id, job.source) for job in jobs))
 
-    async def clear_documents(self, handled: Iterable[tuple[str, str, SourcePosition]]) -> None:
-        """(index, doc_id, source): the change at ``source`` was dead-lettered after its BM25 write, so
-        no job will clear what that write marked: its own entry goes. Entries of the document's earlier
-        jobs stay, since those jobs are still coming."""
+    async def clear_documents(self, handled: Iterable[ChangeAt]) -> None:
+        """Each change was dead-lettered after its BM25 write, so no job will clear what that write
+        marked: its own entry goes. Entries of the document's earlier jobs stay, since those jobs are
+        still coming."""
         await self._cleared("at", handled)
 
-    async def _cleared(self, mode: str, handled: Iterable[tuple[str, str, SourcePosition]]) -> None:
-        by_key: dict[tuple[str, str, int], list[str]] = {}
-        for collection, doc_id, source in handled:
-            by_key.setdefault((collection, source.topic, source.partition), [mode]).extend(
-                (doc_id, str(source.offset)))
+    async def _cleared(self, mode: str, handled: Iterable[ChangeAt]) -> None:
+        by_key: dict[_PendingKey, list[str]] = {}
+        for change in handled:
+            source = change.source
+            by_key.setdefault(_PendingKey(change.collection, source.topic, source.partition), [mode]).extend(
+                (change.doc_id, str(source.offset)))
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (collection, topic, partition), args in by_key.items():
-                keys = [keyspace.pending_vectors(collection, topic, partition),
-                        keyspace.pending_entries(collection, topic, partition)]
+            for key, args in by_key.items():
+                keys = [keyspace.pending_vectors(*key), keyspace.pending_entries(*key)]
                 await self._clear(keys=keys, args=args, client=pipe)
             await pipe.execute()
 
     async def bm25_offset(self, topic: str, partition: int) -> int:
         """The BM25 stage's handled offset of the partition on this process's broker (-1: none yet)."""
         stored, value = await self.redis.hmget(keyspace.APPLIED, [CLUSTER_FIELD, f"{topic}:{partition}"])
-        if self.cluster is not None and stored is not None and stored.decode() != self.cluster:
+        if self.cluster is not None and stored is not None and _str(stored) != self.cluster:
             return -1  # recorded on another broker: no offset of this one is applied yet
         return int(value) if value is not None else -1
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -57,6 +57,21 @@ class StoredChunk:
     content_hash: str
     metadata: dict[str, Any]
     version: int
+
+
+class ChunkFacts(NamedTuple):
+    """What filters and stale-vector checks read of a chunk: its text's hash, metadata with enrichment."""
+
+    content_hash: str
+    metadata: dict[str, Any]
+
+
+class ChunkEnrichment(NamedTuple):
+    """Enrichment fields for a chunk, valid while its text still has ``content_hash``."""
+
+    chunk_id: str
+    content_hash: str
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -275,11 +290,12 @@ class PostingsStore:
         return [decode_chunk(chunk_id, row) for chunk_id, row in zip(chunk_ids, rows, strict=True)]
 
     @metrics.timed("redis", "chunk_facts")
-    async def chunk_facts(self, collection: str, chunk_ids: Sequence[str]) -> list[tuple[str, dict[str, Any]] | None]:
-        """(content hash, metadata with enrichment) per chunk, None where gone: for filters and stale checks."""
+    async def chunk_facts(self, collection: str, chunk_ids: Sequence[str]) -> list[ChunkFacts | None]:
+        """Per chunk, its facts; None where gone: for filters and stale checks."""
         rows = await self._hmget_each([keyspace.chunk(collection, c) for c in chunk_ids],
                                       ("hash", "metadata", "enrich"))
-        return [(h.decode(), _with_enrichment(m or b"{}", e)) if h is not None else None for h, m, e in rows]
+        return [ChunkFacts(h.decode(), _with_enrichment(m or b"{}", e)) if h is not None else None
+                for h, m, e in rows]
 
     async def _hmget_each(self, keys: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:
         """HMGET ``fields`` of every key, in one command: hot reads of queries (chunks) and of the writer
@@ -297,13 +313,13 @@ class PostingsStore:
         return dict(zip(terms, counts, strict=True))
 
     @metrics.timed("redis", "write_enrichment")
-    async def write_enrichment(self, collection: str, items: Sequence[tuple[str, str, dict[str, Any]]]) -> int:
-        """Store (chunk_id, content hash, fields) for chunks whose text is still that hash; returns how many."""
+    async def write_enrichment(self, collection: str, items: Sequence[ChunkEnrichment]) -> int:
+        """Store each enrichment whose chunk's text is still the hash it describes; returns how many."""
         written = 0
-        for chunk_id, content_hash, fields in items:
+        for item in items:
             plan = Plan()
-            plan.check(keyspace.chunk(collection, chunk_id), "hash", content_hash)
-            plan.op("HSET", keyspace.chunk(collection, chunk_id), "enrich", _json(fields))
+            plan.check(keyspace.chunk(collection, item.chunk_id), "hash", item.content_hash)
+            plan.op("HSET", keyspace.chunk(collection, item.chunk_id), "enrich", _json(item.fields))
             written += await self._plans.run(plan) is None
         return written
 

@@ -11,20 +11,37 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from fluxstream.core import metrics
 from fluxstream.core.logging import get_logger
+from fluxstream.indexer.documents import DocRef
 from fluxstream.indexer.embedders.base import Embedder, EmbeddingError
-from fluxstream.indexer.vector_store import VectorRow, VectorStore
+from fluxstream.indexer.vector_store import VectorDocument, VectorRow, VectorStore
 from fluxstream.schemas.events import EmbedJob, IndexUpdate, Stages
+
+
+class FailedJob(NamedTuple):
+    """A job whose embedding failed permanently: dead-lettered with ``reason``."""
+
+    job: EmbedJob
+    reason: str
+
+
+class VectorChange(NamedTuple):
+    """A document's vectors as written: its chunks' float32 embeddings, concatenated in chunk order."""
+
+    collection: str
+    doc_id: str
+    embeddings: bytes
 
 
 @dataclass
 class VectorOutcome:
     index_updates: list[IndexUpdate] = field(default_factory=list)
-    failed: list[tuple[EmbedJob, str]] = field(default_factory=list)
+    failed: list[FailedJob] = field(default_factory=list)
     applied: int = 0
     skipped: int = 0
     embedded: int = 0
@@ -34,7 +51,6 @@ class VectorOutcome:
 log = get_logger("fluxstream.vector_stage")
 
 PART_SIZE = 64  # jobs embedded, then written, at a time: the embedder works on the next part meanwhile
-VectorChange = tuple[str, str, bytes]  # collection, doc_id, concatenated float32 chunk embeddings
 ChangeLog = Callable[[list[VectorChange]], Awaitable[None]]
 
 
@@ -51,11 +67,11 @@ class VectorStage:
 
     async def apply(self, jobs: list[EmbedJob]) -> VectorOutcome:
         outcome = VectorOutcome()
-        latest: dict[tuple[str, str], EmbedJob] = {}
+        latest: dict[DocRef, EmbedJob] = {}
         for job in jobs:  # the highest version per document wins; of equal ones (redeliveries), the last
             # (Jobs of one document can reach the topic out of version order: the BM25 stage keeps two
             # batches in flight, and a later batch may write and announce first.)
-            ref = (job.collection, job.doc_id)
+            ref = DocRef(job.collection, job.doc_id)
             if ref not in latest or job.version >= latest[ref].version:
                 latest[ref] = job
         outcome.skipped += len(jobs) - len(latest)
@@ -91,13 +107,13 @@ class VectorStage:
         """Write the jobs whose every chunk has a vector (the others failed and are in ``outcome.failed``)."""
         ready = [job for job in jobs if all(c.content_hash in vectors for c in job.chunks)]
         documents = [
-            (job.collection, job.doc_id, job.version, job.op == "delete",
-             [VectorRow(job.collection, c.chunk_id, job.doc_id, c.chunk_no, c.text, job.metadata,
-                        c.content_hash, vectors[c.content_hash], job.version) for c in job.chunks])
+            VectorDocument(job.collection, job.doc_id, job.version, job.op == "delete",
+                           [VectorRow(job.collection, c.chunk_id, job.doc_id, c.chunk_no, c.text, job.metadata,
+                                      c.content_hash, vectors[c.content_hash], job.version) for c in job.chunks])
             for job in ready
         ]
-        changes = [(job.collection, job.doc_id, b"".join(vectors[c.content_hash].tobytes() for c in job.chunks))
-                   for job in ready]
+        changes = [VectorChange(job.collection, job.doc_id,
+                                b"".join(vectors[c.content_hash].tobytes() for c in job.chunks)) for job in ready]
         if self.change_log is not None and changes:
             await self.change_log(changes)
         results = await self.store.replace_documents(documents)
@@ -153,7 +169,7 @@ class VectorStage:
             except EmbeddingError as exc:
                 if not exc.permanent:
                     raise
-                outcome.failed.append((job, f"embedding failed permanently: {exc}"))
+                outcome.failed.append(FailedJob(job, f"embedding failed permanently: {exc}"))
                 continue
             vectors.update(zip(missing, fresh, strict=True))
             outcome.embedded += len(missing)

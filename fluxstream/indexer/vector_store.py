@@ -22,6 +22,7 @@ from psycopg_pool.base import AttemptWithBackoff
 
 from fluxstream.core import metrics
 from fluxstream.core.hnsw import DEFAULT_HNSW, HNSWParams
+from fluxstream.indexer.documents import DocRef
 
 CHUNKS_TABLE = "fluxstream_chunks"
 VERSIONS_TABLE = "fluxstream_vector_versions"
@@ -41,6 +42,21 @@ class VectorRow:
     content_hash: str
     embedding: np.ndarray
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class VectorDocument:
+    """One document's vector rows, replacing what the table holds for it if ``version`` is newer."""
+
+    collection: str
+    doc_id: str
+    version: int
+    deleted: bool
+    rows: Sequence[VectorRow]
+
+    @property
+    def ref(self) -> DocRef:
+        return DocRef(self.collection, self.doc_id)
 
 
 @dataclass(frozen=True)
@@ -179,16 +195,16 @@ class VectorStore:
             )
 
     @metrics.timed("postgres", "applied_versions")
-    async def applied_versions(self, refs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    async def applied_versions(self, refs: Sequence[DocRef]) -> dict[DocRef, int]:
         if not refs:
             return {}
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 f"SELECT v.collection, v.doc_id, v.version FROM {VERSIONS_TABLE} v "
                 "JOIN unnest(%s::text[], %s::text[]) AS r(collection, doc_id) USING (collection, doc_id)",
-                ([c for c, _ in refs], [d for _, d in refs]),
+                ([collection for collection, _ in refs], [doc_id for _, doc_id in refs]),
             )
-            return {(c, d): v for c, d, v in await cur.fetchall()}
+            return {DocRef(c, d): v for c, d, v in await cur.fetchall()}
 
     @metrics.timed("postgres", "known_embeddings")
     async def known_embeddings(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
@@ -204,17 +220,15 @@ class VectorStore:
             return {h: _as_array(e) for h, e in await cur.fetchall()}
 
     @metrics.timed("postgres", "replace_documents")
-    async def replace_documents(
-        self, documents: Sequence[tuple[str, str, int, bool, Sequence[VectorRow]]]
-    ) -> list[bool]:
-        """Replace each (collection, doc_id, version, deleted, rows) in one transaction.
+    async def replace_documents(self, documents: Sequence[VectorDocument]) -> list[bool]:
+        """Replace each document's rows in one transaction.
 
         Returns, per document, whether it was applied; a document whose stored
         version is already at or above ``version`` is left alone. Set-based: three
         statements for the whole list (versions, stale chunks, new rows), not three per
         document, so a part of 64 documents is three round trips.
         """
-        refs = [(collection, doc_id) for collection, doc_id, *_ in documents]
+        refs = [doc.ref for doc in documents]
         if len(set(refs)) != len(refs):
             raise ValueError("replace_documents takes each document once")
         if not documents:
@@ -227,18 +241,18 @@ class VectorStore:
                     SET version = EXCLUDED.version, deleted = EXCLUDED.deleted, updated_at = now()
                     WHERE v.version < EXCLUDED.version
                     RETURNING collection, doc_id""",
-                ([c for c, _ in refs], [d for _, d in refs], [doc[2] for doc in documents],
-                 [doc[3] for doc in documents]),
+                ([doc.collection for doc in documents], [doc.doc_id for doc in documents],
+                 [doc.version for doc in documents], [doc.deleted for doc in documents]),
             )
-            won = {(c, d) for c, d in await cur.fetchall()}
+            won = {DocRef(c, d) for c, d in await cur.fetchall()}
             applied = [doc for doc, ref in zip(documents, refs, strict=True) if ref in won]
             if applied:
-                rows = [row for doc in applied for row in doc[4]]
+                rows = [row for doc in applied for row in doc.rows]
                 await cur.execute(
                     f"""DELETE FROM {CHUNKS_TABLE} c USING unnest(%s::text[], %s::text[]) AS d(collection, doc_id)
                         WHERE c.collection = d.collection AND c.doc_id = d.doc_id
                         AND (c.collection, c.chunk_id) NOT IN (SELECT * FROM unnest(%s::text[], %s::text[]))""",
-                    ([doc[0] for doc in applied], [doc[1] for doc in applied],
+                    ([doc.collection for doc in applied], [doc.doc_id for doc in applied],
                      [r.collection for r in rows], [r.chunk_id for r in rows]),
                 )
                 if rows:

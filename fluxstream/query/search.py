@@ -310,7 +310,7 @@ class Searcher:
             page = ranked[offset : offset + pool]
             facts = await self.postings.chunk_facts(req.collection, [c for c, _ in page])
             kept += [(chunk_id, score) for (chunk_id, score), fact in zip(page, facts, strict=True)
-                     if fact is not None and matches(fact[1], req.filters)]
+                     if fact is not None and matches(fact.metadata, req.filters)]
             if len(kept) >= pool:
                 break
         timer.mark("bm25_filter", started)
@@ -352,7 +352,7 @@ class Searcher:
         timer.mark("vector_check", started)
         return [
             (h.chunk_id, h.score) for h, fact in zip(hits, facts, strict=True)
-            if fact is not None and fact[0] == h.content_hash and matches(fact[1], req.filters)
+            if fact is not None and fact.content_hash == h.content_hash and matches(fact.metadata, req.filters)
         ]
 
     async def search_many(self, requests: list[SearchRequest], concurrency: int = 8) -> list[SearchResponse]:

@@ -35,9 +35,9 @@ from fluxstream.indexer.embedders.base import Embedder, EmbeddingError, close_em
 from fluxstream.indexer.enrichment import enrich_document, llm_tags, prefixed
 from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
 from fluxstream.indexer.generations import GenerationRegistry, parse_index_name
-from fluxstream.indexer.positions import Positions
-from fluxstream.indexer.postings import PostingsStore
-from fluxstream.indexer.vector_stage import VectorStage
+from fluxstream.indexer.positions import ChangeAt, Positions
+from fluxstream.indexer.postings import ChunkEnrichment, PostingsStore
+from fluxstream.indexer.vector_stage import VectorChange, VectorStage
 from fluxstream.indexer.vector_store import VectorStore
 from fluxstream.query.cache import SemanticCache
 from fluxstream.schemas.events import DocumentChange, EmbedJob, IndexUpdate, SourcePosition
@@ -243,7 +243,7 @@ class Pipeline:
             sends.append(await self._dead_letter(Rejected("apply_failed", error), item.source,
                                                  original.key, original.value))
         if failures:  # one failing after its write (publishing its embed job) leaves a pending mark
-            handled = [(item.change.collection, item.change.doc_id, item.source) for item, _ in failures]
+            handled = [ChangeAt(item.change.collection, item.change.doc_id, item.source) for item, _ in failures]
             await self._until_done("bm25", lambda: self.positions.clear_documents(handled))
 
     async def handle_embed_jobs(self, records: Sequence[Record]) -> None:
@@ -278,7 +278,7 @@ class Pipeline:
         await asyncio.gather(*sends)
         await self._until_done("vectors", lambda: self.positions.clear_pending(jobs))
 
-    async def _log_vector_changes(self, changes: list[tuple[str, str, bytes]]) -> None:
+    async def _log_vector_changes(self, changes: list[VectorChange]) -> None:
         """The vector stage's change log, which cache entries are validated against."""
         by_collection: dict[str, list[tuple[str, bytes]]] = {}
         for collection, doc_id, embeddings in changes:
@@ -316,7 +316,8 @@ class Pipeline:
             for fields in found.fields:
                 fields.update(tags)
         written = await store.write_enrichment(update.collection, [
-            (c.chunk_id, c.content_hash, prefixed(f)) for c, f in zip(found.chunks, found.fields, strict=True)])
+            ChunkEnrichment(c.chunk_id, c.content_hash, prefixed(f))
+            for c, f in zip(found.chunks, found.fields, strict=True)])
         metrics.ENRICHED.labels("written").inc(written)
         metrics.ENRICHED.labels("stale").inc(len(chunks) - written)
 
@@ -389,7 +390,7 @@ class Pipeline:
             if record.topic == self.settings.documents_topic else None
         if isinstance(change, DocumentChange):
             targets = await self._until_done("bm25", lambda: self.scope.targets([change.collection]))
-            handled = [(index, change.doc_id, source) for index in targets[change.collection]]
+            handled = [ChangeAt(index, change.doc_id, source) for index in targets[change.collection]]
             await self._until_done("bm25", lambda: self.positions.clear_documents(handled))
 
     async def _send_dead_letter(
