@@ -11,7 +11,8 @@
    collector drops N after the grace period.
 
 Any failure marks N+1 *failed*: writers stop feeding it, N keeps serving, and
-`fluxstream rebuild COLLECTION --abort` removes it.
+`fluxstream rebuild COLLECTION --abort` removes it (``abort``). A generation built with
+``switch=False`` keeps being fed live changes until ``promote`` switches to it.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio as aioredis
 from aiokafka import ConsumerRecord
 
 from fluxstream.core.kafka import new_producer
 from fluxstream.core.logging import get_logger
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.generations import GenerationRegistry, index_name
+from fluxstream.indexer.retirement import Dropped, Retirement
 from fluxstream.streams.cdc_mapping import CdcMapping
 from fluxstream.streams.eventlog import BadLine, LogRecord, read_log
 from fluxstream.streams.pipeline import Pipeline, Resources
@@ -212,3 +215,33 @@ async def _wait_for_vector_stage(settings: Settings, timeout: float, meter: _Met
             raise TimeoutError(f"the vector stage did not catch up within {timeout:.0f} s (are workers running?)")
         await meter.report()
         await asyncio.sleep(0.5)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    generation: int | None  # the generation that was ready to switch to; None: none was
+    switched: bool  # False with a generation: it stopped being the building one meanwhile (aborted, raced)
+
+
+async def promote(settings: Settings, collection: str, grace_seconds: float | None = None) -> Promotion:
+    """Switch to a generation built with ``switch=False`` (it has been fed live changes since); the old
+    one retires after ``grace_seconds`` (default ``FLUXSTREAM_REBUILD_GRACE_SECONDS``)."""
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        registry = GenerationRegistry(redis)
+        state = await registry.get(collection)
+        if state.building is None or state.state != "building" or state.progress.get("phase") != "ready":
+            return Promotion(None, False)
+        grace = grace_seconds if grace_seconds is not None else settings.rebuild_grace_seconds
+        return Promotion(state.building, await registry.switch(collection, state.building, grace))
+    finally:
+        await redis.aclose()
+
+
+async def abort(settings: Settings, collection: str) -> Dropped | None:
+    """Drop the building (or failed) generation of ``collection``; None when there is none."""
+    resources = await Resources.open(settings, settings.redis_url, settings.database_url)
+    try:
+        return await Retirement(resources.postings, resources.vectors).abort(collection)
+    finally:
+        await resources.close()

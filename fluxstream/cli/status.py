@@ -1,0 +1,32 @@
+"""`fluxstream status`: collections, generations, applied positions and consumer lag (streams/status.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import orjson
+
+from fluxstream.cli.common import Subparsers, load_settings, require
+from fluxstream.cli.render import status_table
+
+
+def register(sub: Subparsers) -> None:
+    stat = sub.add_parser("status", help="collections (documents, chunks), applied positions, consumer lag")
+    stat.add_argument("--json", action="store_true")
+    stat.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from fluxstream.streams.status import status
+
+    settings = load_settings(args)
+    require(settings, "kafka_url", "redis_url")
+    report = asyncio.run(status(settings))
+    if args.json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    for line in status_table(report):
+        print(line)
+    return 0
