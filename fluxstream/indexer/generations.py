@@ -27,7 +27,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from fluxstream.core import keyspace
+from fluxstream.core import keyspace, lua
 
 _INDEX_NAME = re.compile(r"^(?P<collection>.+?)(?:@g(?P<generation>[1-9][0-9]*))?$")
 
@@ -92,38 +92,13 @@ def _decode(collection: str, raw: dict[bytes, bytes]) -> GenerationState:
     )
 
 
-# Starts a rebuild unless one is running or failed; the new generation is one past any in use.
-_BEGIN = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'building' or state == 'failed' then return -1 end
-local serving = tonumber(redis.call('HGET', KEYS[1], 'serving') or '1')
-local retiring = tonumber(redis.call('HGET', KEYS[1], 'retiring') or '0')
-local highest = tonumber(redis.call('HGET', KEYS[1], 'highest') or '1')
-local next_gen = math.max(serving, retiring, highest) + 1
-redis.call('HSET', KEYS[1], 'serving', serving, 'building', next_gen, 'state', 'building', 'highest', next_gen,
-           'progress', ARGV[1])
-return next_gen
-"""
-
-# Switches serving to the building generation, if it still is the one building.
-_SWITCH = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'building' or redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then
-  return 0
-end
-local serving = redis.call('HGET', KEYS[1], 'serving') or '1'
-redis.call('HSET', KEYS[1], 'serving', ARGV[1], 'retiring', serving, 'retire_after', ARGV[2], 'state', 'idle')
-redis.call('HDEL', KEYS[1], 'building')
-return 1
-"""
-
-
 class GenerationRegistry:
     """Reads and changes the alias records; dropping data is ``indexer.retirement``'s job."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self._begin = redis.register_script(_BEGIN)
-        self._switch = redis.register_script(_SWITCH)
+        self._begin = lua.register(redis, "begin_rebuild")
+        self._switch = lua.register(redis, "switch_generation")
 
     @staticmethod
     def key(collection: str) -> str:

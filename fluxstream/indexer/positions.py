@@ -29,56 +29,10 @@ from typing import NamedTuple
 
 import redis.asyncio as aioredis
 
-from fluxstream.core import keyspace
+from fluxstream.core import keyspace, lua
 from fluxstream.schemas.events import EmbedJob, SourcePosition
 
 CLUSTER_FIELD = "cluster"
-
-# KEYS: fx:applied; ARGV: cluster id ('' when unknown), then field, offset pairs. Raises each field to
-# its offset unless the hash belongs to another cluster (a worker still reading an old broker).
-_RAISE = """
-local stored = redis.call('HGET', KEYS[1], 'cluster')
-if ARGV[1] ~= '' and stored and stored ~= ARGV[1] then return 0 end
-for i = 2, #ARGV, 2 do
-  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
-  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-return 1
-"""
-
-
-# KEYS: the pending sorted set, its entries hash; ARGV: mode, doc_id, offset, doc_id, offset, ...
-# mode "upto": drop entries clearing at or below the offset; "at": only those clearing exactly at it.
-_CLEAR = """
-local function drops(clear_at, offset)
-  if ARGV[1] == 'at' then return tonumber(clear_at) == offset end
-  return tonumber(clear_at) <= offset
-end
-for i = 2, #ARGV, 2 do
-  local doc, upto = ARGV[i], tonumber(ARGV[i + 1])
-  local entries = redis.call('HGET', KEYS[2], doc)
-  if not entries then  -- a score written before entries were kept: it clears at itself
-    local score = redis.call('ZSCORE', KEYS[1], doc)
-    if score and drops(score, upto) then redis.call('ZREM', KEYS[1], doc) end
-  else
-    local kept, low = '', nil
-    for offset, clear_at in string.gmatch(entries, '(%d+):(%d+) ') do
-      if not drops(clear_at, upto) then
-        kept = kept .. offset .. ':' .. clear_at .. ' '
-        if low == nil or tonumber(offset) < low then low = tonumber(offset) end
-      end
-    end
-    if low == nil then
-      redis.call('HDEL', KEYS[2], doc)
-      redis.call('ZREM', KEYS[1], doc)
-    elseif kept ~= entries then
-      redis.call('HSET', KEYS[2], doc, kept)
-      redis.call('ZADD', KEYS[1], low, doc)
-    end
-  end
-end
-return 1
-"""
 
 
 async def applied_positions(redis: aioredis.Redis) -> tuple[str | None, dict[str, int]]:
@@ -114,8 +68,8 @@ class Positions:
     def __init__(self, redis: aioredis.Redis, cluster: str | None = None) -> None:
         self.redis = redis
         self.cluster = cluster
-        self._raise = redis.register_script(_RAISE)
-        self._clear = redis.register_script(_CLEAR)
+        self._raise = lua.register(redis, "raise_applied")
+        self._clear = lua.register(redis, "clear_pending")
 
     async def adopt_cluster(self, cluster: str) -> bool:
         """Tie applied positions to ``cluster`` (a worker's broker); True if those of another one were dropped.
@@ -142,7 +96,7 @@ class Positions:
             field = f"{pos.topic}:{pos.partition}"
             highest[field] = max(highest.get(field, -1), pos.offset)
         if highest:
-            args = [self.cluster or ""] + [str(v) for item in highest.items() for v in item]
+            args = [CLUSTER_FIELD, self.cluster or ""] + [str(v) for item in highest.items() for v in item]
             await self._raise(keys=[keyspace.APPLIED], args=args)
 
     async def clear_pending(self, jobs: Iterable[EmbedJob]) -> None:

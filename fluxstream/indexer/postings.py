@@ -35,7 +35,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from fluxstream.core import keyspace, metrics
+from fluxstream.core import keyspace, lua, metrics
 from fluxstream.indexer.documents import TF_BITS, TF_MASK, ChunkState, DocRef, DocumentState, TableRef
 from fluxstream.indexer.redis_plan import HashFieldRaiser, Plan, PlanRunner
 from fluxstream.indexer.write_plan import CollectionWrite, DocumentDiff
@@ -93,9 +93,7 @@ class PostingsStore:
         self.wait_aof = wait_aof
         self._plans = PlanRunner(redis)
         self._raise = HashFieldRaiser(redis)
-        self._hmget_many = redis.register_script(
-            "local out = {} for i, key in ipairs(KEYS) do out[i] = redis.call('HMGET', key, unpack(ARGV)) end "
-            "return out")
+        self._hmget_many = lua.register(redis, "hmget_each")
 
     # ---- writer side ----
     @metrics.timed("redis", "read_documents")
@@ -145,7 +143,8 @@ class PostingsStore:
         # What caches validate against (see query.cache): the collection's change counter, and per term
         # the counter's value after the last write that changed the term's postings (one HSET, not an
         # HINCRBY per term: the counter only grows, so a changed stamp means a changed term).
-        plan.stamp_fields(keyspace.term_versions(collection), keyspace.meta(collection), write.changed_terms)
+        plan.stamp_fields(keyspace.term_versions(collection), keyspace.meta(collection), SEQ_FIELD,
+                          write.changed_terms)
         return plan
 
     def _encode_document(self, plan: Plan, document: DocumentDiff, updated_at: str) -> None:
@@ -198,13 +197,13 @@ class PostingsStore:
 
     async def change_seq(self, collection: str) -> int:
         """Bumped by every BM25 write and after every vector write of the collection."""
-        value = await self.redis.hget(keyspace.meta(collection), "seq")
+        value = await self.redis.hget(keyspace.meta(collection), SEQ_FIELD)
         return int(value) if value is not None else 0
 
     async def bump_seq(self, collections: Iterable[str]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for collection in set(collections):
-                pipe.hincrby(keyspace.meta(collection), "seq", 1)
+                pipe.hincrby(keyspace.meta(collection), SEQ_FIELD, 1)
             await pipe.execute()
 
     async def collection_exists(self, collection: str) -> bool:
@@ -411,6 +410,7 @@ def _counters(names: Sequence[str], values: Sequence[bytes | str | None]) -> dic
 
 
 STATS_FIELDS = ("chunks", "total_len", "docs")  # of the ``meta`` hash, in CollectionStats order
+SEQ_FIELD = "seq"  # of the ``meta`` hash: the change counter cache entries validate against
 
 
 def decode_stats(meta: Sequence[bytes | str | None]) -> CollectionStats:

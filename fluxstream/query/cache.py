@@ -39,14 +39,15 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from fluxstream.core import keyspace
-from fluxstream.indexer.postings import CHUNK_FIELDS, PostingsStore, decode_chunk, decode_stats
+from fluxstream.core import keyspace, lua
+from fluxstream.indexer.postings import CHUNK_FIELDS, SEQ_FIELD, STATS_FIELDS, PostingsStore, decode_chunk, decode_stats
 from fluxstream.indexer.redis_plan import Plan, PlanRunner
 from fluxstream.indexer.vector_store import VectorHit
 from fluxstream.query.search import Retrieval
 from fluxstream.schemas.api import SearchRequest, SearchResponse
 
 SIMILARITY_SLACK = 1e-5  # float32 rounding between stored candidate scores and recomputed similarities
+_META_FIELDS = (*STATS_FIELDS, SEQ_FIELD)  # what an exact lookup reads of the collection's meta hash
 _PARAM_FIELDS = {"collection", "k", "mode", "fusion", "rrf_k", "weights", "filters", "ef_search"}
 
 
@@ -125,33 +126,6 @@ def decode_retrieval(raw: bytes, query_vector: np.ndarray | None) -> Retrieval:
                      query_vector=query_vector)
 
 
-# One round trip for an exact hit: the entry the exact key names, its query terms' current change
-# stamps, the collection's statistics the replay scores with, the current records of the chunks the
-# entry answered with (usually the answer again, so the replay needs no fetch), all one snapshot; and
-# the entry's LRU touch. The entry and stamp keys are read by name (not declared): they share the
-# collection's hash tag with KEYS[1], so they live in the same slot.
-_EXACT_LOOKUP = """
-local id = redis.call('GET', KEYS[1])
-if not id then return false end
-local fields = redis.call('HMGET', ARGV[1] .. id, 'query', 'retrieval', 'embedding', 'threshold', 'terms', 'hits')
-if not fields[2] then return false end
-local stamps = {}
-if fields[5] then
-  local terms = cjson.decode(fields[5])
-  if #terms > 0 then stamps = redis.call('HMGET', ARGV[2], unpack(terms)) end
-end
-redis.call('ZADD', KEYS[2], ARGV[3], id)
-local meta = redis.call('HMGET', ARGV[4], 'chunks', 'total_len', 'docs', 'seq')  -- STATS_FIELDS, seq
-local records = {}
-if fields[6] then
-  for i, chunk_id in ipairs(cjson.decode(fields[6])) do
-    records[i] = redis.call('HMGET', ARGV[5] .. chunk_id, unpack(ARGV, 6))
-  end
-end
-return {id, fields[1], fields[2], fields[3] or '', fields[4] or '', stamps, meta, fields[6] or '[]', records}
-"""
-
-
 class SemanticCache:
     def __init__(self, redis: aioredis.Redis, postings: PostingsStore, dimensions: int,
                  config: CacheConfig | None = None) -> None:
@@ -160,10 +134,9 @@ class SemanticCache:
         self.config = config or CacheConfig()
         self.lsh = LSH(dimensions, self.config.lsh_bands, self.config.lsh_bits)
         self._plans = PlanRunner(redis)
-        self._exact_lookup = redis.register_script(_EXACT_LOOKUP)
+        self._exact_lookup = lua.register(redis, "cache_exact_lookup")
         self._background: set[asyncio.Task[Any]] = set()
-        self._delete_if_equal = redis.register_script(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0")
+        self._delete_if_equal = lua.register(redis, "delete_if_equal")
 
     # ---- keys (see fluxstream.core.keyspace) ----
     def exact_key(self, req: SearchRequest, identity: bytes) -> str:
@@ -215,13 +188,13 @@ class SemanticCache:
         found = await self._exact_lookup(
             keys=[self.exact_key(req, identity), keyspace.cache_lru(coll)],
             args=[keyspace.cache_entry(coll, ""), keyspace.term_versions(coll), time.time(),
-                  keyspace.meta(coll), keyspace.chunk(coll, ""), *CHUNK_FIELDS])
+                  keyspace.meta(coll), keyspace.chunk(coll, ""), len(_META_FIELDS), *_META_FIELDS, *CHUNK_FIELDS])
         if not found:
             return None
         entry_id, query, raw, embedding, threshold, stamps, meta, answered, records = found
         retrieval = decode_retrieval(raw, embedding_of(embedding))
-        if meta[3] is not None:  # the collection exists (every write bumps its seq)
-            retrieval.stats = decode_stats(meta[:3])
+        if meta[-1] is not None:  # the collection exists (every write bumps its seq)
+            retrieval.stats = decode_stats(meta[:-1])
             retrieval.records = {chunk_id: decode_chunk(chunk_id, row)
                                  for chunk_id, row in zip(orjson.loads(answered), records, strict=True)}
         terms = list(retrieval.term_versions or {})
