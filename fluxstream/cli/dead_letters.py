@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING
 
 import orjson
 
 from fluxstream.cli.common import Subparsers, load_settings, ms, require
 from fluxstream.cli.render import dead_letter_line, redriven_line
-
-if TYPE_CHECKING:
-    from fluxstream.streams.dead_letters import Letter
 
 
 def register(sub: Subparsers) -> None:
@@ -39,7 +35,7 @@ def register(sub: Subparsers) -> None:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """list | show | redrive the records of the dead-letter topic (streams/dead_letters.py)."""
-    from fluxstream.streams.dead_letters import fetch_letters, parse_position, read_letters, redrive
+    from fluxstream.streams.dead_letters import MissingLetters, parse_position, redrive, select_letters
     from fluxstream.streams.topic_range import TopicRange
 
     settings = load_settings(args)
@@ -50,20 +46,13 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         start_ms = ms(args.from_time)
     except ValueError as exc:
         sys.exit(f"fluxstream dead-letters: {exc}")
-
-    async def selected() -> list[Letter]:
-        if args.action == "show" or positions:
-            found = await fetch_letters(settings, positions)
-            missing = [f"{p}:{o}" for p, o in positions if (p, o) not in found]
-            if missing:
-                sys.exit(f"fluxstream dead-letters: no record at {', '.join(missing)} of {topic}")
-            return [found[p] for p in positions if args.reason is None or found[p].reason == args.reason]
-        window = TopicRange(topic, args.partition, start=args.from_offset, start_ms=start_ms)
-        return [letter async for letter in read_letters(settings, window, args.reason, args.limit)]
-
     if args.action == "redrive" and not positions and not args.all and args.reason is None:
         sys.exit("fluxstream dead-letters redrive: name records (PARTITION:OFFSET ...), or --all / --reason R")
-    letters = asyncio.run(selected())
+    window = TopicRange(topic, args.partition, start=args.from_offset, start_ms=start_ms)
+    try:
+        letters = asyncio.run(select_letters(settings, positions, window, args.reason, args.limit))
+    except MissingLetters as exc:
+        sys.exit(f"fluxstream dead-letters: no record at {', '.join(exc.positions)} of {topic}")
     if args.action == "list":
         for letter in letters:
             print(orjson.dumps(letter.summary()).decode() if args.json else dead_letter_line(letter))

@@ -26,9 +26,7 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    import tempfile
-
-    from fluxstream.streams.replay import export, replay
+    from fluxstream.streams.replay import replay, replay_range
 
     settings = load_settings(args)
     if not args.dry_run or args.from_topic:
@@ -39,12 +37,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.dry_run:
             sys.exit("fluxstream replay: --dry-run validates files; it does not combine with --into-generation")
         return rebuild.rebuild(settings, rebuild.plan(args, args.into_generation, settings))
-    with tempfile.TemporaryDirectory() as scratch:
-        files = args.files
-        if args.from_topic:  # a window of a topic: exported first, so it is validated like a file
-            files = [f"{scratch}/range.ndjson"]
-            asyncio.run(export(settings, window(args, args.from_topic), files[0]))
-        report = asyncio.run(replay(settings, files, topic=args.topic, rate=args.rate, dry_run=args.dry_run,
+    if args.from_topic:
+        report = asyncio.run(replay_range(settings, window(args, args.from_topic), topic=args.topic, rate=args.rate,
+                                          dry_run=args.dry_run, collection=args.collection))
+    else:
+        report = asyncio.run(replay(settings, args.files, topic=args.topic, rate=args.rate, dry_run=args.dry_run,
                                     collection=args.collection))
     for bad in report.bad:
         print(f"bad {bad}", file=sys.stderr)

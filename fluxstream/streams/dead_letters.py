@@ -126,6 +126,26 @@ async def fetch_letters(settings: Settings, positions: Sequence[tuple[int, int]]
     return found
 
 
+class MissingLetters(LookupError):
+    """Positions named by the user at which the dead-letter topic has no record."""
+
+    def __init__(self, positions: Sequence[str]) -> None:
+        super().__init__(f"no record at {', '.join(positions)}")
+        self.positions = list(positions)
+
+
+async def select_letters(settings: Settings, positions: Sequence[tuple[int, int]], window: TopicRange,
+                         reason: str | None = None, limit: int | None = None) -> list[Letter]:
+    """The letters at ``positions`` in that order (MissingLetters if one is absent), or with none named,
+    those in ``window``; only of ``reason`` when given."""
+    if not positions:
+        return [letter async for letter in read_letters(settings, window, reason, limit)]
+    found = await fetch_letters(settings, positions)
+    if missing := [f"{p}:{o}" for p, o in positions if (p, o) not in found]:
+        raise MissingLetters(missing)
+    return [found[p] for p in positions if reason is None or found[p].reason == reason]
+
+
 @dataclass(frozen=True)
 class Redriven:
     letter: Letter

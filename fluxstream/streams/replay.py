@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -150,6 +151,15 @@ async def replay(settings: Settings, paths: Iterable[str], *, topic: str | None 
     if meter:
         meter.update(report.published, final=True)
     return report
+
+
+async def replay_range(settings: Settings, window: TopicRange, *, topic: str | None = None, rate: float = 0.0,
+                       dry_run: bool = False, collection: str | None = None) -> ReplayReport:
+    """``replay`` of a window of a topic: exported to a scratch file first, so it is validated like a log file."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = f"{scratch}/range.ndjson"
+        await export(settings, window, path)
+        return await replay(settings, [path], topic=topic, rate=rate, dry_run=dry_run, collection=collection)
 
 
 async def export(settings: Settings, window: TopicRange, out: str, *, progress: bool = True) -> int:
