@@ -45,9 +45,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     and print the last position per partition (what a search's min_position waits for)."""
     from aiokafka.errors import KafkaError
 
-    from fluxstream.client import publish_changes
     from fluxstream.streams.eventlog import BadLine
-    from fluxstream.streams.replay import Progress, read_documents
+    from fluxstream.streams.replay import Progress, publish_documents_file, read_documents
 
     settings = load_settings(args)
     require(settings, "kafka_url")
@@ -71,17 +70,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
             print(f"fluxstream publish: {bad} bad of {total} lines{more}; nothing published", file=sys.stderr)
             return 1
         meter = Progress("publish", total, quiet_if_quick=True)
-        last: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset of the last acknowledged event
-
-        async def send() -> None:
-            changes = (c for c in read_documents(path, settings, **options) if not isinstance(c, BadLine))
-            async for position in publish_changes(settings, changes):
-                key = (position.topic, position.partition)
-                last[key] = max(position.offset, last.get(key, -1))
-                meter.update(meter.done + 1)
-
         try:
-            asyncio.run(send())
+            last = asyncio.run(publish_documents_file(settings, path, meter, **options))
         except KafkaError as exc:
             sys.exit(f"fluxstream publish: Kafka at {redact(settings.kafka_url)} failed after {meter.done} "
                      f"acknowledged events: {exc!r}")

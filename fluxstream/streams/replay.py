@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from fluxstream.client import with_defaults
+from fluxstream.client import publish_changes, with_defaults
 from fluxstream.core.kafka import new_producer
 from fluxstream.core.settings import Settings
 from fluxstream.schemas.events import DocumentChange
@@ -98,6 +98,22 @@ def read_documents(path: str | Path, settings: Settings, *, collection: str | No
                     doc["collection"] = collection
                 doc = with_defaults(doc, version=not require_version)
             yield validate_change(line_no, orjson.dumps(doc), settings)
+
+
+async def publish_documents_file(settings: Settings, path: str | Path, meter: Progress, *,
+                                 collection: str | None = None, require_version: bool = False
+                                 ) -> dict[tuple[str, int], int]:
+    """`fluxstream publish`'s send step (its lines checked before): every good line of ``path`` to the
+    documents topic. Returns the offset of the last acknowledged event per (topic, partition), what a
+    search's min_position waits for; ``meter.done`` counts the acknowledged ones (also if sending fails)."""
+    last: dict[tuple[str, int], int] = {}
+    lines = read_documents(path, settings, collection=collection, require_version=require_version)
+    changes = (c for c in lines if not isinstance(c, BadLine))
+    async for position in publish_changes(settings, changes):
+        key = (position.topic, position.partition)
+        last[key] = max(position.offset, last.get(key, -1))
+        meter.update(meter.done + 1)
+    return last
 
 
 def retarget(record: LogRecord, collection: str | None) -> LogRecord:
