@@ -42,7 +42,7 @@ def delete(doc_id: str, version: int, offset: int, collection: str = "c", **extr
 def indexed(doc_id: str, version: int, text: str, offset: int, collection: str = "c") -> DocumentState:
     """A document as a write of ``text`` at ``offset`` left it (read back: no chunk texts)."""
     plan = run([upsert(doc_id, version, text, offset, collection)])
-    state = plan.embeddings[0].state
+    state = plan.to_embed[0].state
     for chunk in state.chunks:
         chunk.text = ""
     return state
@@ -72,7 +72,7 @@ def test_upsert_of_a_new_document_posts_every_chunk_and_counts_it() -> None:
     assert write.changed_terms == ["alpha", "beta", "delta", "epsilon", "gamma"]
     assert write.marks == [PendingMark("c", "docs", 0, "d", 7, 7)]
     assert [r.applied for r in plan.results] == [True]
-    assert [(e.state.version, e.source.offset) for e in plan.embeddings] == [(3, 7)]
+    assert [(e.state.version, e.source.offset) for e in plan.to_embed] == [(3, 7)]
     assert [(a.state.version, a.previous.version if a.previous else "-") for a in plan.announcements] == [(3, None)]
     assert plan.redelivered == []
 
@@ -92,7 +92,7 @@ def test_a_redelivered_version_writes_no_document_but_is_announced_again() -> No
     before = indexed("d", 4, "alpha beta", 9)
     plan = run([upsert("d", 4, "alpha beta", 9)], before)
     assert [r.applied for r in plan.results] == [False]
-    assert plan.announcements == [] and plan.embeddings == []
+    assert plan.announcements == [] and plan.to_embed == []
     assert [(e.state, e.source.offset) for e in plan.redelivered] == [(before, 9)]
     write = only_write(plan)  # only its own pending mark: its re-sent job clears it
     assert write.documents == [] and write.marks == [PendingMark("c", "docs", 0, "d", 9, 9)]
@@ -120,7 +120,7 @@ def test_delete_drops_every_chunk_and_leaves_a_tombstone() -> None:
     assert document.unposted == before.chunks and document.dropped == ["d#0", "d#1"] and document.posted == []
     assert document.floor_table is None  # a delete is never refused by a truncation floor
     assert write.stats_delta == {"chunks": -2, "total_len": -5, "docs": -1}
-    assert plan.embeddings[0].state is after
+    assert plan.to_embed[0].state is after
 
 
 def test_a_change_at_or_below_its_tables_truncation_floor_is_skipped() -> None:
@@ -148,7 +148,7 @@ def test_two_changes_of_one_document_fold_into_one_write_of_the_last() -> None:
     # Each applied change is announced with the terms it touched; one job, for the final state.
     assert [(a.state.version, a.previous.version if a.previous else None) for a in plan.announcements] == [
         (2, 1), (3, 2)]
-    assert [(e.state.version, e.source.offset) for e in plan.embeddings] == [(3, 11)]
+    assert [(e.state.version, e.source.offset) for e in plan.to_embed] == [(3, 11)]
     assert write.marks == [PendingMark("c", "docs", 0, "d", 10, 11)]  # both offsets clear with that job
 
 
@@ -158,7 +158,7 @@ def test_changes_apply_in_source_order_so_a_late_lower_version_is_skipped() -> N
     assert [r.applied for r in plan.results] == [True, False]
     [document] = only_write(plan).documents
     assert document.write.after.version == 3 and [c.tf for c in document.posted] == [{"gamma": 1}]
-    assert [(e.state.version, e.source.offset) for e in plan.embeddings] == [(3, 10)]
+    assert [(e.state.version, e.source.offset) for e in plan.to_embed] == [(3, 10)]
 
 
 def test_a_change_superseded_by_a_newer_indexed_version_waits_for_that_versions_job() -> None:
@@ -213,3 +213,13 @@ def test_fold_leaves_what_it_read_unchanged() -> None:
     chunks = [(c.chunk_id, c.content_hash, dict(c.tf)) for c in before.chunks]
     run([upsert("d", 2, "zeta", 1), delete("d", 3, 2)], before)
     assert before.version == 1 and [(c.chunk_id, c.content_hash, c.tf) for c in before.chunks] == chunks
+
+
+def test_a_write_of_marks_only_checks_nothing_and_counts_nothing() -> None:
+    old = DocumentState("c", "1", 7, deleted=True, row={"body": "tusks"})
+    newer = indexed("2", 9, "walrus", 20)
+    stale_create = upsert("2", 7, "walrus", 10, previous_doc_id="1")
+    write = only_write(run([stale_create], old, newer))
+    assert write.documents == [] and write.expected == []  # the old key is checked only when a write uses it
+    assert write.stats_delta == {} and write.changed_terms == []
+    assert write.marks == [PendingMark("c", "docs", 0, "2", 10, 20, only_if=20)]

@@ -130,7 +130,7 @@ class BM25Stage:
         # Built after the write, so ``applied_at`` is when the change became searchable.
         outcome.index_updates += [_index_update(a.state, a.source, vectors=False, previous=a.previous,
                                                 incomplete=a.incomplete) for a in plan.announcements]
-        outcome.embed_jobs.extend(_embed_job(e.state, e.source) for e in plan.embeddings)
+        outcome.embed_jobs.extend(_embed_job(e.state, e.source) for e in plan.to_embed)
         for again in plan.redelivered:
             await self._load_chunk_texts(again.state)
             outcome.embed_jobs.append(_embed_job(again.state, again.source))

@@ -16,7 +16,7 @@ a document.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -122,8 +122,8 @@ class Announcement:
 
 
 @dataclass(frozen=True, slots=True)
-class Embedding:
-    """An embed job to send for a document's final state, from the change at ``source``."""
+class ToEmbed:
+    """An embed job to send: a document's final state, from the change at ``source``."""
 
     state: DocumentState
     source: SourcePosition
@@ -136,17 +136,17 @@ class FoldPlan:
     results: list[ChangeResult]  # per change, in batch order
     writes: list[CollectionWrite]  # per collection, each one atomic script
     announcements: list[Announcement]  # per applied change, in batch order
-    embeddings: list[Embedding]  # per written document, in first-seen order
-    redelivered: list[Embedding]  # documents whose applied version came again: re-send job and update
+    to_embed: list[ToEmbed]  # per written document, in first-seen order
+    redelivered: list[ToEmbed]  # documents whose applied version came again: re-send job and update
 
 
-def documents_to_read(batch: Iterable[SourcedChange]) -> list[DocRef]:
+def documents_to_read(batch: Sequence[SourcedChange]) -> list[DocRef]:
     """The documents ``fold`` needs in ``Before``: those changed, then the old keys of key changes."""
     refs = list(dict.fromkeys(s.ref for s in batch))
     return refs + partners_of(batch, refs)
 
 
-def partners_of(batch: Iterable[SourcedChange], refs: Iterable[DocRef]) -> list[DocRef]:
+def partners_of(batch: Sequence[SourcedChange], refs: Iterable[DocRef]) -> list[DocRef]:
     """Old keys of key changes not changed themselves: read (their rows fill the new key's TOAST
     placeholders) and checked unchanged by the write, not written."""
     changed = set(refs)
@@ -193,8 +193,8 @@ def fold(batch: list[SourcedChange], before: Before, builder: DocumentBuilder) -
         results=results,
         writes=plan_writes(writes, marks, [before.documents[p] for p in partners]),
         announcements=announcements,
-        embeddings=[Embedding(current[ref], latest_source[ref]) for ref in refs if ref in latest_source],
-        redelivered=[Embedding(current[ref], source) for ref, source in redelivered.items()
+        to_embed=[ToEmbed(current[ref], latest_source[ref]) for ref in refs if ref in latest_source],
+        redelivered=[ToEmbed(current[ref], source) for ref, source in redelivered.items()
                      if ref not in latest_source],
     )
 
