@@ -20,8 +20,8 @@ import numpy as np
 
 from fluxstream.indexer.postings import PostingsStore
 from fluxstream.indexer.vector_store import VectorHit
-from fluxstream.query.cache import CacheConfig, SemanticCache
-from fluxstream.query.search import Retrieval
+from fluxstream.query.cache.retrieval import Retrieval
+from fluxstream.query.cache.store import CacheConfig, SemanticCache
 from fluxstream.schemas.api import CacheInfo, SearchRequest, SearchResponse
 from fluxstream.stack import EmbeddedServices
 

@@ -19,7 +19,7 @@ from fluxstream.indexer.embedders.coalescing import CoalescingEmbedder
 from fluxstream.indexer.embedders.minilm import LocalMiniLMEmbedder
 from fluxstream.indexer.embedders.openai_compat import OpenAICompatibleEmbedder
 from fluxstream.indexer.postings import PostingsStore
-from fluxstream.query.cache import params_digest
+from fluxstream.query.cache.keys import params_digest
 from fluxstream.schemas.api import SearchRequest
 from tests.conftest import TopicReader, change, eventually, send
 

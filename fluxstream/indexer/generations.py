@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from fluxstream.core import keyspace, lua
+from fluxstream.core.replies import text
 
 _INDEX_NAME = re.compile(r"^(?P<collection>.+?)(?:@g(?P<generation>[1-9][0-9]*))?$")
 
@@ -75,8 +76,8 @@ class GenerationState:
                 "retire_after": self.retire_after, "progress": self.progress}
 
 
-def _decode(collection: str, raw: dict[bytes, bytes]) -> GenerationState:
-    fields = {k.decode(): v.decode() for k, v in raw.items()}
+def _decode(collection: str, raw: dict[bytes | str, bytes | str]) -> GenerationState:
+    fields = {text(k): text(v) for k, v in raw.items()}
 
     def number(name: str) -> int | None:
         return int(fields[name]) if fields.get(name) else None

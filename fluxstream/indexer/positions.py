@@ -30,6 +30,7 @@ from typing import NamedTuple
 import redis.asyncio as aioredis
 
 from fluxstream.core import keyspace, lua
+from fluxstream.core.replies import text
 from fluxstream.schemas.events import EmbedJob, SourcePosition
 
 CLUSTER_FIELD = "cluster"
@@ -37,14 +38,9 @@ CLUSTER_FIELD = "cluster"
 
 async def applied_positions(redis: aioredis.Redis) -> tuple[str | None, dict[str, int]]:
     """(the Kafka cluster id they belong to, ``<topic>:<partition>`` -> handled offset), as recorded."""
-    raw = {_str(k): _str(v) for k, v in (await redis.hgetall(keyspace.APPLIED)).items()}
+    raw = {text(k): text(v) for k, v in (await redis.hgetall(keyspace.APPLIED)).items()}
     cluster = raw.pop(CLUSTER_FIELD, None)
     return cluster, {field: int(value) for field, value in raw.items()}
-
-
-def _str(value: bytes | str) -> str:
-    """A reply as text (the client answers bytes; its types allow either)."""
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class ChangeAt(NamedTuple):
@@ -78,7 +74,7 @@ class Positions:
         the new broker would count as applied before the new worker got there."""
         self.cluster = cluster
         stored = await self.redis.hget(keyspace.APPLIED, CLUSTER_FIELD)
-        if stored is not None and _str(stored) == cluster:
+        if stored is not None and text(stored) == cluster:
             return False
         # Index names cannot hold "}" (CollectionName), document ids can: the regex keeps only pending keys.
         pending = [key async for key in self.redis.scan_iter(match=keyspace.PENDING_SCAN, count=1000)
@@ -124,7 +120,7 @@ class Positions:
     async def bm25_offset(self, topic: str, partition: int) -> int:
         """The BM25 stage's handled offset of the partition on this process's broker (-1: none yet)."""
         stored, value = await self.redis.hmget(keyspace.APPLIED, [CLUSTER_FIELD, f"{topic}:{partition}"])
-        if self.cluster is not None and stored is not None and _str(stored) != self.cluster:
+        if self.cluster is not None and stored is not None and text(stored) != self.cluster:
             return -1  # recorded on another broker: no offset of this one is applied yet
         return int(value) if value is not None else -1
 

@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from fluxstream.core import keyspace, lua, metrics
 from fluxstream.indexer.documents import TF_BITS, TF_MASK, ChunkState, DocRef, DocumentState, TableRef
@@ -241,42 +240,6 @@ class PostingsStore:
         }
         return decode_stats(meta), postings, _counters(terms, versions)
 
-    async def vector_log_head(self, collection: str) -> str:
-        """The log position: ``<last id>/<entries ever added>`` (the count detects trimming later)."""
-        last_id, added = await self._vector_log_info(keyspace.vector_log(collection))
-        return f"{last_id}/{added}"
-
-    async def _vector_log_info(self, key: str) -> tuple[str, int]:
-        try:
-            info = await self.redis.execute_command("XINFO", "STREAM", key)
-        except ResponseError:  # no stream yet: nothing was ever logged
-            return "0-0", 0
-        return _log_info(info)
-
-    async def log_vector_changes(self, collection: str, changes: Sequence[tuple[str, bytes]],
-                                 maxlen: int = 20_000) -> None:
-        """Append (doc_id, concatenated float32 chunk embeddings) after the vector stage committed."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for doc_id, embeddings in changes:
-                pipe.xadd(keyspace.vector_log(collection), {"doc": doc_id, "emb": embeddings},
-                          maxlen=maxlen, approximate=True)
-            await pipe.execute()
-
-    async def vector_changes_since(self, collection: str, position: str) -> list[tuple[str, bytes]] | None:
-        """(doc_id, embeddings) logged after ``position`` (from vector_log_head); None if trimmed away since."""
-        log_id, added = position.split("/")
-        key = keyspace.vector_log(collection)
-        async with self.redis.pipeline(transaction=True) as pipe:  # one snapshot: the count must match
-            pipe.xrange(key, min=f"({log_id}")
-            pipe.execute_command("XINFO", "STREAM", key)
-            changes, info = await pipe.execute(raise_on_error=False)
-        if isinstance(info, Exception):  # no stream yet: nothing was ever logged
-            return []
-        _, added_now = _log_info(info)
-        if added_now - int(added) > len(changes):
-            return None
-        return [(f[b"doc"].decode(), f[b"emb"]) for _, f in changes]
-
     async def term_versions(self, collection: str, terms: Sequence[str]) -> dict[str, int]:
         if not terms:
             return {}
@@ -397,12 +360,6 @@ async def unlink_prefix(redis: aioredis.Redis, prefix: str) -> int:
     if batch:
         removed += await redis.unlink(*batch)
     return removed
-
-
-def _log_info(info: dict[Any, Any]) -> tuple[str, int]:
-    """(last id, entries ever added) from XINFO STREAM (redis-py parses it into a dict)."""
-    fields = {(k.decode() if isinstance(k, bytes) else k): v for k, v in info.items()}
-    return fields["last-generated-id"].decode(), int(fields["entries-added"])
 
 
 def _counters(names: Sequence[str], values: Sequence[bytes | str | None]) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fluxstream.core import metrics
 from fluxstream.indexer.enrichment import PREFIX as ENRICHMENT_PREFIX
-from fluxstream.query.cache import SemanticCache
+from fluxstream.query.cache.store import SemanticCache
 from fluxstream.query.search import Searcher
 from fluxstream.schemas.api import CacheInfo, SearchRequest, SearchResponse
 

@@ -30,7 +30,9 @@ from fluxstream.indexer.embedders.base import Embedder, model_input
 from fluxstream.indexer.enrichment import PREFIX as ENRICHMENT_PREFIX
 from fluxstream.indexer.postings import CollectionStats, PostingsStore, StoredChunk
 from fluxstream.indexer.tokenizer import Tokenizer
-from fluxstream.indexer.vector_store import VectorHit, VectorStore
+from fluxstream.indexer.vector_store import VectorStore
+from fluxstream.query.cache.retrieval import Retrieval
+from fluxstream.query.cache.vector_log import VectorLog
 from fluxstream.query.filters import matches
 from fluxstream.query.fusion import rrf, score_fusion
 from fluxstream.query.strategy import AutoStrategy
@@ -112,26 +114,6 @@ class SearchDefaults:
     ef_search: int = 100
 
 
-@dataclass
-class Retrieval:
-    """What the retrievers returned for one search, before statistics, filters and fusion.
-
-    Replaying it (``Searcher.search(..., replay=...)``) with the current statistics and chunk
-    records gives exactly the answer a fresh search would, as long as no change touched the
-    query's terms or could enter or leave the vector candidates: the semantic cache stores
-    this, not the response, and is invalidated on exactly those changes.
-    """
-
-    postings: dict[str, dict[str, int]] | None = None
-    term_versions: dict[str, int] | None = None  # the terms' change counters, read with the postings
-    vector_hits: list[VectorHit] | None = None
-    vector_log_position: str = "0-0/0"  # the vector-change log's head, read before the k-NN query
-    query_vector: np.ndarray | None = None
-    answer_docs: list[str] | None = None  # set by the cache: documents the answer depends on directly
-    stats: CollectionStats | None = None  # current statistics, when the cache read them with the hit
-    records: dict[str, StoredChunk | None] | None = None  # current records the cache read with the hit
-
-
 class CollectionNotFound(LookupError):
     """The searched index has never been written (``fx:collections``): a 404, not an empty answer,
     so a misspelt collection name is not mistaken for "no match" (as Elasticsearch's missing index)."""
@@ -178,6 +160,7 @@ class Searcher:
     def __init__(self, postings: PostingsStore, vectors: VectorStore, embedder: Embedder, tokenizer: Tokenizer,
                  bm25: BM25Params | None = None, defaults: SearchDefaults | None = None) -> None:
         self.postings = postings
+        self.vector_log = VectorLog(postings.redis)  # its head is what cached vector candidates are valid from
         self.vectors = vectors
         self.embedder = embedder
         self.tokenizer = tokenizer
@@ -339,7 +322,7 @@ class Searcher:
             if retrieval.query_vector is None:
                 retrieval.query_vector = (await self.embedder.embed([req.query]))[0]
                 started = timer.mark("embed_query", started)
-            retrieval.vector_log_position = await self.postings.vector_log_head(req.collection)
+            retrieval.vector_log_position = await self.vector_log.head(req.collection)
             # Enrichment fields live in Redis only: they filter the candidates below, not the SQL.
             sql_filters = {k: v for k, v in req.filters.items() if not k.startswith(ENRICHMENT_PREFIX)}
             hits = await self.vectors.search(req.collection, retrieval.query_vector, limit=pool,

@@ -41,7 +41,7 @@ from fluxstream.indexer.vector_store import VectorStore
 from fluxstream.query.answering import Answerer, TransformUnavailable
 from fluxstream.query.api_docs import API_KEY, BEARER, TAGS, install_docs
 from fluxstream.query.auth import ApiKeys, AuthError, Principal, RateLimiter, key_from_headers
-from fluxstream.query.cache import CacheConfig, SemanticCache
+from fluxstream.query.cache.store import CacheConfig, SemanticCache
 from fluxstream.query.cached_search import CachedSearcher
 from fluxstream.query.kafka_requests import SearchRequestServer
 from fluxstream.query.search import CollectionNotFound, SearchDefaults, Searcher, StoreUnavailable

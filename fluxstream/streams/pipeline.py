@@ -39,12 +39,13 @@ from fluxstream.indexer.positions import ChangeAt, Positions
 from fluxstream.indexer.postings import ChunkEnrichment, PostingsStore
 from fluxstream.indexer.vector_stage import VectorChange, VectorStage
 from fluxstream.indexer.vector_store import VectorStore
-from fluxstream.query.cache import SemanticCache
+from fluxstream.query.cache.invalidation import CacheInvalidator
+from fluxstream.query.cache.store import SemanticCache
+from fluxstream.query.cache.vector_log import VectorLog
 from fluxstream.schemas.events import DocumentChange, EmbedJob, IndexUpdate, SourcePosition
 from fluxstream.streams import debezium
 from fluxstream.streams.cdc_mapping import CdcMapping
 from fluxstream.streams.decoding import Rejected, dead_letter_record, decode, decode_change
-from fluxstream.streams.invalidation import CacheInvalidator
 from fluxstream.streams.scopes import LiveScope, WriteScope
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 
@@ -280,12 +281,8 @@ class Pipeline:
 
     async def _log_vector_changes(self, changes: list[VectorChange]) -> None:
         """The vector stage's change log, which cache entries are validated against."""
-        by_collection: dict[str, list[tuple[str, bytes]]] = {}
-        for collection, doc_id, embeddings in changes:
-            by_collection.setdefault(collection, []).append((doc_id, embeddings))
-        for collection, group in by_collection.items():
-            await self.resources.postings.log_vector_changes(collection, group)
-        await self.resources.postings.bump_seq(by_collection)
+        await VectorLog(self.resources.redis).record(changes)
+        await self.resources.postings.bump_seq({change.collection for change in changes})
 
     async def handle_enrichment(self, records: Sequence[Record]) -> None:
         """Enrich the chunks of documents the BM25 stage just wrote (the last update per document wins)."""

@@ -1,4 +1,4 @@
-"""Cache invalidation driven by ``fluxstream.index-updates`` (see query.cache and docs/cache.md).
+"""The index-update handler of the cache: deletes entries ``fluxstream.index-updates`` make wrong (docs/cache.md).
 
 For each applied change it deletes every cache entry that
 * has one of the change's terms (old or new) among its query terms: its posting lists changed;
@@ -7,20 +7,25 @@ For each applied change it deletes every cache entry that
   i.e. the chunk could now enter its vector candidates.
 The last rule is checked against an in-memory mirror of the collection's vector entries, fed by
 the cache's ``new`` stream; the mirror is synced before every batch, and an entry is written
-before the change sequence moves on, so no entry that a change could affect is missed.
+before the change sequence moves on, so no entry that a change could affect is missed. The rules
+are ``validity``'s; ``streams`` wires this handler to its agent.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
 from fluxstream.core import keyspace
+from fluxstream.core.replies import text
 from fluxstream.indexer.postings import unlink_prefix
 from fluxstream.indexer.vector_store import VectorStore
-from fluxstream.query.cache import SIMILARITY_SLACK, SemanticCache, embedding_of
+from fluxstream.query.cache.entries import embedding_of
+from fluxstream.query.cache.store import SemanticCache
+from fluxstream.query.cache.validity import could_enter
 from fluxstream.schemas.events import IndexUpdate
 
 
@@ -60,7 +65,7 @@ class CacheInvalidator:
         keys |= {keyspace.cache_doc(collection, u.doc_id) for u in updates}
         if not keys:
             return set()
-        return {m.decode() for m in await self.cache.redis.sunion(sorted(keys))}
+        return {text(m) for m in await self.cache.redis.sunion(sorted(keys))}
 
     async def _by_similarity(self, collection: str, updates: list[IndexUpdate]) -> set[str]:
         chunk_ids = [c for u in updates if u.op == "upsert" for c in u.chunk_ids]
@@ -73,7 +78,7 @@ class CacheInvalidator:
         if not embeddings:
             return set()
         similarities = np.stack(list(embeddings.values())) @ np.stack(mirror.vectors).T  # chunks x entries
-        reach = similarities.max(axis=0) >= np.asarray(mirror.thresholds) - SIMILARITY_SLACK
+        reach = could_enter(similarities.max(axis=0), mirror.thresholds)
         return {entry_id for entry_id, hit in zip(mirror.ids, reach, strict=True) if hit}
 
     async def _sync(self, collection: str) -> VectorEntries:
@@ -82,7 +87,8 @@ class CacheInvalidator:
         redis = self.cache.redis
         if len(mirror.ids) > 2 * max(1, await redis.zcard(keyspace.cache_lru(collection))):
             mirror = self.mirrors[collection] = VectorEntries()  # mostly gone: rebuild from the stream
-        records = await redis.xrange(keyspace.cache_new(collection), min=f"({mirror.last_stream_id}")
+        records = cast("list[tuple[bytes, dict[bytes, bytes]]]",
+                       await redis.xrange(keyspace.cache_new(collection), min=f"({mirror.last_stream_id}"))
         if not records:
             return mirror
         entry_ids = [fields[b"id"].decode() for _, fields in records]
