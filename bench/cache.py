@@ -47,8 +47,8 @@ async def fill(cache: SemanticCache, vectors: np.ndarray, start: int, stop: int)
     for i in range(start, stop):
         req = SearchRequest(query=f"query {i}", collection=COLLECTION, mode="vector", k=5)
         hits = [VectorHit(f"d{i}-{j}#0", f"d{i}-{j}", "h", 0.5 - j / 100) for j in range(5)]
-        await cache.store(req, req.query.encode(), Retrieval(vector_hits=hits, query_vector=vectors[i]), response,
-                          pool=100)
+        await cache.store(req, COLLECTION, req.query.encode(),
+                          Retrieval(vector_hits=hits, query_vector=vectors[i]), response, pool=100)
 
 
 async def time_lookups(cache: SemanticCache, requests: list[tuple[SearchRequest, np.ndarray]]) -> list[float]:
@@ -58,7 +58,7 @@ async def time_lookups(cache: SemanticCache, requests: list[tuple[SearchRequest,
             return v[None, :]
 
         started = time.perf_counter()
-        await cache.lookup(req, req.query.encode(), embed)
+        await cache.lookup(req, COLLECTION, req.query.encode(), embed)
         samples.append((time.perf_counter() - started) * 1000)
     return samples
 
@@ -88,7 +88,7 @@ async def run(sizes: list[int], lookups: int, redis_url: str) -> None:
         for req, vector in semantic[:50]:
             async def embed(texts: list[str], v: np.ndarray = vector) -> np.ndarray:
                 return v[None, :]
-            found += (await cache.lookup(req, req.query.encode(), embed)).hit is not None
+            found += (await cache.lookup(req, COLLECTION, req.query.encode(), embed)).hit is not None
         memory = int((await redis.info("memory"))["used_memory"]) / 2**20
         latencies = [np.percentile(await time_lookups(cache, reqs), [50, 99]) for reqs in (exact, semantic, miss)]
         rows.append((size, *latencies, found / 50, memory, fill_s))

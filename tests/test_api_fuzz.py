@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, status_c
 
 from fluxstream.core.settings import Settings
 from fluxstream.query.auth import new_key
-from fluxstream.query.service import create_app
+from fluxstream.query.http import create_app
 from fluxstream.stack import free_port
 from fluxstream.streams.topics import create_topics
 

@@ -45,6 +45,20 @@ def parse_index_name(name: str) -> tuple[str, int]:
     return match["collection"], int(match["generation"] or 1)
 
 
+@dataclass(frozen=True)
+class IndexTarget:
+    """The index one request reads: a collection at one generation, resolved once per request (see
+    ``GenerationRegistry.serving``) and carried as a value, never folded into a collection string."""
+
+    collection: str
+    generation: int = 1
+
+    @property
+    def index(self) -> str:
+        """The physical index name its Redis keys, pgvector rows and cache entries live under."""
+        return index_name(self.collection, self.generation)
+
+
 class RebuildConflict(RuntimeError):
     """A rebuild of this collection is already running (or failed and was not aborted)."""
 
@@ -121,11 +135,15 @@ class GenerationRegistry:
         names = [k.decode()[len(prefix):] async for k in self.redis.scan_iter(match=prefix + "*")]
         return list((await self.get_many(names)).values())
 
+    async def serving(self, collection: str) -> IndexTarget:
+        """The index queries of ``collection`` read now."""
+        value = await self.redis.hget(self.key(collection), "serving")
+        return IndexTarget(collection, int(value) if value else 1)
+
     async def serving_index(self, collection: str) -> tuple[str, int]:
         """(index name, generation) queries of ``collection`` read now."""
-        value = await self.redis.hget(self.key(collection), "serving")
-        generation = int(value) if value else 1
-        return index_name(collection, generation), generation
+        target = await self.serving(collection)
+        return target.index, target.generation
 
     async def write_targets(self, collections: Iterable[str]) -> dict[str, list[str]]:
         """Index names each collection's live changes go to."""

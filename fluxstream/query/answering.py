@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import orjson
 
 from fluxstream.indexer.chat import ChatError, ChatModel
+from fluxstream.indexer.generations import IndexTarget
 from fluxstream.query.cached_search import CachedSearcher
 from fluxstream.query.fusion import rrf
 from fluxstream.query.prompting import Prompt, build_prompt
@@ -36,7 +38,8 @@ class Retrieved:
     hits: list[SearchHit]
     transformed: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    degraded: list[str] = field(default_factory=list)  # retrievers a search could not ask (see query.search)
+    # Retrievers a search could not ask (see query.search).
+    degraded: list[Literal["vectors"]] = field(default_factory=list)
 
 
 class Answerer:
@@ -49,40 +52,41 @@ class Answerer:
         return SearchRequest(query=query, collection=req.collection, k=req.k, mode=req.mode, fusion=req.fusion,
                              filters=req.filters, cache=cache)
 
-    async def retrieve(self, req: AnswerRequest) -> Retrieved:
+    async def retrieve(self, req: AnswerRequest, target: IndexTarget) -> Retrieved:
         started = time.perf_counter()
         if req.transform != "none" and self.chat is None:
             raise TransformUnavailable(f"transform {req.transform!r} needs a chat model (FLUXSTREAM_CHAT_MODEL)")
         if req.transform == "hyde":
-            found = await self._hyde(req)
+            found = await self._hyde(req, target)
         elif req.transform == "quote":
-            found = await self._quote(req)
+            found = await self._quote(req, target)
         else:
-            response = await self.search.search(self._search_request(req, req.query, cache=req.cache))
+            response = await self.search.search(self._search_request(req, req.query, cache=req.cache), target)
             found = Retrieved(response.hits, degraded=response.degraded)
         found.timings["retrieve"] = round((time.perf_counter() - started) * 1000, 3)
         return found
 
-    async def _hyde(self, req: AnswerRequest) -> Retrieved:
+    async def _hyde(self, req: AnswerRequest, target: IndexTarget) -> Retrieved:
         assert self.chat is not None
         passage = (await self.chat.complete([{"role": "system", "content": HYDE_PROMPT},
                                              {"role": "user", "content": req.query}], max_tokens=200)).text.strip()
         searcher = self.search.searcher
         if req.mode == "bm25":  # no vectors to steer: search the passage's words
-            response = await searcher.search(self._search_request(req, passage or req.query, cache=False))
+            response = await searcher.search(self._search_request(req, passage or req.query, cache=False), target)
         else:
             vector = (await searcher.embedder.embed([passage or req.query]))[0]
-            response = await searcher.search(self._search_request(req, req.query, cache=False), query_vector=vector)
+            response = await searcher.search(self._search_request(req, req.query, cache=False), target,
+                                             query_vector=vector)
         return Retrieved(response.hits, [passage], degraded=response.degraded)
 
-    async def _quote(self, req: AnswerRequest) -> Retrieved:
+    async def _quote(self, req: AnswerRequest, target: IndexTarget) -> Retrieved:
         assert self.chat is not None
         reply = await self.chat.complete([
             {"role": "system", "content": QUOTE_PROMPT.format(n=self.quote_questions)},
             {"role": "user", "content": req.query}], max_tokens=200)
         questions = [q.strip(" -*\t") for q in reply.text.splitlines() if q.strip(" -*\t")][: self.quote_questions]
         queries = [req.query, *questions]
-        responses = await self.search.searcher.search_many([self._search_request(req, q, cache=False)
+        responses = await self.search.searcher.search_many([(self._search_request(req, q, cache=False), target)
                                                             for q in queries])
         by_chunk: dict[str, SearchHit] = {}
         for response in responses:
@@ -92,8 +96,8 @@ class Answerer:
         hits = [by_chunk[chunk_id].model_copy(update={"score": score}) for chunk_id, score in fused[: req.k]]
         return Retrieved(hits, questions, degraded=sorted({d for r in responses for d in r.degraded}))
 
-    async def prepare(self, req: AnswerRequest) -> tuple[Retrieved, Prompt]:
-        found = await self.retrieve(req)
+    async def prepare(self, req: AnswerRequest, target: IndexTarget) -> tuple[Retrieved, Prompt]:
+        found = await self.retrieve(req, target)
         return found, build_prompt(req.query, found.hits, req.context_tokens or self.context_tokens)
 
     def response(self, req: AnswerRequest, request_id: str, found: Retrieved, prompt: Prompt,
@@ -106,9 +110,9 @@ class Answerer:
                               sources=sources, prompt=prompt.messages, context_tokens=prompt.context_tokens,
                               timings_ms=timings, degraded=found.degraded)
 
-    async def answer(self, req: AnswerRequest, request_id: str) -> AnswerResponse:
+    async def answer(self, req: AnswerRequest, target: IndexTarget, request_id: str) -> AnswerResponse:
         started = time.perf_counter()
-        found, prompt = await self.prepare(req)
+        found, prompt = await self.prepare(req, target)
         answer = model = None
         if self.chat is not None:
             generated = time.perf_counter()

@@ -19,7 +19,9 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
+from fluxstream.core import metrics
 from fluxstream.core.settings import Settings, SettingsError
+from fluxstream.schemas.api import ErrorResponse
 
 SCOPES = frozenset({"search", "admin"})
 
@@ -138,3 +140,34 @@ class RateLimiter:
         if client not in self._buckets and len(self._buckets) >= self.max_clients:
             self._buckets.pop(next(iter(self._buckets)))  # bounded memory: forget the oldest client
         self._buckets[client] = state
+
+
+class RateLimited(Exception):
+    def __init__(self, wait: float) -> None:
+        super().__init__(f"retry in {wait:.2f} s")
+        self.wait = wait
+
+
+class Gatekeeper:
+    """API-key scopes and per-client rate limits, shared by HTTP routes and topic requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.keys = ApiKeys.configured(settings)
+        self.limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+
+    def admit(self, key: str | None, scope: str, client: str, cost: int = 1) -> Principal:
+        principal = self.keys.authenticate(key, scope)
+        wait = self.limiter.check(principal.name if self.keys.enabled else client, cost)
+        if wait > 0:
+            metrics.RATE_LIMITED.inc()
+            raise RateLimited(wait)
+        return principal
+
+    def for_topic(self, key: str | None, cost: int) -> ErrorResponse | None:
+        try:
+            self.admit(key, "search", "topic", cost)
+        except AuthError as exc:
+            return ErrorResponse(error=exc.code, message=exc.message)
+        except RateLimited as exc:
+            return ErrorResponse(error="rate_limited", message=f"too many requests; retry in {exc.wait:.1f} s")
+        return None

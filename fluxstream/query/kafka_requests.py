@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -35,7 +34,8 @@ from fluxstream.core import metrics
 from fluxstream.core.kafka import ReplyTopics, new_consumer, new_producer
 from fluxstream.core.logging import get_logger
 from fluxstream.core.settings import Settings
-from fluxstream.schemas.api import ErrorResponse, SearchRequest, SearchResponse, TopicSearchReply, TopicSearchRequest
+from fluxstream.query.services import QueryServices
+from fluxstream.schemas.api import ErrorResponse, SearchRequest, TopicSearchReply, TopicSearchRequest
 from fluxstream.schemas.events import SourcePosition
 from fluxstream.streams.decoding import Rejected, dead_letter_record
 from fluxstream.streams.topics import topic_names
@@ -45,9 +45,6 @@ log = get_logger("fluxstream.search_requests")
 API_KEY_HEADER = "fluxstream-api-key"
 BACKOFF = (0.25, 2.0)  # first and longest pause between two attempts to send a record
 COMMIT_ATTEMPTS = 3
-
-SearchFn = Callable[[SearchRequest], Awaitable[SearchResponse | ErrorResponse]]
-AuthorizeFn = Callable[[str | None, int], ErrorResponse | None]  # (API key, request count) -> refusal
 
 
 def _error(code: str, message: str, details: list[dict[str, Any]] | None = None) -> ErrorResponse:
@@ -85,10 +82,11 @@ async def send_within(producer: AIOKafkaProducer, topic: str, key: bytes | None,
 
 
 class SearchRequestServer:
-    def __init__(self, settings: Settings, search: SearchFn, authorize: AuthorizeFn | None = None) -> None:
+    """Answers the request topic with the HTTP app's own ``QueryServices`` (same search path, same keys)."""
+
+    def __init__(self, settings: Settings, services: QueryServices) -> None:
         self.settings = settings
-        self.search = search
-        self.authorize = authorize
+        self.services = services
         self.reply_topics = ReplyTopics(settings, protected=topic_names(settings))
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -242,7 +240,7 @@ class SearchRequestServer:
             reason, detail = refused
             return Rejected(reason, f"request {request_id[:200]!r}: {detail}")
         key = next((v.decode(errors="replace") for k, v in record.headers or () if k == API_KEY_HEADER), None)
-        refusal = self.authorize(key, 1) if self.authorize is not None else None
+        refusal = self.services.gate.for_topic(key, 1)
         if refusal is not None:
             reply = TopicSearchReply(request_id=request_id, status="error", error=refusal)
         else:
@@ -266,7 +264,7 @@ class SearchRequestServer:
         search = SearchRequest.model_validate(request.model_dump(include=set(SearchRequest.model_fields)))
         try:
             async with self.gate:
-                result = await asyncio.wait_for(self.search(search), remaining)
+                result = await asyncio.wait_for(self.services.search(search), remaining)
         except TimeoutError:
             return TopicSearchReply(request_id=request_id, status="error", error=_error(
                 "deadline_exceeded", f"no answer within the deadline of {request.deadline_ms} ms"))

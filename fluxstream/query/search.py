@@ -28,6 +28,7 @@ from fluxstream.core.logging import get_logger
 from fluxstream.indexer.bm25 import BM25Params, score_postings
 from fluxstream.indexer.embedders.base import Embedder, model_input
 from fluxstream.indexer.enrichment import PREFIX as ENRICHMENT_PREFIX
+from fluxstream.indexer.generations import IndexTarget
 from fluxstream.indexer.postings import CollectionStats, PostingsStore, StoredChunk
 from fluxstream.indexer.tokenizer import Tokenizer
 from fluxstream.indexer.vector_store import VectorStore
@@ -169,14 +170,17 @@ class Searcher:
         self.auto = AutoStrategy()
         self.postgres = Availability(vectors)
 
-    async def search(self, req: SearchRequest, query_vector: np.ndarray | None = None) -> SearchResponse:
-        """Run one search; ``query_vector`` skips embedding the query (batch search embeds all at once)."""
-        return (await self.search_with_retrieval(req, query_vector))[0]
+    async def search(self, req: SearchRequest, target: IndexTarget,
+                     query_vector: np.ndarray | None = None) -> SearchResponse:
+        """Run one search of ``target``; ``query_vector`` skips embedding the query (batch search embeds
+        all at once)."""
+        return (await self.search_with_retrieval(req, target, query_vector))[0]
 
     async def search_with_retrieval(
-        self, req: SearchRequest, query_vector: np.ndarray | None = None, replay: Retrieval | None = None
+        self, req: SearchRequest, target: IndexTarget, query_vector: np.ndarray | None = None,
+        replay: Retrieval | None = None,
     ) -> tuple[SearchResponse, Retrieval]:
-        """A search and its retriever outputs; with ``replay``, the retrievers are not asked again.
+        """A search of ``target`` and its retriever outputs; with ``replay``, the retrievers are not asked again.
 
         Raises CollectionNotFound for an index never written (an emptied one answers no hits)."""
         timer = Timer()
@@ -184,18 +188,18 @@ class Searcher:
         retrieval = Retrieval(query_vector=query_vector)
         replayed: tuple[CollectionStats, dict[str, dict[str, int]]] | None = None
         if replay is not None and replay.postings is not None:  # a cache hit: existence and stats in one trip
-            stats = replay.stats or await self.postings.stats_if_exists(req.collection)
+            stats = replay.stats or await self.postings.stats_if_exists(target.index)
             replayed = (stats, replay.postings) if stats is not None else None
             found = replayed is not None
         else:
-            found = await self.postings.collection_exists(req.collection)
+            found = await self.postings.collection_exists(target.index)
         if not found:
-            raise CollectionNotFound(req.collection)
+            raise CollectionNotFound(target.collection)
         retrievers: dict[str, Awaitable[list[tuple[str, float]] | None]] = {}
         if req.mode in ("bm25", "hybrid"):
-            retrievers["bm25"] = self._bm25(req, pool, timer, retrieval, replayed)
+            retrievers["bm25"] = self._bm25(req, target.index, pool, timer, retrieval, replayed)
         if req.mode in ("vector", "hybrid"):
-            retrievers["vector"] = self._vector_if_up(req, pool, timer, retrieval, replay)
+            retrievers["vector"] = self._vector_if_up(req, target.index, pool, timer, retrieval, replay)
         rankings = {name: ranking for name, ranking in (await _all_of(retrievers)).items() if ranking is not None}
         degraded = ["vectors"] if req.mode == "hybrid" and "vector" not in rankings else []
         started = time.perf_counter()
@@ -208,21 +212,21 @@ class Searcher:
         # Full records (text, title, metadata) only for what is returned; a chunk deleted since the
         # retrievers ran is skipped, and the few spare candidates fill its place.
         top = fused[: req.k + SPARE_HITS]
-        records = await self._records(req, [chunk_id for chunk_id, _ in top], replay)
+        records = await self._records(req, target.index, [chunk_id for chunk_id, _ in top], replay)
         hits = [self._hit(chunk_id, score, rankings, record)
                 for chunk_id, score in top if (record := records.get(chunk_id)) is not None][: req.k]
         timer.mark("fetch", started)
-        response = self._response(req, hits, timer)
+        response = self._response(req, target, hits, timer)
         return response.model_copy(update={"strategy": strategy, "degraded": degraded}), retrieval
 
-    async def _records(self, req: SearchRequest, chunk_ids: list[str],
+    async def _records(self, req: SearchRequest, index: str, chunk_ids: list[str],
                        replay: Retrieval | None) -> dict[str, StoredChunk | None]:
         """Records of the ranked chunks; a cache hit brings those it answered with before, and when they
         are still the first k (the usual case) nothing is fetched."""
         known = dict(replay.records) if replay is not None and replay.records else {}
         if any(known.get(c) is None for c in chunk_ids[: req.k]):
             missing = [c for c in chunk_ids if c not in known]
-            known.update(zip(missing, await self.postings.fetch_chunks(req.collection, missing), strict=True))
+            known.update(zip(missing, await self.postings.fetch_chunks(index, missing), strict=True))
         return known
 
     def _fuse(self, req: SearchRequest, rankings: dict[str, list[tuple[str, float]]]
@@ -266,7 +270,7 @@ class Searcher:
         """Candidates asked of each retriever before filters and fusion."""
         return max(self.defaults.candidate_pool, req.k)
 
-    async def _bm25(self, req: SearchRequest, pool: int, timer: Timer, retrieval: Retrieval,
+    async def _bm25(self, req: SearchRequest, index: str, pool: int, timer: Timer, retrieval: Retrieval,
                     replayed: tuple[CollectionStats, dict[str, dict[str, int]]] | None
                     ) -> list[tuple[str, float]]:
         """The BM25 ranking; ``replayed``: a cache hit's (current statistics, stored posting lists)."""
@@ -279,7 +283,7 @@ class Searcher:
             stats, postings = replayed
         else:
             stats, postings, retrieval.term_versions = await self.postings.postings(
-                req.collection, list(dict.fromkeys(terms)))
+                index, list(dict.fromkeys(terms)))
         retrieval.postings = postings
         scores = score_postings(terms, stats, postings, self.bm25)
         if not req.filters:
@@ -291,7 +295,7 @@ class Searcher:
         kept: list[tuple[str, float]] = []
         for offset in range(0, len(ranked), pool):
             page = ranked[offset : offset + pool]
-            facts = await self.postings.chunk_facts(req.collection, [c for c, _ in page])
+            facts = await self.postings.chunk_facts(index, [c for c, _ in page])
             kept += [(chunk_id, score) for (chunk_id, score), fact in zip(page, facts, strict=True)
                      if fact is not None and matches(fact.metadata, req.filters)]
             if len(kept) >= pool:
@@ -299,11 +303,11 @@ class Searcher:
         timer.mark("bm25_filter", started)
         return kept[:pool]
 
-    async def _vector_if_up(self, req: SearchRequest, pool: int, timer: Timer, retrieval: Retrieval,
+    async def _vector_if_up(self, req: SearchRequest, index: str, pool: int, timer: Timer, retrieval: Retrieval,
                             replay: Retrieval | None) -> list[tuple[str, float]] | None:
         """The vector ranking; None (hybrid: answer without it) or ``StoreUnavailable`` (vector mode)
         while PostgreSQL is unreachable. A cache hit replays stored vector hits: it needs no PostgreSQL."""
-        vector = self._vector(req, pool, timer, retrieval, replay)
+        vector = self._vector(req, index, pool, timer, retrieval, replay)
         if replay is not None and replay.vector_hits is not None:
             return await vector
         try:
@@ -313,7 +317,7 @@ class Searcher:
                 return None
             raise
 
-    async def _vector(self, req: SearchRequest, pool: int, timer: Timer, retrieval: Retrieval,
+    async def _vector(self, req: SearchRequest, index: str, pool: int, timer: Timer, retrieval: Retrieval,
                       replay: Retrieval | None) -> list[tuple[str, float]]:
         started = time.perf_counter()
         if replay is not None and replay.vector_hits is not None:
@@ -322,33 +326,34 @@ class Searcher:
             if retrieval.query_vector is None:
                 retrieval.query_vector = (await self.embedder.embed([req.query]))[0]
                 started = timer.mark("embed_query", started)
-            retrieval.vector_log_position = await self.vector_log.head(req.collection)
+            retrieval.vector_log_position = await self.vector_log.head(index)
             # Enrichment fields live in Redis only: they filter the candidates below, not the SQL.
             sql_filters = {k: v for k, v in req.filters.items() if not k.startswith(ENRICHMENT_PREFIX)}
-            hits = await self.vectors.search(req.collection, retrieval.query_vector, limit=pool,
+            hits = await self.vectors.search(index, retrieval.query_vector, limit=pool,
                                              filters=sql_filters or None,
                                              ef_search=req.ef_search or self.defaults.ef_search)
             started = timer.mark("vector", started)
         retrieval.vector_hits = hits
         # A vector whose chunk is gone or whose text changed since it was embedded is stale: dropped.
-        facts = await self.postings.chunk_facts(req.collection, [h.chunk_id for h in hits])
+        facts = await self.postings.chunk_facts(index, [h.chunk_id for h in hits])
         timer.mark("vector_check", started)
         return [
             (h.chunk_id, h.score) for h, fact in zip(hits, facts, strict=True)
             if fact is not None and fact.content_hash == h.content_hash and matches(fact.metadata, req.filters)
         ]
 
-    async def search_many(self, requests: list[SearchRequest], concurrency: int = 8) -> list[SearchResponse]:
+    async def search_many(self, searches: Sequence[tuple[SearchRequest, IndexTarget]],
+                          concurrency: int = 8) -> list[SearchResponse]:
         """Many searches at once: one embedding call for every distinct query that needs a vector."""
-        texts = list(dict.fromkeys(r.query for r in requests if r.mode != "bm25"))
+        texts = list(dict.fromkeys(r.query for r, _ in searches if r.mode != "bm25"))
         vectors = dict(zip(texts, await self.embedder.embed(texts), strict=True)) if texts else {}
         gate = asyncio.Semaphore(concurrency)
 
-        async def one(req: SearchRequest) -> SearchResponse:
+        async def one(req: SearchRequest, target: IndexTarget) -> SearchResponse:
             async with gate:
-                return await self.search(req, vectors.get(req.query))
+                return await self.search(req, target, vectors.get(req.query))
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        return list(await asyncio.gather(*(one(r, t) for r, t in searches)))
 
     def _hit(self, chunk_id: str, score: float, rankings: dict[str, list[tuple[str, float]]],
              record: StoredChunk) -> SearchHit:
@@ -359,10 +364,12 @@ class Searcher:
             bm25=per_retriever.get("bm25"), vector=per_retriever.get("vector"),
         )
 
-    def _response(self, req: SearchRequest, hits: list[SearchHit], timer: Timer) -> SearchResponse:
+    def _response(self, req: SearchRequest, target: IndexTarget, hits: list[SearchHit],
+                  timer: Timer) -> SearchResponse:
         return SearchResponse(
-            query=req.query, collection=req.collection, mode=req.mode,
+            query=req.query, collection=target.collection, mode=req.mode,
             fusion=req.fusion if req.mode == "hybrid" else None, hits=hits, timings_ms=timer.total(),
+            generation=target.generation,
         )
 
 

@@ -30,28 +30,34 @@ class FusionWeights(BaseModel):
     vector: Annotated[float, Field(ge=0)] = 0.5
 
 
-class SearchRequest(BaseModel):
-    """``POST /v1/search`` body."""
+class RetrievalRequest(BaseModel):
+    """What every retrieving request (a search, an answer) says: what to find, where, how, and after
+    which write. Not a wire type of its own: ``SearchRequest`` and ``AnswerRequest`` add their fields."""
 
     model_config = ConfigDict(extra="forbid")
     query: QueryText
     collection: CollectionName = "default"
-    k: Annotated[int, Field(ge=1, le=100)] = 10
     mode: Literal["bm25", "vector", "hybrid"] = "hybrid"
     fusion: Literal["rrf", "weighted", "product", "max", "harmonic", "auto"] = "weighted"
     """How hybrid mode fuses: normalised scores (weighted sum, the measured best on Vaswani; weighted
     product, maximum, harmonic mean), reciprocal ranks (rrf), or ``auto`` (weighted, weights chosen from
     the query's shape)."""
-    rrf_k: Annotated[int, Field(ge=1, le=10_000)] | None = None
-    weights: FusionWeights | None = None
-    ef_search: Annotated[int, Field(ge=1, le=1000)] | None = None
-    """HNSW candidate list for this query (higher: better recall, slower); default from the preset."""
     filters: Filters = Field(default_factory=dict)
     cache: bool = True
     """Use the semantic cache (when the service has it enabled); false forces a fresh search."""
     min_position: SourcePosition | None = None
     """Read-your-writes token (from producing a change): wait until the index has applied it."""
     wait_timeout_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
+
+
+class SearchRequest(RetrievalRequest):
+    """``POST /v1/search`` body."""
+
+    k: Annotated[int, Field(ge=1, le=100)] = 10
+    rrf_k: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    weights: FusionWeights | None = None
+    ef_search: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """HNSW candidate list for this query (higher: better recall, slower); default from the preset."""
 
 
 class RetrieverScore(BaseModel):
@@ -153,25 +159,16 @@ class TopicSearchReply(BaseModel):
     error: ErrorResponse | None = None
 
 
-class AnswerRequest(BaseModel):
+class AnswerRequest(RetrievalRequest):
     """``POST /v1/answer``: retrieve, build a cited prompt, and (with a chat model) answer."""
 
-    model_config = ConfigDict(extra="forbid")
-    query: QueryText
-    collection: CollectionName = "default"
     k: Annotated[int, Field(ge=1, le=50)] = 5
-    mode: Literal["bm25", "vector", "hybrid"] = "hybrid"
-    fusion: Literal["rrf", "weighted", "product", "max", "harmonic", "auto"] = "weighted"
-    filters: Filters = Field(default_factory=dict)
-    cache: bool = True
     transform: Literal["none", "hyde", "quote"] = "none"
     """hyde: search with the embedding of a generated hypothetical answer; quote: search the query and
     generated related questions, fuse with RRF. Both need a chat model."""
     stream: bool = False
     """Server-sent events: ``sources``, then ``delta`` events with answer text, then ``done``."""
     context_tokens: Annotated[int, Field(ge=100, le=100_000)] | None = None
-    min_position: SourcePosition | None = None
-    wait_timeout_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
 
 
 class AnswerSource(BaseModel):

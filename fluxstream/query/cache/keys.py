@@ -18,25 +18,29 @@ from fluxstream.schemas.api import SearchRequest
 _PARAM_FIELDS = {"collection", "k", "mode", "fusion", "rrf_k", "weights", "filters", "ef_search"}
 
 
-def params_digest(req: SearchRequest) -> str:
-    """Everything but the query text that shapes a result: k, mode, fusion, weights, filters.
+def params_digest(req: SearchRequest, index: str | None = None) -> str:
+    """Everything but the query text that shapes a result: the index (by default generation 1 of
+    ``req.collection``, whose index name is the collection's), k, mode, fusion, weights, filters.
 
     Encoded so that values a retriever tells apart never share a digest: the standard library's JSON
     keeps NaN and infinities apart from null (orjson writes all three as null, which let a NaN
     filter's answer serve a null filter) and writes integers of any size.
     """
-    params = json.dumps(req.model_dump(include=_PARAM_FIELDS), sort_keys=True, allow_nan=True)
+    fields = req.model_dump(include=_PARAM_FIELDS)
+    if index is not None:
+        fields["collection"] = index
+    params = json.dumps(fields, sort_keys=True, allow_nan=True)
     return hashlib.blake2b(params.encode(), digest_size=12).hexdigest()
 
 
-def exact_key(req: SearchRequest, identity: bytes) -> str:
-    """The key of answers equal to ``req``'s: its parameters and ``identity``, what the mode's
+def exact_key(req: SearchRequest, index: str, identity: bytes) -> str:
+    """The key of answers equal to ``req``'s on ``index``: its parameters and ``identity``, what the mode's
     retrievers read of the query text (``Searcher.query_identity``). Only texts every retriever
     treats identically share it; the cache normalises nothing itself (docs/cache.md)."""
-    digest = hashlib.blake2b(b"v2\0" + params_digest(req).encode() + b"\0" + identity, digest_size=16)
-    return keyspace.cache_exact(req.collection, digest.hexdigest())
+    digest = hashlib.blake2b(b"v2\0" + params_digest(req, index).encode() + b"\0" + identity, digest_size=16)
+    return keyspace.cache_exact(index, digest.hexdigest())
 
 
-def bucket_keys(lsh: LSH, req: SearchRequest, vector: np.ndarray) -> list[str]:
-    """The LSH buckets of a query ``vector`` among entries with ``req``'s parameters."""
-    return keyspace.cache_buckets(req.collection, params_digest(req), lsh.signatures(vector))
+def bucket_keys(lsh: LSH, req: SearchRequest, index: str, vector: np.ndarray) -> list[str]:
+    """The LSH buckets of a query ``vector`` among entries of ``index`` with ``req``'s parameters."""
+    return keyspace.cache_buckets(index, params_digest(req, index), lsh.signatures(vector))

@@ -86,17 +86,18 @@ class SemanticCache:
         self._delete_if_equal = lua.register(redis, "delete_if_equal")
 
     # ---- lookup ----
-    async def lookup(self, req: SearchRequest, identity: bytes, embed: Any) -> Lookup:
-        """Exact match first (``identity``: see ``exact_key``); for vector and hybrid searches, then the
-        nearest cached query above the threshold, whose own answer is served (a semantic hit)."""
-        hit = await self._load_exact(req, identity)
+    async def lookup(self, req: SearchRequest, index: str, identity: bytes, embed: Any) -> Lookup:
+        """Answers cached for ``req`` on the index named ``index``: exact match first (``identity``: see
+        ``exact_key``); for vector and hybrid searches, then the nearest cached query above the threshold,
+        whose own answer is served (a semantic hit)."""
+        hit = await self._load_exact(req, index, identity)
         if hit is not None:
             return Lookup(hit, hit.retrieval.query_vector)
         if req.mode == "bm25":
             return Lookup(None, None)
         vector = (await embed([req.query]))[0]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key in bucket_keys(self.lsh, req, vector):
+            for key in bucket_keys(self.lsh, req, index, vector):
                 pipe.smembers(key)
             buckets = await pipe.execute()
         candidates = sorted({m.decode() for members in buckets for m in members})
@@ -104,7 +105,7 @@ class SemanticCache:
             return Lookup(None, vector)
         async with self.redis.pipeline(transaction=False) as pipe:
             for candidate in candidates:
-                pipe.hget(keyspace.cache_entry(req.collection, candidate), "embedding")
+                pipe.hget(keyspace.cache_entry(index, candidate), "embedding")
             embeddings = await pipe.execute()
         best, best_id = -1.0, None
         for candidate, raw in zip(candidates, embeddings, strict=True):
@@ -114,15 +115,14 @@ class SemanticCache:
                 if similarity > best:
                     best, best_id = similarity, candidate
         if best_id is not None and best >= self.config.threshold:
-            hit = await self._load(req.collection, best_id, "semantic", best)
+            hit = await self._load(index, best_id, "semantic", best)
             if hit is not None:
                 return Lookup(hit, vector)
         return Lookup(None, vector)
 
-    async def _load_exact(self, req: SearchRequest, identity: bytes) -> CacheHit | None:
-        coll = req.collection
+    async def _load_exact(self, req: SearchRequest, coll: str, identity: bytes) -> CacheHit | None:
         found = await self._exact_lookup(
-            keys=[exact_key(req, identity), keyspace.cache_lru(coll)],
+            keys=[exact_key(req, coll, identity), keyspace.cache_lru(coll)],
             args=[keyspace.cache_entry(coll, ""), keyspace.term_versions(coll), time.time(),
                   keyspace.meta(coll), keyspace.chunk(coll, ""), len(_META_FIELDS), *_META_FIELDS, *CHUNK_FIELDS])
         if not found:
@@ -159,10 +159,10 @@ class SemanticCache:
         return CacheHit(kind, entry_id, text(query), similarity, retrieval)
 
     # ---- store ----
-    async def store(self, req: SearchRequest, identity: bytes, retrieval: Retrieval, response: SearchResponse,
-                    pool: int) -> bool:
-        """Store a retrieval under ``req``'s exact key (see ``exact_key``), tagged with the index positions
-        it was read at (term versions, vector log).
+    async def store(self, req: SearchRequest, index: str, identity: bytes, retrieval: Retrieval,
+                    response: SearchResponse, pool: int) -> bool:
+        """Store a retrieval of the index named ``index`` under ``req``'s exact key (see ``exact_key``),
+        tagged with the index positions it was read at (term versions, vector log).
 
         An entry computed from a state that a change has already moved past is stored too, but
         ``still_valid`` refuses it on first use, so it can never be served.
@@ -170,9 +170,9 @@ class SemanticCache:
         size = sum(len(p) for p in (retrieval.postings or {}).values()) + len(retrieval.vector_hits or [])
         if size > self.config.max_postings:
             return False
-        coll, ttl = req.collection, self.config.ttl_seconds
+        coll, ttl = index, self.config.ttl_seconds
         entry_id = uuid.uuid4().hex
-        entry_key, exact = keyspace.cache_entry(coll, entry_id), exact_key(req, identity)
+        entry_key, exact = keyspace.cache_entry(coll, entry_id), exact_key(req, coll, identity)
         plan = Plan()
         retrieval.answer_docs = answer_docs(req, retrieval, response)
         vector = retrieval.query_vector if retrieval.vector_hits is not None else None
@@ -187,7 +187,7 @@ class SemanticCache:
         index_keys = [keyspace.cache_term(coll, t) for t in (retrieval.postings or {})]
         index_keys += [keyspace.cache_doc(coll, d) for d in retrieval.answer_docs]
         if vector is not None:
-            index_keys += bucket_keys(self.lsh, req, vector)
+            index_keys += bucket_keys(self.lsh, req, coll, vector)
         for key in index_keys:
             plan.op("SADD", key, entry_id)
             plan.op("EXPIRE", key, ttl)
