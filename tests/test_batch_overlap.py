@@ -1,4 +1,4 @@
-"""Overlapping batches (streams.app): a batch is recorded only after every earlier one is applied."""
+"""Overlapping batches (streams.batching): a batch is recorded only after every earlier one is applied."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 from faust.exceptions import ProducerSendError
 
-from fluxstream.streams.app import (
+from fluxstream.core.retry import is_transient as is_outage
+from fluxstream.streams.batching import (
     NON_OUTAGE_ATTEMPTS,
     BatchHealth,
     Retries,
     applied_in_order,
     handle_batches,
     handle_then_ack,
-    is_outage,
     until_handled,
 )
 

@@ -19,7 +19,7 @@ from fluxstream.schemas.events import DocumentChange, SourcePosition
 from fluxstream.streams import debezium
 from fluxstream.streams.cdc_engine import ConnectRecord
 from fluxstream.streams.cdc_mapping import CdcMapping
-from fluxstream.streams.pipeline import cdc_change
+from fluxstream.streams.handlers.cdc import cdc_change
 from fluxstream.wiring import build_tokenizer
 from tests.debezium_records import TOASTED, VARIANTS, mapping, recorded
 

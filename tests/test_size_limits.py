@@ -25,6 +25,8 @@ from fluxstream.indexer.positions import Positions
 from fluxstream.schemas.events import DeadLetter, SourcePosition
 from fluxstream.stack import AppProcesses, free_port
 from fluxstream.streams.decoding import RECORD_OVERHEAD, Rejected, dead_letter_record
+from fluxstream.streams.handlers.bm25 import RecordHandled
+from fluxstream.streams.handlers.changes import ChangesHandler
 from fluxstream.streams.pipeline import PRODUCER_MAX_REQUEST_BYTES, Pipeline, Resources
 from fluxstream.streams.topics import create_topics
 from tests.conftest import TopicReader, change, eventually
@@ -220,8 +222,8 @@ async def test_a_record_given_up_by_its_agent_leaves_no_pending_mark(stack: Sett
         pipeline = Pipeline(settings, resources, publish)
         record = Consumed(settings.documents_topic, 0, 7, b"doc",
                           orjson.dumps(change("doc", collection, "a heron", version=1)))
-        await pipeline.handle_changes([record])
-        await pipeline.record_handled([record])
+        await ChangesHandler(pipeline)([record])
+        await RecordHandled(pipeline)([record])
         token = SourcePosition(topic=record.topic, partition=0, offset=7)
         assert not await pipeline.positions.reached(collection, token, vectors=True)  # its job is pending
         async with TopicReader(settings, settings.dead_letters_topic) as letters:

@@ -17,19 +17,13 @@ def register_serve(sub: Subparsers) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import faust
-
-    from fluxstream.core.logging import logging_config
-    from fluxstream.streams.app import build_app
+    from fluxstream.streams.app import build_app, run_worker
 
     sys.argv = [sys.argv[0], "worker"]  # faust.Worker parses argv itself
     settings = load_settings(args)
     require(settings, "kafka_url", "redis_url", "database_url")
     use_uvloop()
-    app = build_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(),
-                          logging_config=logging_config(settings.log_format, settings.log_level))
-    worker.execute_from_commandline()
+    run_worker(build_app(settings), settings)
     return 0
 
 

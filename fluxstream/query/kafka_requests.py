@@ -23,62 +23,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 from pydantic import ValidationError
 
 from fluxstream.core import metrics
 from fluxstream.core.kafka import ReplyTopics, new_consumer, new_producer
 from fluxstream.core.logging import get_logger
+from fluxstream.core.retry import RetryPolicy, retrying
 from fluxstream.core.settings import Settings
 from fluxstream.query.services import QueryServices
 from fluxstream.schemas.api import ErrorResponse, SearchRequest, TopicSearchReply, TopicSearchRequest
 from fluxstream.schemas.events import SourcePosition
-from fluxstream.streams.decoding import Rejected, dead_letter_record
+from fluxstream.streams.decoding import DeadLetters, Rejected
 from fluxstream.streams.topics import topic_names
 
 log = get_logger("fluxstream.search_requests")
 
 API_KEY_HEADER = "fluxstream-api-key"
-BACKOFF = (0.25, 2.0)  # first and longest pause between two attempts to send a record
-COMMIT_ATTEMPTS = 3
+SEND_RETRIES = RetryPolicy(None, 0.25, 2.0)
+"""A record (reply or dead letter) the broker did not take: tried again within its budget."""
+COMMIT_RETRIES = RetryPolicy(2, 0.25, 2.0)
 
 
 def _error(code: str, message: str, details: list[dict[str, Any]] | None = None) -> ErrorResponse:
     return ErrorResponse(error=code, message=message, details=details)
 
 
-def transient(error: BaseException) -> bool:
-    """Whether sending again may succeed (a timeout, a broker that is moving or unreachable)."""
-    return isinstance(error, TimeoutError | KafkaTimeoutError) or getattr(error, "retriable", False)
-
-
 async def send_within(producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes | None,
                       budget: float, headers: list[tuple[str, bytes]] | None = None) -> Exception | None:
-    """Send one record, retrying transient failures with backoff for at most ``budget`` seconds.
+    """Send one record, retrying transient failures (``SEND_RETRIES``) for at most ``budget`` seconds.
 
     None once the broker acknowledged it; otherwise the last error (a permanent one at once). Each
     attempt is bounded too: a producer waits out its whole metadata timeout (40 s) for a topic it
     cannot find. A reply whose attempt timed out may still arrive later: replies are at least once.
     """
     deadline = time.monotonic() + budget
-    pause = BACKOFF[0]
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            async with asyncio.timeout(max(min(remaining, budget / 2), 0.1)):
-                await (await producer.send(topic, key=key, value=value, headers=headers))
-            return None
-        except Exception as exc:  # whatever a send raises, the caller decides from it
-            if not transient(exc) or time.monotonic() + pause >= deadline:
-                return exc
-            error = exc
-        log.warning("send_retry", topic=topic, error=repr(error), pause_s=pause)
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, BACKOFF[1])
+
+    async def attempt() -> None:
+        async with asyncio.timeout(max(min(deadline - time.monotonic(), budget / 2), 0.1)):
+            await (await producer.send(topic, key=key, value=value, headers=headers))
+
+    try:
+        await retrying(attempt, SEND_RETRIES, deadline=deadline, on_retry=lambda exc, pause: log.warning(
+            "send_retry", topic=topic, error=repr(exc), pause_s=round(pause, 2)))
+    except Exception as exc:  # whatever a send raises, the caller decides from it
+        return exc
+    return None
 
 
 class SearchRequestServer:
@@ -97,6 +92,7 @@ class SearchRequestServer:
         self._settled = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._batches: set[asyncio.Task[None]] = set()
+        self.dead_letters: DeadLetters  # once connected
 
     async def start(self) -> None:
         """Returns at once: the clients connect (and reconnect until they do) in the background."""
@@ -110,38 +106,60 @@ class SearchRequestServer:
         await self._close_clients()
 
     async def _connect_and_run(self) -> None:
-        delay, last_error = 0.5, ""
-        while True:
-            s = self.settings
-            try:
-                self.producer = new_producer(s, linger_ms=0)
-                await self.producer.start()
-                # Subscribed before the topic exists, the consumer would not see it until its next metadata
-                # refresh (minutes): join only once it is there (compose and the topics Job create it late).
-                if s.search_requests_topic not in (await self.producer.client.fetch_all_metadata()).topics():
-                    raise UnknownTopicOrPartitionError(f"{s.search_requests_topic} does not exist yet")
-                self.consumer = new_consumer(
-                    s, s.search_requests_topic, group_id=f"{s.app_id}-query",
-                    enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=s.fetch_max_wait_ms,
-                    session_timeout_ms=int(s.session_timeout * 1000),
-                    heartbeat_interval_ms=int(max(s.session_timeout / 10, 0.5) * 1000),
-                )
-                await self.consumer.start()
-                break
-            except (KafkaError, OSError) as exc:  # not reachable (yet): HTTP search goes on without topic search
-                # Said once per distinct reason (then at debug level); /readyz shows topic_search meanwhile.
-                (log.debug if str(exc) == last_error else log.warning)(
-                    "search_requests_kafka_unreachable", error=str(exc), retry_in_s=delay)
-                last_error = str(exc)
-                await self._close_clients()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, s.retry_max_backoff)
+        last_error = ""
+
+        def unreachable(exc: BaseException, pause: float) -> None:
+            """Not reachable (yet): HTTP search goes on without topic search. Said once per distinct
+            reason (then at debug level); /readyz shows topic_search meanwhile."""
+            nonlocal last_error
+            (log.debug if str(exc) == last_error else log.warning)(
+                "search_requests_kafka_unreachable", error=str(exc), retry_in_s=round(pause, 2))
+            last_error = str(exc)
+
+        try:
+            await retrying(self._connect, RetryPolicy(None, 0.5, self.settings.retry_max_backoff),
+                           on_retry=unreachable)
+        except Exception as exc:  # permanent (refused credentials, a bad setting): said, not retried for ever
+            self.status = f"failed: {type(exc).__name__}"
+            log.error("search_requests_kafka_failed", error=f"{type(exc).__name__}: {exc}")
+            return
         # Joined with positions resolved (bounded: a replica beyond the topic's partitions gets none) ...
         with contextlib.suppress(TimeoutError, KafkaError):
             await asyncio.wait_for(self._joined(self.consumer), self.settings.session_timeout)
         self.status = "connected"  # ... so a request produced from now on is answered
         log.info("search_requests_connected", topic=self.settings.search_requests_topic)
         await self._run()
+
+    async def _connect(self) -> None:
+        s = self.settings
+        try:
+            self.producer = new_producer(s, linger_ms=0)
+            await self.producer.start()
+            # Subscribed before the topic exists, the consumer would not see it until its next metadata
+            # refresh (minutes): join only once it is there (compose and the topics Job create it late).
+            if s.search_requests_topic not in (await self.producer.client.fetch_all_metadata()).topics():
+                raise UnknownTopicOrPartitionError(f"{s.search_requests_topic} does not exist yet")
+            self.consumer = new_consumer(
+                s, s.search_requests_topic, group_id=f"{s.app_id}-query",
+                enable_auto_commit=False, auto_offset_reset="latest", fetch_max_wait_ms=s.fetch_max_wait_ms,
+                session_timeout_ms=int(s.session_timeout * 1000),
+                heartbeat_interval_ms=int(max(s.session_timeout / 10, 0.5) * 1000),
+            )
+            await self.consumer.start()
+        except BaseException:
+            await self._close_clients()
+            raise
+        self.dead_letters = DeadLetters(self._send_dead_letter, s.dead_letters_topic, s.dead_letter_max_bytes,
+                                        retry=SEND_RETRIES)
+
+    async def _send_dead_letter(self, topic: str, key: bytes | None, value: bytes | None,
+                                headers: list[tuple[str, bytes]]) -> Awaitable[object]:
+        """One dead letter sent within the reply budget (``DeadLetters`` retries and cuts it)."""
+        assert self.producer is not None
+        error = await send_within(self.producer, topic, key, value, self.settings.reply_timeout, headers)
+        if error is not None:
+            raise error
+        return asyncio.sleep(0)  # already acknowledged
 
     @staticmethod
     async def _joined(consumer: AIOKafkaConsumer) -> None:
@@ -195,17 +213,13 @@ class SearchRequestServer:
         """Commit settled records. A commit that keeps failing (a rebalance took the partition, the
         coordinator is away) is left to the next batch's: its records are answered, and any that come
         back after a restart are answered again (the client keeps the first reply per request_id)."""
-        pause = BACKOFF[0]
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            try:
-                assert self.consumer is not None
-                await self.consumer.commit(offsets)
-                return
-            except Exception as exc:  # logged; the next commit covers these offsets
-                log.warning("search_request_commit_failed", attempt=attempt, error=repr(exc))
-                if attempt < COMMIT_ATTEMPTS:
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, BACKOFF[1])
+        assert self.consumer is not None
+        consumer = self.consumer
+        try:
+            await retrying(lambda: consumer.commit(offsets), COMMIT_RETRIES, on_retry=lambda exc, _: log.warning(
+                "search_request_commit_failed", error=repr(exc), retrying=True))
+        except Exception as exc:  # logged; the next commit covers these offsets
+            log.warning("search_request_commit_failed", error=repr(exc), retrying=False)
 
     async def _settle(self, record: ConsumerRecord) -> None:
         """Answer ``record`` or dead-letter it; never raises, so one record never fails its batch."""
@@ -277,28 +291,8 @@ class SearchRequestServer:
         return TopicSearchReply(request_id=request_id, status="ok", response=result)
 
     async def _dead_letter(self, record: ConsumerRecord, rejected: Rejected) -> None:
-        """Publish the record's dead letter (cut to FLUXSTREAM_DEAD_LETTER_MAX_BYTES, see
-        ``dead_letter_record``), retried until the broker takes it: its offset is not committed
-        meanwhile. One the broker refuses for good (a lower broker limit) goes again with the payload
-        cut away, its size and SHA-256 kept; only if even that is refused is it given up, logged."""
+        """Publish the record's dead letter (``DeadLetters``: cut to FLUXSTREAM_DEAD_LETTER_MAX_BYTES, retried
+        until the broker takes it, its payload cut away if the broker refuses it for good): its offset is not
+        committed meanwhile."""
         source = SourcePosition(topic=record.topic, partition=record.partition, offset=record.offset)
-        limit = self.settings.dead_letter_max_bytes
-        assert self.producer is not None
-        while True:
-            key, value, headers = dead_letter_record(rejected, source, record.key, record.value, limit)
-            error = await send_within(self.producer, self.settings.dead_letters_topic, key, value,
-                                      self.settings.reply_timeout, headers)
-            if error is None:
-                metrics.DEAD_LETTERS.labels(rejected.reason).inc()
-                log.warning("search_request_dead_lettered", reason=rejected.reason, detail=rejected.detail[:300],
-                            partition=record.partition, offset=record.offset)
-                return
-            if transient(error):
-                log.warning("dead_letter_retry", reason=rejected.reason, error=repr(error))
-            elif limit > 0:
-                log.warning("dead_letter_refused", reason=rejected.reason, error=repr(error), size=len(value or b""))
-                limit = 0
-            else:
-                log.error("dead_letter_lost", reason=rejected.reason, detail=rejected.detail[:300], error=repr(error),
-                          partition=record.partition, offset=record.offset)
-                return
+        await (await self.dead_letters.reject(rejected, source, record.key, record.value))

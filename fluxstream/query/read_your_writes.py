@@ -16,6 +16,7 @@ from typing import Any
 from fluxstream.core import metrics
 from fluxstream.core.kafka import cluster_id
 from fluxstream.core.logging import get_logger
+from fluxstream.core.retry import RetryPolicy, retrying
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.generations import IndexTarget
 from fluxstream.indexer.positions import Positions
@@ -67,15 +68,14 @@ async def position_problem(positions: Positions, settings: Settings, req: Retrie
 
 async def learn_cluster(settings: Settings, positions: Positions) -> None:
     """Tie read-your-writes checks to the Kafka cluster this service's clients reach (indexer.positions):
-    until it answers, applied offsets are taken as recorded."""
-    delay = 0.5
-    while True:
-        try:
-            positions.cluster = await cluster_id(settings) or None
-        except Exception as exc:  # not reachable yet; HTTP search goes on meanwhile
-            log.debug("kafka_cluster_unknown", error=repr(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.retry_max_backoff)
-            continue
-        log.info("kafka_cluster", cluster=positions.cluster)
+    until it answers (Kafka not reachable yet, retried: HTTP search goes on meanwhile), applied offsets
+    are taken as recorded; a permanent failure is logged and leaves them so."""
+    try:
+        cluster = await retrying(lambda: cluster_id(settings), RetryPolicy(None, 0.5, settings.retry_max_backoff),
+                                 on_retry=lambda exc, pause: log.debug("kafka_cluster_unknown", error=repr(exc),
+                                                                       retry_in_s=round(pause, 2)))
+    except Exception as exc:
+        log.error("kafka_cluster_failed", error=f"{type(exc).__name__}: {exc}")
         return
+    positions.cluster = cluster or None
+    log.info("kafka_cluster", cluster=positions.cluster)

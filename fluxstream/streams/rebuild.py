@@ -33,6 +33,8 @@ from fluxstream.indexer.generations import GenerationRegistry, index_name
 from fluxstream.indexer.retirement import Dropped, Retirement
 from fluxstream.streams.cdc_mapping import CdcMapping
 from fluxstream.streams.eventlog import BadLine, LogRecord, read_log
+from fluxstream.streams.handlers.cdc import CdcHandler
+from fluxstream.streams.handlers.changes import ChangesHandler
 from fluxstream.streams.pipeline import Pipeline, Resources
 from fluxstream.streams.scopes import RebuildScope
 from fluxstream.streams.status import group_offsets
@@ -194,7 +196,8 @@ Handler = Callable[[Sequence[Any]], Awaitable[None]]
 
 def _handlers(pipeline: Pipeline, cdc: CdcMapping) -> Callable[[str], Handler]:
     cdc_topics = set(cdc.topics)
-    return lambda topic: pipeline.handle_cdc if topic in cdc_topics else pipeline.handle_changes
+    changes, cdc_changes = ChangesHandler(pipeline), CdcHandler(pipeline)
+    return lambda topic: cdc_changes if topic in cdc_topics else changes
 
 
 async def _apply(handlers: Callable[[str], Handler], batch: list[ReplayedRecord], meter: _Meter) -> None:
