@@ -84,7 +84,7 @@ class EngineProcess:
 
     def __init__(self, database_url: str, tables: Sequence[str], *, topic_prefix: str, state_dir: Path,
                  kafka: str | None = None, out: Path | None = None, schemas: bool = False, slot: str = "fluxstream",
-                 properties: dict[str, str] | None = None) -> None:
+                 properties: dict[str, str] | None = None, schema_registry_url: str | None = None) -> None:
         self.state_dir = state_dir
         self.args = [sys.executable, "-m", "fluxstream.streams.cdc_engine", "--database-url", database_url,
                      "--topic-prefix", topic_prefix, "--state-dir", str(state_dir), "--slot", slot]
@@ -93,6 +93,8 @@ class EngineProcess:
         self.args += ["--kafka", kafka] if kafka else ["--out", str(out)]
         if schemas:
             self.args.append("--schemas")
+        if schema_registry_url:
+            self.args += ["--schema-registry-url", schema_registry_url]
         for name, value in (properties or {}).items():
             self.args += ["--property", f"{name}={value}"]
         self.proc: subprocess.Popen[bytes] | None = None

@@ -85,6 +85,8 @@ REDIS_URL = Allowed("a redis://, rediss:// or unix:// URL",
                     lambda v: v.startswith(("redis://", "rediss://", "unix://")))
 POSTGRES_URL = Allowed("a postgresql:// URL or a libpq connection string (host=... dbname=...)",
                        lambda v: v.startswith(("postgresql://", "postgres://")) or "=" in v)
+SCHEMA_REGISTRY_URL = Allowed("an http:// or https:// URL, or empty",
+                              lambda v: v == "" or v.startswith(("http://", "https://")))
 SNOWBALL = Allowed("a Snowball language (english, german, french, ...) or empty", _stemmer_language)
 REGEX = Allowed("a regular expression (Python re syntax)", _compiles)
 PORT = between(1, 65535)
@@ -156,6 +158,19 @@ class Settings:
     cdc_topic_prefix: str = _env_field("cdc", "Topic prefix of `fluxstream cdc`: topics are <prefix>.<schema>.<table>.")
     cdc_slot: str = _env_field("fluxstream", "Replication slot of `fluxstream cdc` (publication <slot>_publication).")
     cdc_schemas: bool = _env_field(True, "`fluxstream cdc` writes JSON with schemas (schemas.enable=true).")
+    cdc_format: str = _env_field(
+        "json", "Converter of `fluxstream cdc`: json (Kafka's JsonConverter) or avro (Confluent's AvroConverter, "
+        "schemas registered in FLUXSTREAM_SCHEMA_REGISTRY_URL).", one_of("json", "avro"))
+    schema_registry_url: str = _env_field(
+        "", "Confluent Schema Registry the worker reads Avro CDC records' schemas from (and `fluxstream cdc "
+        "--format avro` registers them in), http(s)://[user:pw@]host:port; empty: Avro records are dead-lettered "
+        "(docs/cdc.md).", SCHEMA_REGISTRY_URL)
+    schema_registry_user: str = _env_field("", "Schema Registry basic-auth user (else the URL's userinfo).")
+    schema_registry_password: str = _env_field("", "Schema Registry basic-auth password (from a secret).")
+    schema_registry_timeout: float = _env_field(
+        5.0, "Seconds per Schema Registry request; a timeout is an outage: the batch is retried.", POSITIVE)
+    schema_registry_cache_size: int = _env_field(1000, "Schemas kept per worker (by id, least recently used out).",
+                                                 COUNT)
 
     # --- worker ---
     app_id: str = _env_field("fluxstream", "Faust app id, also the consumer group id.")

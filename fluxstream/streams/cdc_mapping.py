@@ -12,6 +12,7 @@ metadata = ["author", "category"]         # columns copied into metadata
 name = "articles"                         # optional: the source's name (default: table, else the
                                           # topic's last dot-separated part)
 id_prefix = "articles:"                   # optional: prepended to doc ids (default below)
+format = "auto"                           # optional: auto (default), json or avro (streams/wire_format.py)
 ```
 
 ``FLUXSTREAM_CDC_CONFIG`` points at the file; several sources may feed one worker. When several
@@ -37,6 +38,9 @@ from fluxstream.schemas.events import INT64_MAX, INT64_MIN
 
 ID_SEPARATOR = "|"
 NAMESPACE_SEPARATOR = ":"
+FORMATS = ("auto", "json", "avro")
+"""How a source's records are encoded: ``auto`` reads Confluent-framed records (magic byte 0) as Avro
+with the Schema Registry and the rest as JSON; ``json`` and ``avro`` insist on one."""
 
 
 class _Blank(dict):  # type: ignore[type-arg]
@@ -58,10 +62,14 @@ class TableMapping:
     name: str = ""  # set from table / topic when empty; see ``source_name``
     id_prefix: str = ""
     sole_source: bool = True  # the only source of its collection: documents without a source name are its own
+    format: str = "auto"  # one of FORMATS
 
     def __post_init__(self) -> None:
         if not self.topics or not self.id_columns:
             raise ValueError(f"mapping for {self.collection!r} needs topics and id_columns")
+        if self.format not in FORMATS:
+            raise ValueError(f"source {self.name or self.collection!r}: format {self.format!r} is not one of "
+                             f"{', '.join(FORMATS)}")
         if not self.name:
             object.__setattr__(self, "name", source_name(self.table, self.topics))
         for template in (self.title, self.text):
@@ -151,14 +159,29 @@ class CdcMapping:
                 topics=tuple(entry["topics"]), collection=entry["collection"],
                 id_columns=tuple(entry["id_columns"]), title=entry.get("title", ""), text=entry.get("text", ""),
                 metadata=tuple(entry.get("metadata", ())), table=entry.get("table"),
-                name=name, id_prefix=prefix, sole_source=not shared,
+                name=name, id_prefix=prefix, sole_source=not shared, format=entry.get("format", "auto"),
             ))
         _check_distinct(sources)
+        formats: dict[str, str] = {}
+        for source in sources:
+            for topic in source.topics:
+                if formats.setdefault(topic, source.format) != source.format:
+                    raise ValueError(f"topic {topic!r} is listed with formats {formats[topic]!r} and "
+                                     f"{source.format!r}; give its sources one format")
         return cls(tuple(sources))
 
     @property
     def topics(self) -> list[str]:
         return sorted({t for s in self.sources for t in s.topics})
+
+    def format_of(self, topic: str) -> str:
+        """How ``topic``'s records are encoded (``auto`` for a topic no source lists)."""
+        return next((s.format for s in self.sources if topic in s.topics), "auto")
+
+    @property
+    def needs_registry(self) -> bool:
+        """Some source insists on Avro, which needs FLUXSTREAM_SCHEMA_REGISTRY_URL."""
+        return any(s.format == "avro" for s in self.sources)
 
     def for_event(self, topic: str, table: str | None) -> TableMapping | None:
         for source in self.sources:

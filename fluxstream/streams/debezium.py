@@ -1,4 +1,4 @@
-"""Debezium change events (JSON converter) -> document effects.
+"""Debezium change events (JSON converter, or Avro decoded by ``streams.wire_format``) -> document effects.
 
 Accepted shapes, each with or without the ``{"schema", "payload"}`` wrapper:
 
@@ -79,10 +79,21 @@ class TruncateEvent:
 Parsed = RowEvent | TruncateEvent | Rejected | None  # None: a tombstone, nothing to do
 
 
-def _unwrap(raw: bytes | None) -> tuple[Any, dict[str, Any] | None]:
+@dataclass(frozen=True)
+class Decoded:
+    """A key or value read from a binary format (Avro: ``streams.wire_format``), in the form the JSON
+    converter with ``schemas.enable=true`` gives: its payload and its Connect schema."""
+
+    payload: Any
+    schema: dict[str, Any] | None = None
+
+
+def _unwrap(raw: bytes | Decoded | None) -> tuple[Any, dict[str, Any] | None]:
     """(payload, its Connect schema or None) of JSON converter output, with or without schemas."""
     if raw is None:
         return None, None
+    if isinstance(raw, Decoded):
+        return raw.payload, raw.schema
     value = orjson.loads(raw)
     if isinstance(value, dict) and "payload" in value and set(value) <= {"schema", "payload"}:
         schema = value.get("schema")
@@ -98,8 +109,10 @@ def position(lsn: Any, ts_ms: Any, offset: int) -> int:
     return int(ts_ms) * TS_OFFSET_SCALE + offset % TS_OFFSET_SCALE
 
 
-def parse(topic: str, offset: int, timestamp_ms: int | None, key: bytes | None, value: bytes | None,
-          mapping: CdcMapping, headers: Sequence[tuple[str, bytes]] | None = None) -> Parsed:
+def parse(topic: str, offset: int, timestamp_ms: int | None, key: bytes | Decoded | None,
+          value: bytes | Decoded | None, mapping: CdcMapping,
+          headers: Sequence[tuple[str, bytes]] | None = None) -> Parsed:
+    """The effect of one CDC record: JSON converter bytes, or a key/value already decoded from Avro."""
     try:
         payload, schema = _unwrap(value)
         key_fields, _ = _unwrap(key)

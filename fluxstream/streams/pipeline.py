@@ -29,7 +29,9 @@ from fluxstream.indexer.vector_store import VectorStore
 from fluxstream.schemas.events import DocumentChange, IndexUpdate, SourcePosition
 from fluxstream.streams.cdc_mapping import CdcMapping
 from fluxstream.streams.decoding import DeadLetters, Rejected, decode_change
+from fluxstream.streams.schema_registry import SchemaRegistry
 from fluxstream.streams.scopes import LiveScope, WriteScope
+from fluxstream.streams.wire_format import AvroDecoder
 from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 
 log = get_logger("fluxstream.pipeline")
@@ -109,6 +111,8 @@ class Pipeline:
         self.settings = settings
         self.scope = scope or LiveScope(GenerationRegistry(resources.redis))
         self.cdc = cdc or CdcMapping()
+        self.avro = AvroDecoder(self.cdc, SchemaRegistry.from_settings(settings),
+                                readers=settings.schema_registry_cache_size)
         self.resources = resources
         self.publish = publish
         self.tokenizer = build_tokenizer(settings)

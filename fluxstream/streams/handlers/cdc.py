@@ -31,8 +31,11 @@ class CdcHandler:
         count_consumed(records)
         for record in records:
             source = position(record)
-            parsed = debezium.parse(record.topic, record.offset, source.timestamp_ms, record.key, record.value,
-                                    p.cdc, _headers(record))
+            # Avro records' schemas come from the Schema Registry: its outages are retried like any other
+            decoded = await p.until_done("schema_registry", partial(p.avro.decode, record.topic, record.key,
+                                                                    record.value))
+            parsed = decoded if isinstance(decoded, Rejected) else debezium.parse(
+                record.topic, record.offset, source.timestamp_ms, *decoded, p.cdc, _headers(record))
             if parsed is None:
                 metrics.EVENTS.labels(record.topic, "tombstone").inc()
             elif isinstance(parsed, debezium.TruncateEvent):

