@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from fluxstream.core.settings import Settings
 from fluxstream.stack import AppProcesses, Stack, free_port
+from tests.schema_registry_server import RegistryState, schema_registry
 
 # Debezium topics the session worker reads (tests/test_cdc.py, tests/test_debezium_real.py).
 CDC_CONFIG = """
@@ -84,6 +85,16 @@ id_columns = ["id"]
 title = "{title}"
 text = "{body}"
 
+# Written by real Debezium through Confluent's AvroConverter (tests/test_debezium_avro.py).
+[[sources]]
+topics = ["avro.public.articles"]
+collection = "avro-articles"
+id_columns = ["id"]
+title = "{title}"
+text = "{body}"
+metadata = ["tags", "price", "updated", "day"]
+format = "avro"
+
 [[sources]]
 topics = ["dbz.public.articles_full"]
 collection = "dbz-articles-full"
@@ -95,7 +106,15 @@ metadata = ["tags", "price", "updated"]
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def schema_registry_server() -> Iterator[tuple[str, RegistryState]]:
+    """The session's Schema Registry (tests/schema_registry_server.py): the worker reads Avro schemas there."""
+    with schema_registry() as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory,
+          schema_registry_server: tuple[str, RegistryState]) -> Iterator[Settings]:
     state_dir = tmp_path_factory.mktemp("stack")
     cdc_config = state_dir / "cdc.toml"
     cdc_config.write_text(CDC_CONFIG)
@@ -109,6 +128,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         batch_within=0.01,
         embed_batch_within=0.05,
         cdc_config=str(cdc_config),
+        schema_registry_url=schema_registry_server[0],
         gc_interval_seconds=1.0,  # tests/test_rebuild.py waits for retired generations to go
     )
     running = Stack(base)

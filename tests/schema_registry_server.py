@@ -9,7 +9,8 @@ this serves what Kafka Connect's Avro converter and fluxstream use:
   ``GET /subjects/{s}/versions``, ``GET /subjects/{s}/versions/{v|latest}``;
 * the compatibility endpoints answer ``{"is_compatible": true}``, ``/config`` BACKWARD.
 
-Switches for error tests (``RegistryState``): ``failures`` (statuses to answer next, e.g. 503),
+Switches for error tests (``RegistryState``): ``failures`` (statuses the next schema fetches by id
+answer, e.g. 503; a converter registering schemas meanwhile is not disturbed),
 ``delay`` (seconds before answering: timeouts), ``credentials`` (basic auth required, else 401),
 ``forget`` (ids answered 404 as if deleted). ``requests`` records each (method, path).
 """
@@ -86,9 +87,10 @@ def _handler(state: RegistryState) -> type[BaseHTTPRequestHandler]:
             path = unquote(urlsplit(self.path).path).rstrip("/")
             length = int(self.headers.get("content-length") or 0)
             body = json.loads(self.rfile.read(length)) if length else {}
+            fetch = method == "GET" and path.startswith("/schemas/ids/")
             with state.lock:
                 state.requests.append((method, path))
-                failure = state.failures.pop(0) if state.failures else None
+                failure = state.failures.pop(0) if state.failures and fetch else None
                 delay = state.delay
             if delay:
                 time.sleep(delay)
