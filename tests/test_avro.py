@@ -259,3 +259,60 @@ def test_test_registry_speaks_the_confluent_subset() -> None:
         assert http.post("/compatibility/subjects/s-value/versions/latest",
                          json={"schema": schema}).json() == {"is_compatible": True}
         assert http.get("/config").json() == {"compatibilityLevel": "BACKWARD"}
+
+
+def test_settings_and_startup_checks(tmp_path: Any) -> None:
+    from fluxstream.core.settings import Settings, SettingsError
+    from fluxstream.streams.app import load_cdc_mapping
+
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"FLUXSTREAM_SCHEMA_REGISTRY_URL": "registry:8081"})
+    assert raised.value.problems == ["FLUXSTREAM_SCHEMA_REGISTRY_URL='registry:8081': expected an http:// or "
+                                     "https:// URL, or empty"]
+    config = tmp_path / "cdc.toml"
+    config.write_text('[[sources]]\ntopics = ["t"]\ncollection = "c"\nid_columns = ["id"]\nformat = "avro"\n')
+    with pytest.raises(SettingsError, match="set FLUXSTREAM_SCHEMA_REGISTRY_URL"):
+        load_cdc_mapping(Settings(cdc_config=str(config)))
+    assert load_cdc_mapping(Settings(cdc_config=str(config), schema_registry_url="http://r:8081")).format_of("t") \
+        == "avro"
+    with pytest.raises(ValueError, match="formats 'avro' and 'json'"):
+        CdcMapping.from_dict({"sources": [{"topics": ["t"], "collection": c, "id_columns": ["id"], "format": f}
+                                          for c, f in (("a", "avro"), ("b", "json"))]})
+
+
+def test_cdc_command_avro_options(tmp_path: Any) -> None:
+    """--format avro needs a registry (one line, status 2); the registry's password is never printed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+           "FLUXSTREAM_STATE_DIR": str(tmp_path), "FLUXSTREAM_KAFKA_URL": "127.0.0.1:1",
+           "FLUXSTREAM_SCHEMA_REGISTRY_URL": ""}
+    command = [sys.executable, "-m", "fluxstream.cli", "cdc", "--source", "postgresql://u@127.0.0.1:1/db",
+               "--tables", "public.notes", "--format", "avro"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip() == "fluxstream: cdc: --format avro needs --schema-registry-url (or " \
+                                 "FLUXSTREAM_SCHEMA_REGISTRY_URL)"
+    run = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                         env={**env, "PATH": "", "JAVA_HOME": "", "FLUXSTREAM_SCHEMA_REGISTRY_URL": "http://127.0.0.1:1",
+                              "FLUXSTREAM_SCHEMA_REGISTRY_USER": "dbz",
+                              "FLUXSTREAM_SCHEMA_REGISTRY_PASSWORD": "Reg-Pw-9"})
+    assert run.returncode == 1 and "as Avro (schemas in http://dbz:***@127.0.0.1:1)" in run.stderr
+    assert "Reg-Pw-9" not in run.stderr + run.stdout and "Traceback" not in run.stderr
+
+
+def test_engine_properties_for_the_avro_converter() -> None:
+    from fluxstream.streams.cdc_engine import AVRO_CONVERTER, postgres_properties
+
+    props = postgres_properties("postgresql://u@h/db", ["public.t"], topic_prefix="p", offsets_file="o",
+                                schema_registry_url="https://dbz:p%40ss@registry:8081/sr")
+    for prefix in ("key.converter", "value.converter"):
+        assert props[prefix] == AVRO_CONVERTER
+        assert props[f"{prefix}.schema.registry.url"] == "https://registry:8081/sr"
+        assert props[f"{prefix}.basic.auth.credentials.source"] == "USER_INFO"
+        assert props[f"{prefix}.basic.auth.user.info"] == "dbz:p@ss"
+    assert "key.converter" not in postgres_properties("postgresql://u@h/db", ["public.t"], topic_prefix="p",
+                                                      offsets_file="o")
