@@ -3,15 +3,20 @@ services only once start-up has opened them (no half-started state to assert on)
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.generations import IndexTarget, index_name, parse_index_name
+from fluxstream.indexer.positions import Positions
 from fluxstream.query.http import create_app
+from fluxstream.query.read_your_writes import learn_cluster
 from fluxstream.schemas.api import AnswerRequest, RetrievalRequest, SearchRequest
+from fluxstream.stack import free_port
 
 
 def test_an_index_target_names_its_index_in_one_place() -> None:
@@ -39,3 +44,18 @@ async def test_before_start_up_routes_answer_503_and_readiness_says_not_ready() 
     assert ready.status_code == 503
     assert ready.json() == {"ready": False, "redis": False, "postgres": False, "degraded": ["vectors"],
                             "topic_search": "off"}
+
+
+async def test_learning_the_kafka_cluster_retries_a_broker_away_and_gives_up_on_a_bad_setting() -> None:
+    """A broker not listening yet is asked again (transient); a bootstrap address that cannot be parsed is
+    said once and given up (permanent), where the old loop retried every error for ever."""
+    positions = Positions(aioredis.Redis())  # never used: only the cluster id is set
+    away = dataclasses.replace(Settings(), kafka_url=f"127.0.0.1:{free_port()}", retry_max_backoff=0.5)
+    learning = asyncio.create_task(learn_cluster(away, positions))
+    await asyncio.sleep(2)
+    assert not learning.done()  # still retrying
+    learning.cancel()
+    await asyncio.gather(learning, return_exceptions=True)
+    broken = dataclasses.replace(Settings(), kafka_url="127.0.0.1:not-a-port")
+    await asyncio.wait_for(learn_cluster(broken, positions), timeout=10)
+    assert positions.cluster is None
