@@ -9,7 +9,7 @@ from psycopg import OperationalError
 from redis.exceptions import RedisError
 
 from fluxstream.core.logging import get_logger
-from fluxstream.query.search import StoreUnavailable
+from fluxstream.query.availability import StoreUnavailable
 from fluxstream.schemas.api import ErrorResponse
 
 log = get_logger("fluxstream.query")

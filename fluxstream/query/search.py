@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-from psycopg import OperationalError
 
 from fluxstream.core.logging import get_logger
 from fluxstream.indexer.bm25 import BM25Params, score_postings
@@ -32,6 +31,7 @@ from fluxstream.indexer.generations import IndexTarget
 from fluxstream.indexer.postings import CollectionStats, PostingsStore, StoredChunk
 from fluxstream.indexer.tokenizer import Tokenizer
 from fluxstream.indexer.vector_store import VectorStore
+from fluxstream.query.availability import Availability, StoreUnavailable
 from fluxstream.query.cache.retrieval import Retrieval
 from fluxstream.query.cache.vector_log import VectorLog
 from fluxstream.query.filters import matches
@@ -41,69 +41,8 @@ from fluxstream.schemas.api import RetrieverScore, SearchHit, SearchRequest, Sea
 
 SPARE_HITS = 5  # extra fused candidates fetched in case a chunk was deleted meanwhile
 T = TypeVar("T")
-POSTGRES_DOWN = OperationalError  # psycopg wraps socket errors in it; PoolTimeout is one too
 
 log = get_logger("fluxstream.search")
-
-
-class StoreUnavailable(Exception):
-    """A backing store the request needs cannot be reached (the service answers 503)."""
-
-    def __init__(self, store: str) -> None:
-        super().__init__(f"{store} is unavailable")
-        self.store = store
-
-
-class Availability:
-    """Whether PostgreSQL answered lately.
-
-    After a connection failure, searches skip it at once instead of each waiting for the pool's
-    timeout, while one background probe resets the pool and pings every ``interval`` seconds
-    until it answers again.
-    """
-
-    def __init__(self, vectors: VectorStore, interval: float = 0.5) -> None:
-        self.vectors = vectors
-        self.interval = interval
-        self.up = True
-        self._probe: asyncio.Task[None] | None = None
-
-    async def run(self, call: Awaitable[T]) -> T:
-        """``call``'s result; ``StoreUnavailable`` at once while PostgreSQL is known down, or when ``call``
-        finds it down (which starts the probe)."""
-        if not self.up:
-            if asyncio.iscoroutine(call):
-                call.close()
-            raise StoreUnavailable("postgres")
-        try:
-            return await call
-        except POSTGRES_DOWN as exc:
-            self.failed(exc)
-            raise StoreUnavailable("postgres") from exc
-
-    def failed(self, exc: BaseException) -> None:
-        if self.up:
-            log.warning("postgres_unavailable", error=repr(exc))
-        self.up = False
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.create_task(self._until_up(), name="postgres-probe")
-
-    async def _until_up(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.vectors.reset()
-                await self.vectors.ping()
-            except Exception:  # still down (any failure: the probe must never die)
-                continue
-            self.up = True
-            log.info("postgres_available")
-            return
-
-    async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
 
 
 @dataclass(frozen=True)
