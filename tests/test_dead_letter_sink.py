@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.core.settings import Settings
+from fluxstream.schemas.decoding import DeadLetters, Rejected, decode
 from fluxstream.schemas.events import DeadLetter, EmbedJob, SourcePosition
-from fluxstream.streams.decoding import DeadLetters, Rejected, decode
 from fluxstream.streams.topics import create_topics
 from tests.conftest import TopicReader
 

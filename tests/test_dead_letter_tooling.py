@@ -12,8 +12,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.core.settings import Settings
+from fluxstream.schemas.decoding import Rejected, dead_letter_record
 from fluxstream.schemas.events import SourcePosition
-from fluxstream.streams.decoding import Rejected, dead_letter_record
 from tests.conftest import TopicReader, change, eventually
 from tests.test_replay import cli
 

@@ -23,9 +23,9 @@ from fluxstream.indexer.documents import DocumentState, DocumentWrite
 from fluxstream.indexer.postings import PostingsStore
 from fluxstream.indexer.write_plan import plan_writes
 from fluxstream.schemas.api import SearchRequest
+from fluxstream.schemas.decoding import decode
 from fluxstream.schemas.events import DeadLetter, DocumentChange
 from fluxstream.schemas.registry import schema_path
-from fluxstream.streams.decoding import decode
 from tests.conftest import TopicReader, change, eventually
 
 # name -> a document-change event (as JSON text: stdlib json writes integers of any size)

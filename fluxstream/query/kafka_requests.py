@@ -38,8 +38,8 @@ from fluxstream.core.retry import RetryPolicy, retrying
 from fluxstream.core.settings import Settings
 from fluxstream.query.services import QueryServices
 from fluxstream.schemas.api import ErrorResponse, SearchRequest, TopicSearchReply, TopicSearchRequest
+from fluxstream.schemas.decoding import DeadLetters, Rejected
 from fluxstream.schemas.events import SourcePosition
-from fluxstream.streams.decoding import DeadLetters, Rejected
 from fluxstream.streams.topics import topic_names
 
 log = get_logger("fluxstream.search_requests")

@@ -31,9 +31,9 @@ import fastavro
 import numpy as np
 import orjson
 
+from fluxstream.schemas.decoding import Rejected
 from fluxstream.streams.cdc_mapping import CdcMapping
 from fluxstream.streams.debezium import Decoded
-from fluxstream.streams.decoding import Rejected
 from fluxstream.streams.schema_registry import RegisteredSchema, SchemaRegistry, SchemaRegistryError
 
 MAGIC = 0

@@ -13,7 +13,7 @@ from fluxstream.indexer.chunking import Chunker
 from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
 from fluxstream.indexer.generations import parse_index_name
 from fluxstream.indexer.positions import ChangeAt
-from fluxstream.streams.decoding import Rejected
+from fluxstream.schemas.decoding import Rejected
 from fluxstream.streams.pipeline import Pipeline, Record, position
 
 log = get_logger("fluxstream.pipeline")

@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from fluxstream.core import metrics
 from fluxstream.indexer.fold import SourcedChange
+from fluxstream.schemas.decoding import Rejected
 from fluxstream.schemas.events import DocumentChange, SourcePosition
 from fluxstream.streams import debezium
-from fluxstream.streams.decoding import Rejected
 from fluxstream.streams.handlers.bm25 import BM25Writer
 from fluxstream.streams.pipeline import Pipeline, Record, count_consumed, position
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Sequence
 from functools import partial
 
 from fluxstream.indexer.fold import SourcedChange
-from fluxstream.streams.decoding import decode_change
+from fluxstream.schemas.decoding import decode_change
 from fluxstream.streams.handlers.bm25 import BM25Writer
 from fluxstream.streams.pipeline import Pipeline, Record, count_consumed, position
 

@@ -10,8 +10,8 @@ from functools import partial
 from fluxstream.core import metrics
 from fluxstream.indexer.vector_stage import VectorChange, VectorStage
 from fluxstream.query.cache.vector_log import VectorLog
+from fluxstream.schemas.decoding import Rejected, decode
 from fluxstream.schemas.events import EmbedJob
-from fluxstream.streams.decoding import Rejected, decode
 from fluxstream.streams.pipeline import Pipeline, Record, position
 
 

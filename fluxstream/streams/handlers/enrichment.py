@@ -10,8 +10,8 @@ from fluxstream.core.logging import get_logger
 from fluxstream.indexer.chat import ChatError, ChatModel
 from fluxstream.indexer.enrichment import enrich_document, llm_tags, prefixed
 from fluxstream.indexer.postings import ChunkEnrichment
+from fluxstream.schemas.decoding import decode
 from fluxstream.schemas.events import IndexUpdate
-from fluxstream.streams.decoding import decode
 from fluxstream.streams.pipeline import Pipeline, Record
 
 log = get_logger("fluxstream.pipeline")

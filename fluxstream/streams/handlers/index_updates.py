@@ -11,8 +11,8 @@ import orjson
 from fluxstream.core import metrics
 from fluxstream.query.cache.invalidation import CacheInvalidator
 from fluxstream.query.cache.store import SemanticCache
+from fluxstream.schemas.decoding import Rejected, decode
 from fluxstream.schemas.events import IndexUpdate
-from fluxstream.streams.decoding import Rejected, decode
 from fluxstream.streams.pipeline import Pipeline, Record, position
 
 

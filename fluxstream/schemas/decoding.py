@@ -1,4 +1,8 @@
-"""Turning raw Kafka records into validated events, or into dead letters with a reason (``DeadLetters``)."""
+"""Turning raw Kafka records into validated events, or into dead letters with a reason (``DeadLetters``).
+
+In the schemas layer: the worker, the topic-search server (query.kafka_requests) and replay all decode
+and dead-letter with it, and it needs only the event models and the floor (metrics, retry).
+"""
 
 from __future__ import annotations
 
