@@ -31,7 +31,7 @@ from typing import Any
 from fluxstream import ports
 from fluxstream.core.lifetime import die_with_parent
 from fluxstream.core.settings import Settings
-from fluxstream.streams.topics import create_topics
+from fluxstream.schemas.topics import create_topics
 
 Progress = Callable[[str], AbstractContextManager[object]]
 """``with progress("starting Kafka"):`` around each start-up step (`fluxstream dev` prints them)."""

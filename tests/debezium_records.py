@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 
+from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.streams.cdc_engine import ConnectRecord
-from fluxstream.streams.cdc_mapping import CdcMapping
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "debezium"
 VARIANTS = ("postgres", "postgres-schemas", "postgres-settings", "postgres-unwrap")

@@ -24,8 +24,8 @@ from schemathesis.specs.openapi.checks import content_type_conformance, status_c
 from fluxstream.core.settings import Settings
 from fluxstream.query.auth import new_key
 from fluxstream.query.http import create_app
+from fluxstream.schemas.topics import create_topics
 from fluxstream.stack import free_port
-from fluxstream.streams.topics import create_topics
 
 KEY, ENTRY = new_key(["search", "admin"])
 

@@ -13,10 +13,10 @@ from typing import Any
 import orjson
 import pytest
 
+from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.schemas.decoding import Rejected
 from fluxstream.streams import debezium
 from fluxstream.streams.cdc_engine import ConnectRecord
-from fluxstream.streams.cdc_mapping import CdcMapping
 from fluxstream.streams.schema_registry import SchemaRegistry, SchemaRegistryError, SchemaRegistryUnavailable
 from fluxstream.streams.wire_format import AvroDecoder, framed
 from tests.debezium_records import FIXTURES, mapping, recorded

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.schemas.events import DocumentChange
 from fluxstream.streams import debezium
-from fluxstream.streams.cdc_mapping import CdcMapping
 from tests.debezium_fixtures import envelope, pg_source, record
 
 

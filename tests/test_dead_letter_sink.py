@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from fluxstream.core.settings import Settings
 from fluxstream.schemas.decoding import DeadLetters, Rejected, decode
 from fluxstream.schemas.events import DeadLetter, EmbedJob, SourcePosition
-from fluxstream.streams.topics import create_topics
+from fluxstream.schemas.topics import create_topics
 from tests.conftest import TopicReader
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.schemas.decoding import Rejected
 from fluxstream.streams import debezium
-from fluxstream.streams.cdc_mapping import CdcMapping
 from tests.debezium_fixtures import envelope, mysql_source, pg_source, record
 
 MAPPING = CdcMapping.from_dict({"sources": [

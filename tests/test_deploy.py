@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 
 import fluxstream.core.metrics  # noqa: F401 - registers every metric
 from fluxstream.indexer.embedders.minilm import MODEL_PACKAGE_VERSION
-from fluxstream.streams.cdc_mapping import CdcMapping
+from fluxstream.schemas.cdc_mapping import CdcMapping
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATOR_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}  # CRDs: no schema in kubernetes-validate

@@ -17,9 +17,9 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.core.settings import Settings
+from fluxstream.schemas.topics import create_topics
 from fluxstream.search_client import KafkaSearchClient
 from fluxstream.stack import free_port, spawn, stop_process, wait_for_port
-from fluxstream.streams.topics import create_topics
 from tests.conftest import change, eventually, send
 from tests.helpers import query_service
 

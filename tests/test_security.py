@@ -17,9 +17,9 @@ import pytest
 
 from fluxstream.core.settings import Settings
 from fluxstream.query.auth import ApiKeys, new_key
+from fluxstream.schemas.topics import create_topics
 from fluxstream.search_client import CollectionNotFound, KafkaSearchClient
 from fluxstream.stack import free_port
-from fluxstream.streams.topics import create_topics
 from tests.helpers import query_service
 
 SEARCH_KEY, SEARCH_ENTRY = new_key(["search"])

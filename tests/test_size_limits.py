@@ -24,11 +24,11 @@ from fluxstream.core.settings import Settings
 from fluxstream.indexer.positions import Positions
 from fluxstream.schemas.decoding import RECORD_OVERHEAD, Rejected, dead_letter_record
 from fluxstream.schemas.events import DeadLetter, SourcePosition
+from fluxstream.schemas.topics import create_topics
 from fluxstream.stack import AppProcesses, free_port
 from fluxstream.streams.handlers.bm25 import RecordHandled
 from fluxstream.streams.handlers.changes import ChangesHandler
 from fluxstream.streams.pipeline import PRODUCER_MAX_REQUEST_BYTES, Pipeline, Resources
-from fluxstream.streams.topics import create_topics
 from tests.conftest import TopicReader, change, eventually
 
 MiB = 1024 * 1024

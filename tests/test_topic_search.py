@@ -24,9 +24,9 @@ from fluxstream.core.settings import Settings, SettingsError
 from fluxstream.query.kafka_requests import send_within
 from fluxstream.schemas.api import TopicSearchReply
 from fluxstream.schemas.events import DeadLetter
+from fluxstream.schemas.topics import create_topics, topic_names
 from fluxstream.search_client import KafkaSearchClient, SearchTimeout
 from fluxstream.stack import free_port
-from fluxstream.streams.topics import create_topics, topic_names
 from tests.conftest import TopicReader, change, eventually, send
 from tests.helpers import query_service
 

@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fluxstream.core.kafka import ReplyTopics
     from fluxstream.core.logging import logging_config
     from fluxstream.query.http import create_app
-    from fluxstream.streams.topics import topic_names
+    from fluxstream.schemas.topics import topic_names
 
     settings = load_settings(args)
     require(settings, "redis_url", "database_url")

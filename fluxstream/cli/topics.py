@@ -21,7 +21,7 @@ def register_export(sub: Subparsers) -> None:
 
 
 def cmd_create_topics(args: argparse.Namespace) -> int:
-    from fluxstream.streams.topics import create_topics
+    from fluxstream.schemas.topics import create_topics
 
     settings = load_settings(args)
     require(settings, "kafka_url")

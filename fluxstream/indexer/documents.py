@@ -74,7 +74,7 @@ class DocumentState:
     chunks: list[ChunkState] = field(default_factory=list)
     source: dict[str, Any] | None = None
     row: dict[str, Any] | None = None  # CDC source columns, to fill TOAST placeholders later
-    table: str | None = None  # the CDC source (streams.cdc_mapping) it comes from; None for native events
+    table: str | None = None  # the CDC source (schemas.cdc_mapping) it comes from; None for native events
 
     @property
     def live(self) -> bool:

@@ -40,7 +40,7 @@ from fluxstream.query.services import QueryServices
 from fluxstream.schemas.api import ErrorResponse, SearchRequest, TopicSearchReply, TopicSearchRequest
 from fluxstream.schemas.decoding import DeadLetters, Rejected
 from fluxstream.schemas.events import SourcePosition
-from fluxstream.streams.topics import topic_names
+from fluxstream.schemas.topics import topic_names
 
 log = get_logger("fluxstream.search_requests")
 

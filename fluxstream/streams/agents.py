@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fluxstream.core.settings import Settings
-from fluxstream.streams.cdc_mapping import CdcMapping
+from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.streams.handlers.bm25 import RecordHandled
 from fluxstream.streams.handlers.cdc import CdcHandler
 from fluxstream.streams.handlers.changes import ChangesHandler

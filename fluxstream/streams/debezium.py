@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import orjson
 
+from fluxstream.schemas.cdc_mapping import CdcMapping, TableMapping
 from fluxstream.schemas.decoding import Rejected
-from fluxstream.streams.cdc_mapping import CdcMapping, TableMapping
 
 UNAVAILABLE = "__debezium_unavailable_value"
 TS_OFFSET_SCALE = 1_000_000

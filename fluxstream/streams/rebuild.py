@@ -31,7 +31,7 @@ from fluxstream.core.logging import get_logger
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.generations import GenerationRegistry, index_name
 from fluxstream.indexer.retirement import Dropped, Retirement
-from fluxstream.streams.cdc_mapping import CdcMapping
+from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.streams.eventlog import BadLine, LogRecord, read_log
 from fluxstream.streams.handlers.cdc import CdcHandler
 from fluxstream.streams.handlers.changes import ChangesHandler

@@ -13,7 +13,7 @@ from fluxstream.core.settings import Settings
 from fluxstream.indexer.generations import GenerationRegistry, index_name, parse_index_name
 from fluxstream.indexer.positions import applied_positions
 from fluxstream.indexer.postings import PostingsStore
-from fluxstream.streams.cdc_mapping import CdcMapping
+from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.streams.topic_range import end_offsets
 
 Offsets = tuple[dict[int, int], dict[int, int]]  # (committed by the worker group, end) per partition
@@ -83,6 +83,6 @@ async def status(settings: Settings) -> dict[str, Any]:
         collections = await collection_status(redis)
     finally:
         await redis.aclose()
-    cdc_topics = CdcMapping.load(settings.cdc_config).topics if settings.cdc_config else []
+    cdc_topics = CdcMapping.from_settings(settings).topics
     lag = await consumer_lag(settings, settings.documents_topic, settings.embed_jobs_topic, *cdc_topics)
     return {**collections, "consumer_lag": lag}

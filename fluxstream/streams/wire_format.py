@@ -31,8 +31,8 @@ import fastavro
 import numpy as np
 import orjson
 
+from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.schemas.decoding import Rejected
-from fluxstream.streams.cdc_mapping import CdcMapping
 from fluxstream.streams.debezium import Decoded
 from fluxstream.streams.schema_registry import RegisteredSchema, SchemaRegistry, SchemaRegistryError
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from fluxstream.core.settings import Settings
 from fluxstream.schemas.events import INT64_MAX, INT64_MIN
 
 ID_SEPARATOR = "|"
@@ -43,7 +44,7 @@ FORMATS = ("auto", "json", "avro")
 with the Schema Registry and the rest as JSON; ``json`` and ``avro`` insist on one."""
 
 
-class _Blank(dict):  # type: ignore[type-arg]
+class _Blank(dict[str, Any]):
     """Template values: missing or NULL columns render as empty text."""
 
     def __missing__(self, key: str) -> str:
@@ -138,6 +139,11 @@ def _storable_number(value: float) -> float | str:
 @dataclass(frozen=True)
 class CdcMapping:
     sources: tuple[TableMapping, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CdcMapping:
+        """The mapping of ``FLUXSTREAM_CDC_CONFIG``; none (no sources) when it is unset."""
+        return cls.load(settings.cdc_config) if settings.cdc_config else cls()
 
     @classmethod
     def load(cls, path: str | Path) -> CdcMapping:

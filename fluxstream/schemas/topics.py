@@ -1,4 +1,9 @@
-"""Topic names and creation: fluxstream's topics exist before any worker starts."""
+"""Topic names and creation: fluxstream's topics exist before any worker starts.
+
+Beside the event schemas because the topic list is part of the wire contract (each topic carries
+one of schemas.events' models, or CDC envelopes mapped by schemas.cdc_mapping): the worker and the
+dev stack create them, the topic-search server refuses to reply into any of them.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,12 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from fluxstream.core.kafka import new_admin
 from fluxstream.core.settings import Settings
+from fluxstream.schemas.cdc_mapping import CdcMapping
 
 
 def topic_names(settings: Settings) -> list[str]:
     """fluxstream's own topics plus the CDC topics its mapping reads (normally made by Kafka Connect)."""
-    from fluxstream.streams.cdc_mapping import CdcMapping
-
-    cdc = CdcMapping.load(settings.cdc_config) if settings.cdc_config else CdcMapping()
+    cdc = CdcMapping.from_settings(settings)
     return [
         settings.documents_topic,
         settings.embed_jobs_topic,
