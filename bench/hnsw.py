@@ -24,9 +24,9 @@ from pgvector.psycopg import register_vector
 from bench.common import VASWANI, load_vaswani_corpus, percentiles
 from fluxstream.core.hnsw import HNSW_PRESETS
 from fluxstream.core.settings import Settings
+from fluxstream.indexer.wiring import open_embedder
 from fluxstream.query.evaluation import load_trec_topics
 from fluxstream.stack import EmbeddedServices
-from fluxstream.wiring import open_embedder
 
 CACHE = Path.home() / ".cache" / "fluxstream"
 EF_SEARCH = [20, 40, 100, 200, 400]

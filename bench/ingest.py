@@ -39,9 +39,9 @@ from fluxstream.indexer.documents import DocumentState, pack_posting
 from fluxstream.indexer.embedders.base import close_embedder
 from fluxstream.indexer.fold import DocumentBuilder
 from fluxstream.indexer.vector_stage import PART_SIZE as EMBED_PART
+from fluxstream.indexer.wiring import build_tokenizer, open_embedder, open_redis
 from fluxstream.schemas.events import DocumentChange
 from fluxstream.streams.topic_range import TopicRange, read_range
-from fluxstream.wiring import build_tokenizer, open_embedder, open_redis
 
 
 def workload(n: int, collection: str, skip: int = 0) -> list[dict[str, Any]]:

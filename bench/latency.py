@@ -31,7 +31,7 @@ from bench.common import percentiles, running_stack, wait_until_indexed
 from fluxstream.client import publish_documents
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.chunking import Chunker, make_chunk_id
-from fluxstream.wiring import build_tokenizer
+from fluxstream.indexer.wiring import build_tokenizer
 
 VOCABULARY = 30_000
 TOPICS = 300

@@ -25,8 +25,8 @@ import numpy as np
 from bench.common import VASWANI, load_vaswani_corpus, running_stack, wait_until_indexed
 from fluxstream.client import publish_documents
 from fluxstream.core.settings import Settings
+from fluxstream.indexer.wiring import build_tokenizer
 from fluxstream.query.evaluation import evaluate, load_qrels, load_trec_topics
-from fluxstream.wiring import build_tokenizer
 
 K = 100
 RRF_KS = [5, 10, 20, 40, 60, 100]

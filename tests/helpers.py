@@ -22,9 +22,9 @@ from fluxstream.core.settings import Settings
 from fluxstream.indexer.chunking import Chunker, make_chunk_id
 from fluxstream.indexer.documents import pack_posting
 from fluxstream.indexer.postings import PostingsStore
+from fluxstream.indexer.wiring import build_tokenizer
 from fluxstream.query.http import create_app
 from fluxstream.stack import Stack, free_port
-from fluxstream.wiring import build_tokenizer
 from tests.conftest import eventually
 
 

@@ -15,12 +15,12 @@ from fluxstream.indexer.apply import BatchOutcome, BM25Stage, split_by_document
 from fluxstream.indexer.chunking import Chunker
 from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
 from fluxstream.indexer.postings import PostingsStore
+from fluxstream.indexer.wiring import build_tokenizer
 from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.schemas.events import DocumentChange, SourcePosition
 from fluxstream.streams import debezium
 from fluxstream.streams.cdc_engine import ConnectRecord
 from fluxstream.streams.handlers.cdc import cdc_change
-from fluxstream.wiring import build_tokenizer
 from tests.debezium_records import TOASTED, VARIANTS, mapping, recorded
 
 MAPPING = mapping()

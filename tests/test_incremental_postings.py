@@ -14,8 +14,8 @@ from fluxstream.indexer.apply import BM25Stage, split_by_document
 from fluxstream.indexer.chunking import Chunker
 from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
 from fluxstream.indexer.postings import PostingsStore
+from fluxstream.indexer.wiring import build_tokenizer
 from fluxstream.schemas.events import DocumentChange, SourcePosition
-from fluxstream.wiring import build_tokenizer
 from tests.helpers import assert_stats_match
 
 VOCAB = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota",

@@ -14,8 +14,8 @@ from fluxstream.indexer.chunking import Chunker
 from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
 from fluxstream.indexer.positions import ChangeAt, Positions, applied_positions
 from fluxstream.indexer.postings import PostingsStore
+from fluxstream.indexer.wiring import build_tokenizer
 from fluxstream.schemas.events import DocumentChange, EmbedJob, SourcePosition
-from fluxstream.wiring import build_tokenizer
 
 
 class Harness:

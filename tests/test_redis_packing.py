@@ -7,7 +7,7 @@ from redis.exceptions import DataError
 
 from fluxstream.core.redis_packing import HiredisPacking
 from fluxstream.core.settings import Settings
-from fluxstream.wiring import open_redis
+from fluxstream.indexer.wiring import open_redis
 
 
 async def test_commands_packed_in_c_round_trip(stack: Settings, collection: str) -> None:

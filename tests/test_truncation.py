@@ -19,9 +19,9 @@ from fluxstream.indexer.chunking import Chunker
 from fluxstream.indexer.documents import DocumentState, DocumentWrite
 from fluxstream.indexer.fold import DocumentBuilder, SourcedChange
 from fluxstream.indexer.postings import PostingsStore, VersionConflict
+from fluxstream.indexer.wiring import build_tokenizer
 from fluxstream.indexer.write_plan import CollectionWrite, plan_writes
 from fluxstream.schemas.events import DocumentChange, SourcePosition
-from fluxstream.wiring import build_tokenizer
 from tests.conftest import eventually
 from tests.debezium_fixtures import envelope, pg_source, record
 from tests.helpers import bm25_ids

@@ -20,6 +20,7 @@ from fluxstream.indexer.generations import GenerationRegistry, IndexTarget
 from fluxstream.indexer.positions import Positions
 from fluxstream.indexer.postings import PostingsStore
 from fluxstream.indexer.vector_store import VectorStore
+from fluxstream.indexer.wiring import build_tokenizer, open_embedder, open_redis
 from fluxstream.query.answering import Answerer
 from fluxstream.query.auth import Gatekeeper
 from fluxstream.query.cache.store import CacheConfig, SemanticCache
@@ -29,7 +30,6 @@ from fluxstream.query.read_your_writes import position_problem
 from fluxstream.query.search import CollectionNotFound, SearchDefaults, Searcher
 from fluxstream.query.usage import UsageStore
 from fluxstream.schemas.api import ErrorResponse, RetrievalRequest, SearchRequest, SearchResponse
-from fluxstream.wiring import build_tokenizer, open_embedder, open_redis
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,13 @@ from fluxstream.indexer.generations import GenerationRegistry
 from fluxstream.indexer.positions import ChangeAt, Positions
 from fluxstream.indexer.postings import PostingsStore
 from fluxstream.indexer.vector_store import VectorStore
+from fluxstream.indexer.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.schemas.decoding import DeadLetters, Rejected, decode_change
 from fluxstream.schemas.events import DocumentChange, IndexUpdate, SourcePosition
 from fluxstream.streams.schema_registry import SchemaRegistry
 from fluxstream.streams.scopes import LiveScope, WriteScope
 from fluxstream.streams.wire_format import AvroDecoder
-from fluxstream.wiring import build_tokenizer, check_dependencies, open_embedder, open_redis
 
 log = get_logger("fluxstream.pipeline")
 

@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from fluxstream.core import metrics
+from fluxstream.indexer.wiring import check_dependencies
 from fluxstream.query.services import QueryServices
-from fluxstream.wiring import check_dependencies
 
 router = APIRouter(tags=["operations"])
 

@@ -1,7 +1,8 @@
 """Building shared components from settings, so the worker and the query service agree exactly.
 
 The tokenizer and the embedder must be identical on both sides (same terms, same
-vector space); building them in one place guarantees it.
+vector space); building them in one place guarantees it. In the indexer layer, below both the
+query service and the worker, beside the parts it builds.
 """
 
 from __future__ import annotations
