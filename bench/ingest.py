@@ -34,6 +34,7 @@ from bench.common import load_vaswani_corpus, percentiles, running_stack, wait_u
 from bench.cpu import CpuMeter
 from fluxstream.client import publish_documents
 from fluxstream.core.settings import Settings
+from fluxstream.core.topic_range import TopicRange, read_range
 from fluxstream.indexer.chunking import Chunker
 from fluxstream.indexer.documents import DocumentState, pack_posting
 from fluxstream.indexer.embedders.base import close_embedder
@@ -41,7 +42,6 @@ from fluxstream.indexer.fold import DocumentBuilder
 from fluxstream.indexer.vector_stage import PART_SIZE as EMBED_PART
 from fluxstream.indexer.wiring import build_tokenizer, open_embedder, open_redis
 from fluxstream.schemas.events import DocumentChange
-from fluxstream.streams.topic_range import TopicRange, read_range
 
 
 def workload(n: int, collection: str, skip: int = 0) -> list[dict[str, Any]]:

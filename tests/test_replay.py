@@ -23,8 +23,8 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from fluxstream.core import topic_range
 from fluxstream.core.settings import Settings
-from fluxstream.streams import topic_range
 from tests.conftest import TopicReader, change, eventually, send
 from tests.helpers import assert_same_index, history, publish
 

@@ -17,7 +17,7 @@ from fluxstream import devenv
 from fluxstream.core.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from fluxstream.streams.topic_range import TopicRange
+    from fluxstream.core.topic_range import TopicRange
 
 Handler = Callable[[argparse.Namespace], int]
 """A command: parsed arguments in, exit status out (``set_defaults(func=...)`` of its sub-parser)."""
@@ -86,7 +86,7 @@ def add_range_options(parser: argparse.ArgumentParser) -> None:
 
 
 def window(args: argparse.Namespace, topic: str) -> TopicRange:
-    from fluxstream.streams.topic_range import TopicRange
+    from fluxstream.core.topic_range import TopicRange
 
     return TopicRange(topic, args.partition, start=args.from_offset, end=args.to_offset,
                       start_ms=ms(args.from_time), end_ms=ms(args.to_time))

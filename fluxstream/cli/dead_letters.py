@@ -35,8 +35,8 @@ def register(sub: Subparsers) -> None:
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     """list | show | redrive the records of the dead-letter topic (streams/dead_letters.py)."""
+    from fluxstream.core.topic_range import TopicRange
     from fluxstream.streams.dead_letters import MissingLetters, parse_position, redrive, select_letters
-    from fluxstream.streams.topic_range import TopicRange
 
     settings = load_settings(args)
     require(settings, "kafka_url")

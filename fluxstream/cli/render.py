@@ -1,5 +1,5 @@
 """Text the commands print: the status table and the dead-letter lines (presentation only; the data
-comes from streams/status.py and streams/dead_letters.py)."""
+comes from indexer/generations/status.py and streams/dead_letters.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`fluxstream status`: collections, generations, applied positions and consumer lag (streams/status.py)."""
+"""`fluxstream status`: collections, generations, applied positions and consumer lag (indexer/generations/status.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from fluxstream.streams.status import status
+    from fluxstream.indexer.generations.status import status
 
     settings = load_settings(args)
     require(settings, "kafka_url", "redis_url")

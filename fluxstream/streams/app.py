@@ -24,12 +24,12 @@ from fluxstream.core.kafka import cluster_id, faust_credentials
 from fluxstream.core.logging import get_logger, logging_config
 from fluxstream.core.retry import RetryPolicy, is_transient, retrying
 from fluxstream.core.settings import Settings, SettingsError
-from fluxstream.indexer.retirement import Retirement
+from fluxstream.core.topic_range import group_offsets
+from fluxstream.indexer.generations.retirement import Retirement
 from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.streams.agents import Agent, agent_table
 from fluxstream.streams.batching import BatchHealth, Retries, handle_batches
 from fluxstream.streams.pipeline import PRODUCER_MAX_REQUEST_BYTES, Pipeline, Resources
-from fluxstream.streams.status import group_offsets
 
 log = get_logger("fluxstream.worker")
 

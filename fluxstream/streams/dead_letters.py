@@ -1,7 +1,7 @@
 """Dead-letter tooling: read the dead-letter topic back, and redrive records to their source topic.
 
 The record format is schemas.events.DeadLetter (headers) around the original key and value bytes,
-built by schemas.decoding.dead_letter_record. Reading a topic range is streams.topic_range's.
+built by schemas.decoding.dead_letter_record. Reading a topic range is core.topic_range's.
 Redriving is safe because the apply is versioned: what is already applied is skipped.
 """
 
@@ -16,8 +16,8 @@ from aiokafka import ConsumerRecord
 
 from fluxstream.core.kafka import new_producer
 from fluxstream.core.settings import Settings
+from fluxstream.core.topic_range import TopicRange, read_range
 from fluxstream.schemas.events import DeadLetter, SourcePosition
-from fluxstream.streams.topic_range import TopicRange, read_range
 
 PREVIEW_CHARS = 80
 

@@ -29,16 +29,15 @@ from aiokafka import ConsumerRecord
 from fluxstream.core.kafka import new_producer
 from fluxstream.core.logging import get_logger
 from fluxstream.core.settings import Settings
+from fluxstream.core.topic_range import TopicRange, group_offsets, read_range
 from fluxstream.indexer.generations import GenerationRegistry, index_name
-from fluxstream.indexer.retirement import Dropped, Retirement
+from fluxstream.indexer.generations.retirement import Dropped, Retirement
 from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.streams.eventlog import BadLine, LogRecord, read_log
 from fluxstream.streams.handlers.cdc import CdcHandler
 from fluxstream.streams.handlers.changes import ChangesHandler
 from fluxstream.streams.pipeline import Pipeline, Resources
 from fluxstream.streams.scopes import RebuildScope
-from fluxstream.streams.status import group_offsets
-from fluxstream.streams.topic_range import TopicRange, read_range
 
 log = get_logger("fluxstream.rebuild")
 

@@ -19,10 +19,10 @@ import orjson
 from fluxstream.client import publish_changes, with_defaults
 from fluxstream.core.kafka import new_producer
 from fluxstream.core.settings import Settings
+from fluxstream.core.topic_range import TopicRange, read_range
 from fluxstream.schemas.decoding import Rejected, decode_change
 from fluxstream.schemas.events import DocumentChange
 from fluxstream.streams.eventlog import BadLine, LogRecord, encode, open_log, read_log
-from fluxstream.streams.topic_range import TopicRange, read_range
 
 
 @dataclass

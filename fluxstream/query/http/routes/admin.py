@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query
 
 from fluxstream.core import keyspace
 from fluxstream.core.logging import get_logger
+from fluxstream.indexer.generations.status import collection_status
 from fluxstream.indexer.postings import unlink_prefix
 from fluxstream.query.http.dependencies import AdminKey, Services
 from fluxstream.schemas.events import CollectionName
-from fluxstream.streams.status import collection_status
 
 log = get_logger("fluxstream.query")
 router = APIRouter(tags=["admin"])

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from fluxstream.core.kafka import new_consumer
+from fluxstream.core.kafka import new_admin, new_consumer
 from fluxstream.core.settings import Settings
+
+Offsets = tuple[dict[int, int], dict[int, int]]  # (committed by the worker group, end) per partition
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,26 @@ async def _first_offsets_at(consumer: AIOKafkaConsumer, tps: list[TopicPartition
     """
     found = await consumer.offsets_for_times(dict.fromkeys(tps, ms))
     return {tp: found[tp].offset if found[tp] is not None and found[tp].timestamp >= 0 else ends[tp] for tp in tps}
+
+
+async def group_offsets(settings: Settings, *topics: str) -> dict[str, Offsets]:
+    """Committed offset of the worker group and end offset per partition, for each topic (one connection).
+
+    The one source of lag for `fluxstream status`, the worker's lag metric and the rebuild's catch-up
+    wait; ends come from ``end_offsets`` (the fetch high-water mark, right on Tansu too).
+    """
+    admin = new_admin(settings)
+    consumer = new_consumer(settings)
+    await admin.start()
+    await consumer.start()
+    try:
+        await consumer.topics()
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+        ends = await end_offsets(consumer, tps) if tps else {}
+        committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps) if tps else {}
+    finally:
+        await consumer.stop()
+        await admin.close()
+    done = {tp: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0}
+    return {t: ({tp.partition: done.get(tp, 0) for tp in tps if tp.topic == t},
+                {tp.partition: ends[tp] for tp in tps if tp.topic == t}) for t in topics}

@@ -6,40 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiokafka import TopicPartition
 
-from fluxstream.core.kafka import new_admin, new_consumer
 from fluxstream.core.settings import Settings
-from fluxstream.indexer.generations import GenerationRegistry, index_name, parse_index_name
+from fluxstream.core.topic_range import group_offsets
+from fluxstream.indexer.generations.registry import GenerationRegistry, index_name, parse_index_name
 from fluxstream.indexer.positions import applied_positions
 from fluxstream.indexer.postings import PostingsStore
 from fluxstream.schemas.cdc_mapping import CdcMapping
-from fluxstream.streams.topic_range import end_offsets
-
-Offsets = tuple[dict[int, int], dict[int, int]]  # (committed by the worker group, end) per partition
-
-
-async def group_offsets(settings: Settings, *topics: str) -> dict[str, Offsets]:
-    """Committed offset of the worker group and end offset per partition, for each topic (one connection).
-
-    The one source of lag for `fluxstream status`, the worker's lag metric and the rebuild's catch-up
-    wait; ends come from ``end_offsets`` (the fetch high-water mark, right on Tansu too).
-    """
-    admin = new_admin(settings)
-    consumer = new_consumer(settings)
-    await admin.start()
-    await consumer.start()
-    try:
-        await consumer.topics()
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
-        ends = await end_offsets(consumer, tps) if tps else {}
-        committed = await admin.list_consumer_group_offsets(settings.app_id, partitions=tps) if tps else {}
-    finally:
-        await consumer.stop()
-        await admin.close()
-    done = {tp: meta.offset for tp, meta in committed.items() if meta is not None and meta.offset >= 0}
-    return {t: ({tp.partition: done.get(tp, 0) for tp in tps if tp.topic == t},
-                {tp.partition: ends[tp] for tp in tps if tp.topic == t}) for t in topics}
 
 
 async def consumer_lag(settings: Settings, *topics: str) -> list[dict[str, Any]]:

@@ -108,7 +108,7 @@ def _decode(collection: str, raw: dict[bytes | str, bytes | str]) -> GenerationS
 
 
 class GenerationRegistry:
-    """Reads and changes the alias records; dropping data is ``indexer.retirement``'s job."""
+    """Reads and changes the alias records; dropping data is ``generations.retirement``'s job."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis

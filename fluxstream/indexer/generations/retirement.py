@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from fluxstream.core import keyspace
 from fluxstream.core.logging import get_logger
-from fluxstream.indexer.generations import GenerationRegistry, index_name, parse_index_name
+from fluxstream.indexer.generations.registry import GenerationRegistry, index_name, parse_index_name
 from fluxstream.indexer.postings import PostingsStore, unlink_prefix
 from fluxstream.indexer.vector_store import VectorStore
 
@@ -70,7 +70,7 @@ class Retirement:
                 dropped.append(await self.drop(name))
         await self.redis.zremrangebyscore(keyspace.GENERATIONS_DROPPED, "-inf", now - RESWEEP_SECONDS)
         for raw in await self.redis.zrange(keyspace.GENERATIONS_DROPPED, 0, -1):
-            name = raw.decode()
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
             collection, generation = parse_index_name(name)
             if (await self.registry.get(collection)).keeps(generation):
                 await self.redis.zrem(keyspace.GENERATIONS_DROPPED, name)  # the name is in use again (a later rebuild)
