@@ -224,3 +224,19 @@ def test_the_parameter_digest_keeps_apart_what_retrievers_tell_apart() -> None:
     assert digest(2**70) != digest(2**70 + 1)
     assert len({digest(1), digest(True), digest(1.0), digest("1")}) == 4
     assert digest(1) == params_digest(SearchRequest(query="y", filters={"tag": 1}))  # the text is not a parameter
+
+
+async def test_clearing_a_collections_cache_drops_its_entries_not_its_index(
+    stack: Settings, producer: AIOKafkaProducer, http: httpx.AsyncClient, redis_client: aioredis.Redis,
+    collection: str,
+) -> None:
+    """``DELETE /v1/admin/cache/{collection}`` and the invalidator's clear share one home (cache.store)."""
+    await index(stack, producer, collection, {"k": "kestrel hovering over a meadow"})
+    body = {"query": "kestrel meadow", "collection": collection, "mode": "bm25"}
+    await search(http, body)
+    assert (await search(http, body))["cache"]["status"] == "exact"
+    cleared = await http.delete(f"/v1/admin/cache/{collection}")
+    assert cleared.status_code == 200 and cleared.json()["removed_keys"] >= 3, cleared.text  # entry, exact, lru...
+    assert not await redis_client.keys(keyspace.cache_prefix(collection) + "*")
+    assert await redis_client.exists(keyspace.meta(collection))  # the index stays
+    assert (await search(http, body))["cache"]["status"] == "miss"

@@ -21,10 +21,9 @@ import numpy as np
 
 from fluxstream.core import keyspace
 from fluxstream.core.replies import text
-from fluxstream.indexer.postings import unlink_prefix
 from fluxstream.indexer.vector_store import VectorStore
 from fluxstream.query.cache.entries import embedding_of
-from fluxstream.query.cache.store import SemanticCache
+from fluxstream.query.cache.store import SemanticCache, clear_index
 from fluxstream.query.cache.validity import could_enter
 from fluxstream.schemas.events import IndexUpdate
 
@@ -58,7 +57,7 @@ class CacheInvalidator:
     async def clear(self, collection: str) -> int:
         """Drop every entry of ``collection`` (an index): for a change whose effects are unknown."""
         self.mirrors.pop(collection, None)
-        return await unlink_prefix(self.cache.redis, keyspace.cache_prefix(collection))
+        return await clear_index(self.cache.redis, collection)
 
     async def _by_terms_and_docs(self, collection: str, updates: list[IndexUpdate]) -> set[str]:
         keys = {keyspace.cache_term(collection, t) for u in updates for t in u.terms}

@@ -32,7 +32,15 @@ from redis.exceptions import RedisError
 
 from fluxstream.core import keyspace, lua
 from fluxstream.core.replies import text
-from fluxstream.indexer.postings import CHUNK_FIELDS, SEQ_FIELD, STATS_FIELDS, PostingsStore, decode_chunk, decode_stats
+from fluxstream.indexer.postings import (
+    CHUNK_FIELDS,
+    SEQ_FIELD,
+    STATS_FIELDS,
+    PostingsStore,
+    decode_chunk,
+    decode_stats,
+    unlink_prefix,
+)
 from fluxstream.indexer.redis_plan import Plan, PlanRunner
 from fluxstream.query.cache.entries import decode_retrieval, embedding_of, encode_embedding, encode_retrieval
 from fluxstream.query.cache.keys import bucket_keys, exact_key
@@ -70,6 +78,11 @@ class CacheHit:
 class Lookup:
     hit: CacheHit | None
     query_vector: np.ndarray | None  # computed for the semantic lookup; the search reuses it
+
+
+async def clear_index(redis: aioredis.Redis, index: str) -> int:
+    """Drop every cache key of ``index`` (entries, exact keys, buckets, sets); returns how many went."""
+    return await unlink_prefix(redis, keyspace.cache_prefix(index))
 
 
 class SemanticCache:
@@ -165,7 +178,7 @@ class SemanticCache:
         tagged with the index positions it was read at (term versions, vector log).
 
         An entry computed from a state that a change has already moved past is stored too, but
-        ``still_valid`` refuses it on first use, so it can never be served.
+        the validity check (``validity``) refuses it on first use, so it can never be served.
         """
         size = sum(len(p) for p in (retrieval.postings or {}).values()) + len(retrieval.vector_hits or [])
         if size > self.config.max_postings:

@@ -6,10 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from fluxstream.core import keyspace
 from fluxstream.core.logging import get_logger
 from fluxstream.indexer.generations.status import collection_status
-from fluxstream.indexer.postings import unlink_prefix
+from fluxstream.query.cache.store import clear_index
 from fluxstream.query.http.dependencies import AdminKey, Services
 from fluxstream.schemas.events import CollectionName
 
@@ -41,6 +40,6 @@ async def admin_collections(principal: AdminKey, services: Services) -> dict[str
 async def admin_clear_cache(collection: CollectionName, principal: AdminKey, services: Services) -> dict[str, Any]:
     """Drop every cached answer of a collection's serving generation."""
     target = await services.target(collection)
-    removed = await unlink_prefix(services.redis, keyspace.cache_prefix(target.index))
+    removed = await clear_index(services.redis, target.index)
     log.info("cache_cleared", collection=collection, keys=removed)
     return {"collection": collection, "removed_keys": removed}
