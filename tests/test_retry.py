@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 
 import httpx
@@ -48,7 +49,7 @@ def test_outages_and_throttling_are_transient(error: Exception) -> None:
     psycopg.errors.InvalidParameterValue("value 1000 out of bounds for option m"),
     redis.exceptions.AuthenticationError("invalid username-password pair"),
     redis.exceptions.ResponseError("ERR unknown command"),
-    FileNotFoundError("/models/missing"),
+    FileNotFoundError("/models/missing"), ssl.SSLCertVerificationError("self-signed certificate"),
     _status_error(400), _status_error(401),
     EmbeddingError("input too long", permanent=True),
 ])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ T = TypeVar("T")
 
 TRANSIENT_STATUS = frozenset({408, 409, 429})
 """HTTP statuses (besides 5xx) a provider may answer differently on a later attempt."""
-_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+_CONFIGURATION_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+                            ssl.SSLCertVerificationError)
+"""OS errors that name a path or a certificate of the configuration, not the network: waiting cannot fix them."""
 
 
 class Fault(enum.Enum):
@@ -78,7 +81,7 @@ def _verdict(exc: BaseException) -> Fault | None:
         return Fault.TRANSIENT
     if isinstance(exc, psycopg.OperationalError):  # includes psycopg_pool.PoolTimeout
         return Fault.TRANSIENT
-    if isinstance(exc, _PATH_ERRORS):  # a path in the configuration, not the network
+    if isinstance(exc, _CONFIGURATION_OS_ERRORS):
         return Fault.PERMANENT
     if isinstance(exc, OSError):  # connection refused/reset, timeouts (asyncio's too), unreachable hosts
         return Fault.TRANSIENT
