@@ -1,5 +1,6 @@
 """The floor plan holds: layers only point down and no packages import each other (pyproject's
-[tool.importlinter] contract, run as `lint-imports` would be, so `pytest` enforces it)."""
+[tool.importlinter] contract, run as `lint-imports` would be, so `pytest` enforces it), and the
+package type-checks clean under mypy (pyproject's [tool.mypy]) — docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -46,3 +47,11 @@ def test_contract_ignores_no_import() -> None:
     """Every layer violation was fixed, not excused: the contracts list no ignored imports."""
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     assert [c["name"] for c in contracts if c.get("ignore_imports")] == []
+
+
+def test_the_package_type_checks_clean(tmp_path: Path) -> None:
+    """mypy over fluxstream with pyproject's settings: CI runs the type checker through pytest."""
+    result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache")], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout

@@ -179,7 +179,7 @@ class EngineHost:
 
         host = self
 
-        class Handler(BasePythonChangeHandler):  # type: ignore[misc]
+        class Handler(BasePythonChangeHandler):
             def handleJsonBatch(self, records: Any) -> None:
                 host._deliver(records)
 
