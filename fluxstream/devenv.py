@@ -21,6 +21,8 @@ from fluxstream.core.settings import ENV_PREFIX, Settings
 ENV_FILE = "env"
 # What changes between dev stack starts, and what a client needs to reach the stack.
 EXPORTED = ("kafka_url", "redis_url", "database_url", "http_port", "worker_web_port")
+# With `dev --cdc`: what `fluxstream status` (its CDC line, the CDC topics' lag) needs to find the capture.
+EXPORTED_CDC = ("cdc_source_url", "cdc_tables", "cdc_config", "cdc_topic_prefix", "cdc_slot", "cdc_web_port")
 _PID_PREFIX = "# pid="
 
 
@@ -47,7 +49,8 @@ def write(state_dir: str | Path, settings: Settings, pid: int | None = None) -> 
     lines = ["# written by `fluxstream dev`; removed when it stops. Commands run with this state directory",
              "# use these values for the variables that are not set.",
              f"{_PID_PREFIX}{own}"]
-    lines += [f"{ENV_PREFIX}{name.upper()}={shlex.quote(str(getattr(settings, name)))}" for name in EXPORTED]
+    exported = EXPORTED + (EXPORTED_CDC if settings.cdc_source_url else ())
+    lines += [f"{ENV_PREFIX}{name.upper()}={shlex.quote(str(getattr(settings, name)))}" for name in exported]
     scratch = path.with_name(f".{ENV_FILE}.{own}")
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

@@ -37,6 +37,8 @@ DEMO_QUERY = "how do vector databases find similar embeddings"
 class DevOptions:
     workers: int = 1  # worker processes
     demo: bool = False  # index the sample corpus and run a query once the stack is up
+    cdc_source: str = ""  # capture this source PostgreSQL with Debezium (a `fluxstream cdc` child)
+    cdc_tables: tuple[str, ...] = ()  # schema.table; empty: FLUXSTREAM_CDC_TABLES, else every table with a key
 
 
 def run(base: Settings, options: DevOptions) -> int:
@@ -59,6 +61,12 @@ def run(base: Settings, options: DevOptions) -> int:
               "stop it first, or give another --state-dir and FLUXSTREAM_HTTP_PORT", file=sys.stderr)
         return 1
     state_dir.mkdir(parents=True, exist_ok=True)
+    if options.cdc_source:
+        try:
+            base = with_cdc(base, options)
+        except (SystemExit, ValueError) as exc:
+            print(f"fluxstream dev: --cdc: {exc}", file=sys.stderr, flush=True)
+            return 2
     log_to_file(state_dir / "dev.log", base.log_level)  # embedded PostgreSQL's commands, HTTP polls, warnings
     stop = threading.Event()
     started = False
@@ -71,7 +79,7 @@ def run(base: Settings, options: DevOptions) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stack = Stack(base, workers=options.workers, progress=step)
+    stack = Stack(base, workers=options.workers, progress=step, cdc=bool(options.cdc_source))
     print(f"fluxstream: starting the stack under {state_dir.resolve()}", flush=True)
     status = 0
     try:
@@ -106,6 +114,40 @@ def run(base: Settings, options: DevOptions) -> int:
     return status
 
 
+def with_cdc(base: Settings, options: DevOptions) -> Settings:
+    """The settings of a dev stack that captures ``options.cdc_source``: the Debezium prerequisites checked
+    (SystemExit: one line), the tables resolved in the source, and a CDC mapping: FLUXSTREAM_CDC_CONFIG when
+    set, else one generated from the tables' columns into ``<state dir>/cdc-mapping.toml`` (ValueError: one line).
+    """
+    from dataclasses import replace
+
+    import psycopg
+
+    from fluxstream.streams.cdc_engine import check_prerequisites
+    from fluxstream.streams.cdc_source import captured_tables, generated_mapping
+
+    source = options.cdc_source
+    if not source.startswith(("postgresql://", "postgres://")):
+        raise ValueError(f"{redact(source)}: expected a postgresql://user:pw@host:port/db URL")
+    check_prerequisites()
+    wanted = options.cdc_tables or tuple(t.strip() for t in base.cdc_tables.split(",") if t.strip())
+    if bad := [t for t in wanted if t.count(".") != 1]:
+        raise ValueError(f"{', '.join(bad)}: expected schema.table")
+    try:
+        tables = captured_tables(source, wanted)
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot read the tables of {redact(source)}: {first}") from None
+    mapping = base.cdc_config
+    if not mapping:
+        path = Path(base.state_dir).resolve() / "cdc-mapping.toml"
+        path.write_text(generated_mapping(tables, base.cdc_topic_prefix))
+        mapping = str(path)
+    names = ",".join(f"{t.schema}.{t.table}" for t in tables)
+    print(f"fluxstream: capturing {names} from {redact(source)} (mapping: {mapping})", flush=True)
+    return replace(base, cdc_source_url=source, cdc_tables=names, cdc_config=mapping)
+
+
 @contextmanager
 def step(what: str) -> Iterator[None]:
     """'fluxstream: starting Kafka (Tansu)... ok 1.2 s' (the stack's progress in `fluxstream dev`)."""
@@ -138,6 +180,10 @@ def print_services(stack: Stack, settings: Settings) -> None:
     print(f"  redis     {redact(settings.redis_url)}  ({origin['redis' in started]})", flush=True)
     print(f"  postgres  {redact(settings.database_url)}  ({origin['postgres' in started]})", flush=True)
     print(f"  query     http://127.0.0.1:{settings.http_port}  (OpenAPI: /docs)", flush=True)
+    if settings.cdc_source_url and stack.apps is not None and "cdc" in stack.apps.procs:
+        print(f"  cdc       {redact(settings.cdc_source_url)} -> {settings.cdc_topic_prefix}.<schema>.<table>  "
+              f"(metrics: http://127.0.0.1:{stack.apps.port('cdc')}/metrics; offsets: {settings.state_dir}/cdc)",
+              flush=True)
     if settings.worker_web_port:
         print(f"  worker    http://127.0.0.1:{settings.worker_web_port}/readyz  (metrics: /metrics)", flush=True)
     print(f"  logs      {settings.state_dir}/*.log", flush=True)

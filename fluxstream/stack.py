@@ -249,8 +249,11 @@ class AppProcesses:
     progress: Progress = quiet
 
     web_ports: dict[str, int] = field(default_factory=dict)
+    cdc: bool = False  # also run `fluxstream cdc` (settings.cdc_*): Debezium capturing into the stack's Kafka
 
     def start(self, ready_timeout: float = 120.0) -> None:
+        if self.cdc:  # first: its JVM starts while the workers load their models
+            self.procs["cdc"] = spawn([*self._cli, "cdc"], self.log_dir / "cdc.log", self._env())
         for n in range(self.workers):
             self.start_worker(f"worker-{n}", wait=False)
         self.procs["query"] = spawn([*self._cli, "serve"], self.log_dir / "query.log", self._env())
@@ -259,6 +262,9 @@ class AppProcesses:
             self.wait_ready(list(self.web_ports), ready_timeout)
         with self.progress("starting the query service"):
             self.wait_ready(["query"], ready_timeout)
+        if self.cdc:
+            with self.progress("starting CDC capture (Debezium engine; its log: cdc/debezium.log)"):
+                self.wait_ready(["cdc"], ready_timeout)  # its metrics port answers
 
     @property
     def _cli(self) -> list[str]:
@@ -287,6 +293,8 @@ class AppProcesses:
         return f"http://127.0.0.1:{self.port(name)}"
 
     def port(self, name: str) -> int:
+        if name == "cdc":
+            return self.settings.cdc_web_port
         return self.settings.http_port if name == "query" else self.web_ports[name]
 
     def log_path(self, name: str) -> Path:
@@ -361,12 +369,15 @@ class Stack:
     apps: AppProcesses | None = None
     settings: Settings | None = None
     progress: Progress = quiet
+    cdc: bool = False  # run `fluxstream cdc` too (AppProcesses.cdc)
 
     def start(self) -> Settings:
         state_dir = Path(self.base.state_dir).resolve()
         base = self.base
         if base.worker_web_port == 6066 and "FLUXSTREAM_WORKER_WEB_PORT" not in os.environ:
             base = replace(base, worker_web_port=free_port())  # the default: any free port
+        if self.cdc and base.cdc_web_port == 6067 and "FLUXSTREAM_CDC_WEB_PORT" not in os.environ:
+            base = replace(base, cdc_web_port=free_port())
         check_ports(base)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.services = EmbeddedServices(state_dir, base.kafka_url, base.redis_url, base.database_url,
@@ -377,7 +388,7 @@ class Stack:
             with self.progress("creating topics"):
                 asyncio.run(create_topics(settings))
             self.settings = settings
-            self.apps = AppProcesses(settings, state_dir, self.workers, progress=self.progress)
+            self.apps = AppProcesses(settings, state_dir, self.workers, progress=self.progress, cdc=self.cdc)
             self.apps.start()
         except BaseException:
             self.stop()

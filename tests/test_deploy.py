@@ -60,6 +60,21 @@ def test_compose_cdc_demo_is_wired_end_to_end() -> None:
         "environment"]["POSTGRES_USER"]
 
 
+def test_compose_kafka_connect_route_is_behind_the_cdc_profile() -> None:
+    """`docker compose up` starts the stack without Kafka Connect; `--profile cdc` adds the source database,
+    Debezium Connect and the connector registration, and no default service depends on them."""
+    services = compose()["services"]
+    gated = {name for name, service in services.items() if service.get("profiles")}
+    assert gated == {"source-db", "connect", "register-connector"}
+    assert all(services[name]["profiles"] == ["cdc"] for name in gated)
+    assert services["connect"]["image"].startswith("quay.io/debezium/connect:")
+    for name, service in services.items():
+        if name not in gated:
+            assert not set(service.get("depends_on", {})) & gated, name
+    assert "/connectors/articles/config" in " ".join(services["register-connector"]["command"])
+    assert "./deploy/debezium/articles-connector.json:/connector.json:ro" in services["register-connector"]["volumes"]
+
+
 def test_cdc_topics_have_the_partitions_of_fluxstream_topics() -> None:
     """The CDC topic feeds the same indexer group: fewer partitions would leave replicas without a share."""
     connector = json.loads((ROOT / "deploy/debezium/articles-connector.json").read_text())

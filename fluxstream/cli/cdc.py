@@ -73,6 +73,8 @@ def cmd_cdc(args: argparse.Namespace) -> int:
     bootstrap = options.pop("bootstrap_servers")
     written = f"Avro (schemas in {redact(registry)})" if avro else "JSON"
     print(f"fluxstream cdc: capturing {', '.join(tables)} from {redact(source)} into {prefix}.<schema>.<table> "
-          f"as {written} on {redact(bootstrap)} (offsets in {state.resolve()}); Ctrl-C to stop",
+          f"as {written} on {redact(bootstrap)} (offsets in {state.resolve()})"
+          + (f", metrics on :{settings.cdc_web_port}/metrics" if settings.cdc_web_port else "") + "; Ctrl-C to stop",
           file=sys.stderr, flush=True)
-    return serve(properties, lambda: KafkaSink(bootstrap, **options), state_dir=state)
+    return serve(properties, lambda: KafkaSink(bootstrap, **options), state_dir=state,
+                 web_port=settings.cdc_web_port)

