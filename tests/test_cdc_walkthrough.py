@@ -50,7 +50,7 @@ def test_the_doc_marks_both_walkthroughs() -> None:
     blocks = doc_blocks(DOC.read_text())
     sections = {b.section for b in blocks}
     assert sections == {"With `fluxstream cdc`", "With `fluxstream dev --cdc`"}, sections
-    assert [b.kind for b in blocks][0] == "env"
+    assert blocks[0].kind == "env"
     scripts = " ".join(b.script for b in blocks)
     assert "fluxstream cdc --tables public.articles" in scripts
     assert 'fluxstream dev --cdc "$FLUXSTREAM_CDC_SOURCE_URL"' in scripts
@@ -74,7 +74,7 @@ def test_cdc_walkthrough_runs_as_written(tmp_path: Path) -> None:
             proc, out = running.pop()
             proc.send_signal(signal.SIGINT)  # Ctrl-C in its terminal
             code = proc.wait(180)
-            assert code == 0, f"{proc.args} exited with {code}: {out.read_text()[-3000:]}"
+            assert code == 0, f"{proc.args!r} exited with {code}: {out.read_text()[-3000:]}"
 
     def bash(script: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["bash", "-c", f"set -eo pipefail\n{prelude}\n{script}"], cwd=workdir, env=env,
