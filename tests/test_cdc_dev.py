@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from fluxstream import devenv
 from fluxstream.cli.render import cdc_line, status_table
 from fluxstream.core.settings import Settings
+from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.stack import free_port, spawn
-from fluxstream.streams.cdc_mapping import CdcMapping
 from fluxstream.streams.cdc_source import TableColumns, generated_mapping
 from tests.debezium_harness import REPO, SourcePostgres
 
