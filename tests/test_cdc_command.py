@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from fluxstream.core.settings import Settings
-from fluxstream.stack import spawn, stop_process
+from fluxstream.stack import free_port, spawn, stop_process
 from tests.conftest import eventually
 from tests.debezium_harness import REPO, STREAMING, SourcePostgres
 
@@ -43,7 +43,7 @@ def _start(source: SourcePostgres, stack: Settings, state_dir: Path, run: int) -
     out = state_dir / f"cdc-{run}.out"
     proc = spawn([sys.executable, "-m", "fluxstream.cli", "cdc", "--source", source.url, "--tables", "public.notes",
                   "--topic-prefix", "cli", "--slot", "fluxstream_cli"], out,
-                 env=_env(state_dir, FLUXSTREAM_KAFKA_URL=stack.kafka_url))
+                 env=_env(state_dir, FLUXSTREAM_KAFKA_URL=stack.kafka_url, FLUXSTREAM_CDC_WEB_PORT=str(free_port())))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:

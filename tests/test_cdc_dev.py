@@ -204,3 +204,19 @@ def test_dev_env_file_carries_the_cdc_settings_only_with_a_source(tmp_path: Path
     devenv.write(tmp_path, replace(plain, cdc_source_url="postgresql://u@h/db", cdc_web_port=4321))
     values = devenv.read(tmp_path).values  # type: ignore[union-attr]
     assert values["FLUXSTREAM_CDC_SOURCE_URL"] == "postgresql://u@h/db" and values["FLUXSTREAM_CDC_WEB_PORT"] == "4321"
+
+
+def test_cdc_metrics_port_in_use_is_one_line(tmp_path: Path) -> None:
+    """A taken FLUXSTREAM_CDC_WEB_PORT stops `fluxstream cdc` with one line before the engine starts."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run([*CLI, "cdc", "--source", "postgresql://u@127.0.0.1:1/db", "--tables", "public.t"],
+                             capture_output=True, text=True, timeout=120,
+                             env=_env(tmp_path, FLUXSTREAM_KAFKA_URL="127.0.0.1:1", FLUXSTREAM_CDC_WEB_PORT=str(port)))
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        f"the cdc metrics port {port} (FLUXSTREAM_CDC_WEB_PORT) cannot be used: ")

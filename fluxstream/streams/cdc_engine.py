@@ -443,7 +443,11 @@ def serve(properties: dict[str, str], make_sink: Callable[[], KafkaSink | FileSi
 
         from fluxstream.core.metrics import CDC
 
-        start_http_server(web_port, registry=CDC)
+        try:
+            start_http_server(web_port, registry=CDC)
+        except OSError as exc:
+            raise SystemExit(f"the cdc metrics port {web_port} (FLUXSTREAM_CDC_WEB_PORT) cannot be used: "
+                             f"{exc.strerror or exc}; choose another port, or 0 for no metrics") from None
         watch_slot_lag(source_url(properties), properties["slot.name"], stop, lag_interval)
     sink = make_sink()
     host = EngineHost(properties, sink, work_dir=state)
