@@ -39,7 +39,7 @@ STARTUP_RETRIES = RetryPolicy(None, 1.0, 1.0)
 
 
 def load_cdc_mapping(settings: Settings) -> CdcMapping:
-    mapping = CdcMapping.load(settings.cdc_config) if settings.cdc_config else CdcMapping()
+    mapping = CdcMapping.from_settings(settings)
     if mapping.needs_registry and not settings.schema_registry_url:
         raise SettingsError([f"{settings.cdc_config}: a source has format = \"avro\": set "
                              "FLUXSTREAM_SCHEMA_REGISTRY_URL (the Schema Registry its schemas are in)"])
