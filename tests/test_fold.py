@@ -17,6 +17,7 @@ from fluxstream.indexer.fold import (
     fold,
     tables_to_read,
 )
+from fluxstream.indexer.generations import IndexTarget
 from fluxstream.indexer.tokenizer import Tokenizer
 from fluxstream.indexer.write_plan import CollectionWrite
 from fluxstream.schemas.events import DocumentChange, SourcePosition
@@ -189,6 +190,27 @@ def test_a_multi_collection_batch_plans_one_atomic_write_per_collection() -> Non
     assert a.changed_terms == ["alpha", "beta"] and b.changed_terms == ["delta", "gamma"]
     assert b.stats_delta == {"chunks": 1, "total_len": 2, "docs": 1}
     assert [m.doc_id for m in a.marks] == ["d", "x"] and [m.doc_id for m in b.marks] == ["d"]
+
+
+def test_a_change_routed_to_generation_2_plans_its_writes_under_that_index_and_keeps_its_collection() -> None:
+    change = DocumentChange(op="upsert", doc_id="d", collection="c", version=2, text="alpha beta")
+    serving = SourcedChange(change, at(5), table="orders", target=IndexTarget("c"))
+    building = SourcedChange(change, at(5), table="orders", target=IndexTarget("c", 2))
+    assert building.index == "c@g2" and building.ref == DocRef("c@g2", "d")
+    assert documents_to_read([serving, building]) == [DocRef("c", "d"), DocRef("c@g2", "d")]
+    assert tables_to_read([serving, building]) == [TableRef("c", "orders"), TableRef("c@g2", "orders")]
+    plan = run([serving, building], truncations={TableRef("c", "orders"): -1, TableRef("c@g2", "orders"): 1})
+    assert [w.collection for w in plan.writes] == ["c", "c@g2"]
+    g2 = plan.writes[1]
+    assert [d.write.after.ref for d in g2.documents] == [DocRef("c@g2", "d")]
+    assert g2.marks == [PendingMark("c@g2", "docs", 0, "d", 5, 5)]
+    assert [e.state.collection for e in plan.to_embed] == ["c", "c@g2"]  # the events' index names
+    assert [(r.item.change.collection, r.item.target) for r in plan.results] == \
+        [("c", IndexTarget("c")), ("c", IndexTarget("c", 2))]  # the producer's collection, untouched
+    assert change.collection == "c"
+    # Each generation is checked against its own truncation floor.
+    skipped = run([building], truncations={TableRef("c@g2", "orders"): 2})
+    assert [r.applied for r in skipped.results] == [False] and skipped.writes == []
 
 
 def test_a_key_change_fills_from_the_old_keys_tombstone_and_expects_it_unchanged() -> None:

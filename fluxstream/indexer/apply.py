@@ -164,7 +164,11 @@ def split_by_document(batch: list[SourcedChange], group_size: int) -> list[list[
 def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool,
                   previous: DocumentState | None = None, incomplete: list[str] | None = None) -> IndexUpdate:
     """``terms``: every index term the change removed or added, so caches can find the queries it touches;
-    ``incomplete``: source columns indexed without their value (see ``indexer.fold.fill_source``)."""
+    ``incomplete``: source columns indexed without their value (see ``indexer.fold.fill_source``).
+
+    Wire form v1: ``collection`` carries the index name (``IndexTarget.index``: ``<collection>@g<N>``
+    for a later generation), not the producer's collection; cache invalidation, enrichment and the
+    vector stage read it as the index the update concerns."""
     terms = {t for c in state.chunks for t in c.tf} | {t for c in (previous.chunks if previous else []) for t in c.tf}
     # Built from validated state, so constructed without validating again (it showed in the worker's profile).
     return IndexUpdate.trusted(
@@ -183,7 +187,9 @@ def _index_update(state: DocumentState, source: SourcePosition, *, vectors: bool
 
 
 def _embed_job(state: DocumentState, source: SourcePosition) -> EmbedJob:
-    """From validated state: constructed without validating again, like ``_index_update``."""
+    """From validated state: constructed without validating again, like ``_index_update``.
+
+    Wire form v1, as ``_index_update``: ``collection`` carries the index name the vector stage writes."""
     return EmbedJob.trusted(
         schema_version=SCHEMA_VERSION,
         op="delete" if state.deleted else "upsert",

@@ -63,7 +63,9 @@ class ChunkState:
 
 @dataclass(slots=True)
 class DocumentState:
-    """What the index holds for one document (absent documents have version None)."""
+    """What the index holds for one document (absent documents have version None).
+
+    ``collection``: the index it lives in, a collection generation's name (``IndexTarget.index``)."""
 
     collection: str
     doc_id: str

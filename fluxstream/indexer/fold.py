@@ -2,11 +2,12 @@
 
 Given a batch of sourced changes (in partition order) and what the index held before it (documents
 and truncation floors, as ``indexer.apply`` read them), decide which changes apply, fold several
-changes of one document into its final state, and compute the plan of the write: per collection the
+changes of one document into its final state, and compute the plan of the write: per index (the
+``IndexTarget`` each change is routed to, ``SourcedChange.index``) the
 postings to remove and add, the chunk and document records, the statistics deltas, the changed
 terms, what the write expects to find (compare-and-set) and the vector-pending marks; and the
 follow-up events (index updates, embed jobs, redeliveries). ``indexer.postings`` executes a plan in
-one atomic script per collection; a conflict there means ``before`` is stale: read and fold again.
+one atomic script per index; a conflict there means ``before`` is stale: read and fold again.
 
 Versioned and idempotent: a change whose version is at or below the applied version of its document
 is skipped, deletes leave a tombstone version, so duplicates, replays and late events never regress
@@ -30,6 +31,7 @@ from fluxstream.indexer.documents import (
     PendingMark,
     TableRef,
 )
+from fluxstream.indexer.generations import IndexTarget
 from fluxstream.indexer.tokenizer import Tokenizer
 from fluxstream.indexer.write_plan import CollectionWrite, plan_writes
 from fluxstream.schemas.events import DocumentChange, SourcePosition
@@ -39,7 +41,13 @@ Renderer = Callable[[Mapping[str, Any]], tuple[str, str, dict[str, Any]]]
 
 @dataclass(frozen=True, slots=True)
 class SourcedChange:
-    """A change plus where it was read; CDC changes also carry their source row and table.
+    """A change plus where it was read and the index it is written to; CDC changes also carry their
+    source row and table.
+
+    ``target``: the index generation this copy of the change goes to (the worker writes one copy per
+    live generation, ``streams.scopes``); None means generation 1 of the change's collection. The
+    change keeps the collection its producer sent; everything written (documents, postings, marks)
+    lives under ``index``.
 
     ``row``/``render`` let the stage rebuild title, text and metadata after filling
     ``unavailable`` columns (Debezium's unchanged-TOAST placeholder) from the row the
@@ -56,18 +64,24 @@ class SourcedChange:
     render: Renderer | None = None
     table: str | None = None
     previous_doc_id: str | None = None
+    target: IndexTarget | None = None
+
+    @property
+    def index(self) -> str:
+        """The physical index the change is written to."""
+        return self.target.index if self.target is not None else self.change.collection
 
     @property
     def ref(self) -> DocRef:
-        return DocRef(self.change.collection, self.change.doc_id)
+        return DocRef(self.index, self.change.doc_id)
 
     @property
     def previous_ref(self) -> DocRef | None:
-        return DocRef(self.change.collection, self.previous_doc_id) if self.previous_doc_id is not None else None
+        return DocRef(self.index, self.previous_doc_id) if self.previous_doc_id is not None else None
 
     @property
     def table_ref(self) -> TableRef | None:
-        return TableRef(self.change.collection, self.table) if self.table is not None else None
+        return TableRef(self.index, self.table) if self.table is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +148,7 @@ class FoldPlan:
     """Everything a batch writes and announces, in the order the stage emits it."""
 
     results: list[ChangeResult]  # per change, in batch order
-    writes: list[CollectionWrite]  # per collection, each one atomic script
+    writes: list[CollectionWrite]  # per index, each one atomic script
     announcements: list[Announcement]  # per applied change, in batch order
     to_embed: list[ToEmbed]  # per written document, in first-seen order
     redelivered: list[ToEmbed]  # documents whose applied version came again: re-send job and update
@@ -172,8 +186,8 @@ def fold(batch: list[SourcedChange], before: Before, builder: DocumentBuilder) -
         change = item.change
         ref = item.ref
         state = current[ref]
-        if change.op == "upsert" and item.table is not None and \
-                change.version <= before.truncations[TableRef(change.collection, item.table)]:
+        table = item.table_ref
+        if change.op == "upsert" and table is not None and change.version <= before.truncations[table]:
             results.append(ChangeResult(item, False))  # older than a truncate: must not come back
             continue
         if state.version is not None and change.version <= state.version:
@@ -205,7 +219,7 @@ def next_state(item: SourcedChange, state: DocumentState, current: Mapping[DocRe
     change = item.change
     src = item.source.model_dump()
     if change.op == "delete":  # the tombstone keeps the row: a key change's create fills from it
-        return DocumentState(change.collection, change.doc_id, change.version, deleted=True, source=src,
+        return DocumentState(item.index, change.doc_id, change.version, deleted=True, source=src,
                              table=item.table, row=state.row if state.live else None), []
     row = item.row
     missing: list[str] = []
@@ -218,7 +232,7 @@ def next_state(item: SourcedChange, state: DocumentState, current: Mapping[DocRe
         title, text, metadata = item.render(row)
         change = change.model_copy(update={"title": title, "text": text, "metadata": metadata})
     return DocumentState(
-        collection=change.collection,
+        collection=item.index,
         doc_id=change.doc_id,
         version=change.version,
         title=change.title,
@@ -254,7 +268,7 @@ def fill_source(item: SourcedChange, state: DocumentState,
 
 
 class _PartitionDoc(NamedTuple):
-    collection: str
+    index_name: str  # not ``index``: tuple has that method
     doc_id: str
     topic: str
     partition: int
@@ -276,19 +290,19 @@ def pending_marks(batch: list[SourcedChange], before: Mapping[DocRef, DocumentSt
     """
     lowest: dict[_PartitionDoc, int] = {}
     for item in batch:  # the lowest offset per document and partition
-        key = _PartitionDoc(item.change.collection, item.change.doc_id, item.source.topic, item.source.partition)
+        key = _PartitionDoc(item.index, item.change.doc_id, item.source.topic, item.source.partition)
         lowest[key] = min(lowest.get(key, item.source.offset), item.source.offset)
     marks = []
-    for (collection, doc_id, topic, partition), offset in lowest.items():
-        ref = DocRef(collection, doc_id)
+    for (index, doc_id, topic, partition), offset in lowest.items():
+        ref = DocRef(index, doc_id)
         job = jobs.get(ref) or redelivered.get(ref)
         if job is not None:
             if (job.topic, job.partition) == (topic, partition):  # a document's changes share a partition
-                marks.append(PendingMark(collection, topic, partition, doc_id, min(offset, job.offset), job.offset))
+                marks.append(PendingMark(index, topic, partition, doc_id, min(offset, job.offset), job.offset))
             continue
         written = before[ref].source
         if written and (written.get("topic"), written.get("partition")) == (topic, partition) \
                 and offset < written["offset"]:
-            marks.append(PendingMark(collection, topic, partition, doc_id, offset, written["offset"],
+            marks.append(PendingMark(index, topic, partition, doc_id, offset, written["offset"],
                                      only_if=written["offset"]))
     return marks

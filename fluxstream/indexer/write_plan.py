@@ -1,8 +1,9 @@
 """The plan of one write of the BM25 stage: what replacing documents changes in the index.
 
-Per collection (one compare-and-set script each, executed by ``indexer.postings``): per document
-the postings to remove and add and the chunk records to drop and write, what the write expects to
-find, the vector-pending marks, the statistics deltas and the terms whose postings changed. Pure:
+Per index (a collection generation, named by ``DocumentState.collection``; one compare-and-set
+script each, executed by ``indexer.postings``): per document the postings to remove and add and the
+chunk records to drop and write, what the write expects to find, the vector-pending marks, the
+statistics deltas and the terms whose postings changed. Pure:
 ``indexer.fold`` computes plans, ``indexer.postings`` encodes and runs them.
 """
 

@@ -186,7 +186,7 @@ class Pipeline:
         if isinstance(change, DocumentChange):
             targets = await self.until_done("bm25", lambda: self.scope.targets([change.collection]))
             source = position(record)
-            handled = [ChangeAt(index, change.doc_id, source) for index in targets[change.collection]]
+            handled = [ChangeAt(target.index, change.doc_id, source) for target in targets[change.collection]]
             await self.until_done("bm25", lambda: self.positions.clear_documents(handled))
 
 

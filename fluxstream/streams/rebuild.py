@@ -30,7 +30,7 @@ from fluxstream.core.kafka import new_producer
 from fluxstream.core.logging import get_logger
 from fluxstream.core.settings import Settings
 from fluxstream.core.topic_range import TopicRange, group_offsets, read_range
-from fluxstream.indexer.generations import GenerationRegistry, index_name
+from fluxstream.indexer.generations import GenerationRegistry, IndexTarget
 from fluxstream.indexer.generations.retirement import Dropped, Retirement
 from fluxstream.schemas.cdc_mapping import CdcMapping
 from fluxstream.streams.eventlog import BadLine, LogRecord, read_log
@@ -143,7 +143,8 @@ async def rebuild(settings: Settings, plan: RebuildPlan, cdc: CdcMapping | None 
     producer = new_producer(settings)
     await producer.start()
     generation = await registry.begin(plan.collection, {"phase": "starting", "started_at": time.time()})
-    report = RebuildReport(plan.collection, generation, index_name(plan.collection, generation))
+    target = IndexTarget(plan.collection, generation)
+    report = RebuildReport(plan.collection, generation, target.index)
     meter = _Meter(registry, plan.collection, generation)
     log.info("rebuild_started", collection=plan.collection, generation=generation)
 
@@ -151,7 +152,7 @@ async def rebuild(settings: Settings, plan: RebuildPlan, cdc: CdcMapping | None 
                       headers: list[tuple[str, bytes]] | None = None) -> Awaitable[object]:
         return await producer.send(topic, key=key, value=value, headers=headers)
 
-    pipeline = Pipeline(settings, resources, publish, cdc, RebuildScope(plan.collection, report.index))
+    pipeline = Pipeline(settings, resources, publish, cdc, RebuildScope(target))
     started = time.monotonic()
     try:
         handlers = _handlers(pipeline, cdc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from fluxstream.indexer.generations import GenerationRegistry
+from fluxstream.indexer.generations import GenerationRegistry, IndexTarget
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,8 @@ class LiveScope:
     registry: GenerationRegistry
     live: bool = True
 
-    async def targets(self, collections: Iterable[str]) -> dict[str, list[str]]:
+    async def targets(self, collections: Iterable[str]) -> dict[str, list[IndexTarget]]:
+        """Each collection's write targets, the serving generation first."""
         return await self.registry.write_targets(collections)
 
     async def accepts_vectors(self, names: Iterable[str]) -> dict[str, bool]:
@@ -28,15 +29,15 @@ class LiveScope:
 
 @dataclass(frozen=True)
 class RebuildScope:
-    collection: str
-    index: str
+    target: IndexTarget  # the generation being built
     live: bool = False
 
-    async def targets(self, collections: Iterable[str]) -> dict[str, list[str]]:
-        return {c: [self.index] if c == self.collection else [] for c in collections}
+    async def targets(self, collections: Iterable[str]) -> dict[str, list[IndexTarget]]:
+        return {c: [self.target] if c == self.target.collection else [] for c in collections}
 
     async def accepts_vectors(self, names: Iterable[str]) -> dict[str, bool]:
-        return {name: name == self.index for name in names}
+        """``names``: index names, as embed jobs carry them."""
+        return {name: name == self.target.index for name in names}
 
 
 WriteScope = LiveScope | RebuildScope

@@ -47,8 +47,9 @@ def parse_index_name(name: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class IndexTarget:
-    """The index one request reads: a collection at one generation, resolved once per request (see
-    ``GenerationRegistry.serving``) and carried as a value, never folded into a collection string."""
+    """The index one request reads or one change is written to: a collection at one generation,
+    resolved once (``GenerationRegistry.serving``, ``write_targets``) and carried as a value, never
+    folded into a collection string."""
 
     collection: str
     generation: int = 1
@@ -145,10 +146,10 @@ class GenerationRegistry:
         target = await self.serving(collection)
         return target.index, target.generation
 
-    async def write_targets(self, collections: Iterable[str]) -> dict[str, list[str]]:
-        """Index names each collection's live changes go to."""
+    async def write_targets(self, collections: Iterable[str]) -> dict[str, list[IndexTarget]]:
+        """The indexes each collection's live changes go to (the serving generation first)."""
         states = await self.get_many(collections)
-        return {c: [index_name(c, g) for g in s.write_generations] for c, s in states.items()}
+        return {c: [IndexTarget(c, g) for g in s.write_generations] for c, s in states.items()}
 
     async def accepts_vectors(self, names: Iterable[str]) -> dict[str, bool]:
         """Whether the vector stage should still write an index (not one dropped or about to be)."""

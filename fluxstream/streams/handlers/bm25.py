@@ -33,7 +33,7 @@ class BM25Writer:
         """Apply to every target index; queue dead letters, embed jobs and index updates on ``sends``."""
         p = self.pipeline
         targets = await p.until_done("bm25", lambda: p.scope.targets({s.change.collection for s in valid}))
-        routed = [_routed(s, index) for s in valid for index in targets[s.change.collection]]
+        routed = [replace(s, target=target) for s in valid for target in targets[s.change.collection]]
         if not routed:
             return
         primary = {c: indexes[0] for c, indexes in targets.items() if indexes}
@@ -43,7 +43,7 @@ class BM25Writer:
             recorded which positions wait for these jobs: indexer.positions)."""
             applied_times: list[float | None] = []
             for item, applied in outcome.results:
-                if primary.get(parse_index_name(item.change.collection)[0]) == item.change.collection:  # once
+                if primary.get(item.change.collection) == item.target:  # once per change, not per generation
                     metrics.EVENTS.labels(item.source.topic, "applied" if applied else "skipped").inc()
                     if applied and item.source.timestamp_ms:
                         applied_times.append(item.source.timestamp_ms / 1000)
@@ -65,7 +65,7 @@ class BM25Writer:
         for item, error in dict((item.source, (item, error)) for item, error in failures).values():
             sends.append(await p.reject(Rejected("apply_failed", error), originals[item.source]))
         if failures:  # one failing after its write (publishing its embed job) leaves a pending mark
-            handled = [ChangeAt(item.change.collection, item.change.doc_id, item.source) for item, _ in failures]
+            handled = [ChangeAt(item.index, item.change.doc_id, item.source) for item, _ in failures]
             await p.until_done("bm25", lambda: p.positions.clear_documents(handled))
 
 
@@ -81,9 +81,3 @@ class RecordHandled:
         if p.scope.live:
             await p.until_done("bm25", lambda: p.positions.record_handled(position(r) for r in records))
 
-
-def _routed(item: SourcedChange, index: str) -> SourcedChange:
-    """``item`` addressed to index generation ``index`` (itself when that is its collection's name)."""
-    if index == item.change.collection:
-        return item
-    return replace(item, change=item.change.model_copy(update={"collection": index}))

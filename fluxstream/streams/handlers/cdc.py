@@ -66,9 +66,9 @@ class CdcHandler:
         collection, table = mapping.collection, mapping.name
         postings = p.resources.postings
         doc_ids: set[str] = set()
-        for index in (await p.scope.targets([collection]))[collection]:
-            await p.until_done("bm25", partial(postings.raise_truncation, index, table, event.version))
-            doc_ids.update(await p.until_done("bm25", partial(postings.table_document_ids, index, table,
+        for target in (await p.scope.targets([collection]))[collection]:
+            await p.until_done("bm25", partial(postings.raise_truncation, target.index, table, event.version))
+            doc_ids.update(await p.until_done("bm25", partial(postings.table_document_ids, target.index, table,
                                                               untagged=mapping.sole_source)))
         return [
             SourcedChange(DocumentChange(op="delete", doc_id=doc_id, collection=collection, version=event.version),
