@@ -79,7 +79,8 @@ async def test_each_process_exports_its_own_metrics(stack: Settings, http: httpx
 
 
 def test_every_metric_is_exported_by_a_process() -> None:
-    """A metric added to fluxstream.core.metrics must be in the worker's or the query service's registry."""
+    """A metric added to fluxstream.core.metrics must be in the registry of a process that serves it: the worker,
+    the query service or the cdc process."""
     from prometheus_client import REGISTRY
 
     from fluxstream.core import metrics
@@ -87,4 +88,4 @@ def test_every_metric_is_exported_by_a_process() -> None:
     def names(registry: object) -> set[str]:
         return {f.name for f in registry.collect() if f.name.startswith("fluxstream_")}  # type: ignore[attr-defined]
 
-    assert names(REGISTRY) == names(metrics.WORKER) | names(metrics.QUERY)
+    assert names(REGISTRY) == names(metrics.WORKER) | names(metrics.QUERY) | names(metrics.CDC)
