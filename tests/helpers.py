@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -26,6 +28,7 @@ from fluxstream.indexer.wiring import build_tokenizer
 from fluxstream.query.http import create_app
 from fluxstream.stack import Stack, free_port
 from tests.conftest import eventually
+from tests.debezium_harness import SourcePostgres
 
 
 async def bm25_ids(http: httpx.AsyncClient, collection: str, query: str) -> list[str]:
@@ -186,3 +189,54 @@ async def query_service(settings: Settings, *, topic_search: bool = False) -> As
     finally:
         server.should_exit = True
         await task
+
+
+def as_indexed(value: Any) -> Any:
+    """A source column's value as the CDC path keeps it in metadata (the JSON converter's forms: decimal text,
+    ISO timestamps with Z, ISO dates)."""
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+async def mirror_problems(redis: aioredis.Redis, source: SourcePostgres, table: str, collection: str,
+                          metadata: Sequence[str]) -> list[str]:
+    """What differs between a captured table and its collection: ids, titles, the ``metadata`` columns (empty:
+    the index mirrors the table)."""
+    rows = {str(r[0]): r for r in source.query(f"SELECT id, title, {', '.join(metadata)} FROM {table}")}
+    store = PostingsStore(redis)
+    states = await store.read_documents([(collection, d) for d in await store.document_ids(collection)])
+    live = {doc_id: s for (_, doc_id), s in states.items() if s.live}
+    problems = [f"{table}: ids {sorted(set(rows) ^ set(live))} differ"] if set(rows) != set(live) else []
+    for doc_id in set(rows) & set(live):
+        _, title, *values = rows[doc_id]
+        expected = {name: as_indexed(value) for name, value in zip(metadata, values, strict=True)}
+        state = live[doc_id]
+        if state.title != (title or "") or state.metadata != expected:
+            problems.append(f"{table} {doc_id}: {state.title!r} {state.metadata!r} != {title!r} {expected!r}")
+    return problems
+
+
+async def mirrored(redis: aioredis.Redis, settings: Settings, source: SourcePostgres, phase: str, *,
+                   tables: Mapping[str, str], metadata: Sequence[str], timeout: float = 90) -> None:
+    """Wait until every table's collection (``tables``: table -> collection) mirrors it, then check the BM25
+    state exactly."""
+    async def problems() -> list[str]:
+        return [p for table, collection in tables.items()
+                for p in await mirror_problems(redis, source, table, collection, metadata)]
+
+    async def settled() -> bool:
+        return not await problems()
+
+    try:
+        await eventually(settled, timeout=timeout, interval=0.3)
+    except AssertionError:
+        raise AssertionError(f"after {phase}: {(await problems())[:5]}") from None
+    for table, collection in tables.items():
+        rows = source.query(f"SELECT id, title, body FROM {table}")
+        await assert_stats_match(redis, settings, collection,
+                                 {str(i): ((t or "").strip(), (b or "").strip()) for i, t, b in rows})

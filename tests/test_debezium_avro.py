@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from fluxstream.core.settings import Settings
-from fluxstream.indexer.postings import PostingsStore
 from fluxstream.schemas.events import DeadLetter
-from tests.conftest import TopicReader, eventually
+from tests import helpers
+from tests.conftest import TopicReader
 from tests.debezium_harness import EngineProcess, SourcePostgres
-from tests.helpers import assert_stats_match
 from tests.schema_registry_server import RegistryState
 
 pytestmark = pytest.mark.debezium
@@ -55,38 +55,7 @@ def engine(stack: Settings, source: SourcePostgres, schema_registry_server: tupl
     proc.stop()
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
-
-
-async def _differences(redis: aioredis.Redis, source: SourcePostgres) -> list[str]:
-    rows = {str(r[0]): r for r in source.query("SELECT id, title, tags, price, updated, day FROM articles")}
-    store = PostingsStore(redis)
-    states = await store.read_documents([(COLLECTION, d) for d in await store.document_ids(COLLECTION)])
-    live = {doc_id: s for (_, doc_id), s in states.items() if s.live}
-    problems = [f"ids {sorted(set(rows) ^ set(live))} differ"] if set(rows) != set(live) else []
-    for doc_id in set(rows) & set(live):
-        _, title, tags, price, updated, day = rows[doc_id]
-        expected = {"tags": tags, "price": None if price is None else str(price), "updated": _iso(updated),
-                    "day": None if day is None else day.isoformat()}
-        state = live[doc_id]
-        if state.title != (title or "") or state.metadata != expected:
-            problems.append(f"{doc_id}: {state.title!r} {state.metadata!r} != {title!r} {expected!r}")
-    return problems
-
-
-async def mirrored(redis: aioredis.Redis, settings: Settings, source: SourcePostgres, phase: str,
-                   timeout: float = 90) -> None:
-    async def settled() -> bool:
-        return not await _differences(redis, source)
-
-    try:
-        await eventually(settled, timeout=timeout, interval=0.3)
-    except AssertionError:
-        raise AssertionError(f"after {phase}: {(await _differences(redis, source))[:5]}") from None
-    rows = source.query("SELECT id, title, body FROM articles")
-    await assert_stats_match(redis, settings, COLLECTION,
-                             {str(i): ((t or "").strip(), (b or "").strip()) for i, t, b in rows})
+mirrored = partial(helpers.mirrored, tables={"articles": COLLECTION}, metadata=("tags", "price", "updated", "day"))
 
 
 async def test_index_mirrors_a_table_captured_as_avro(stack: Settings, redis_client: aioredis.Redis,

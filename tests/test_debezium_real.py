@@ -14,7 +14,8 @@ import asyncio
 import random
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ import redis.asyncio as aioredis
 from fluxstream.core.settings import Settings
 from fluxstream.indexer.postings import PostingsStore
 from fluxstream.stack import AppProcesses
+from tests import helpers
 from tests.conftest import eventually
 from tests.debezium_harness import EngineProcess, SourcePostgres
-from tests.helpers import assert_stats_match
 
 pytestmark = pytest.mark.debezium
 
@@ -56,42 +57,7 @@ def engine(stack: Settings, source: SourcePostgres,
     proc.stop()
 
 
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
-
-
-async def _differences(redis: aioredis.Redis, source: SourcePostgres, table: str) -> list[str]:
-    """What differs between the table and its collection (empty: the index mirrors the table)."""
-    collection = TABLES[table]
-    rows = {str(r[0]): r for r in source.query(f"SELECT id, title, body, tags, price, updated FROM {table}")}
-    store = PostingsStore(redis)
-    states = await store.read_documents([(collection, d) for d in await store.document_ids(collection)])
-    live = {doc_id: s for (_, doc_id), s in states.items() if s.live}
-    problems = [f"{table}: ids {sorted(set(rows) ^ set(live))} differ"] if set(rows) != set(live) else []
-    for doc_id in set(rows) & set(live):
-        _, title, _, tags, price, updated = rows[doc_id]
-        state = live[doc_id]
-        expected = {"tags": tags, "price": None if price is None else str(price), "updated": _iso(updated)}
-        if state.title != (title or "") or state.metadata != expected:
-            problems.append(f"{table} {doc_id}: {state.title!r} {state.metadata!r} != {title!r} {expected!r}")
-    return problems
-
-
-async def mirrored(redis: aioredis.Redis, settings: Settings, source: SourcePostgres, phase: str,
-                   timeout: float = 90) -> None:
-    """Wait until both collections mirror their tables, then check the BM25 state exactly."""
-    async def settled() -> bool:
-        return not any([await _differences(redis, source, t) for t in TABLES])
-
-    try:
-        await eventually(settled, timeout=timeout, interval=0.3)
-    except AssertionError:
-        problems = [p for t in TABLES for p in await _differences(redis, source, t)]
-        raise AssertionError(f"after {phase}: {problems[:5]}") from None
-    for table, collection in TABLES.items():
-        rows = source.query(f"SELECT id, title, body FROM {table}")
-        await assert_stats_match(redis, settings, collection,
-                                 {str(i): ((t or "").strip(), (b or "").strip()) for i, t, b in rows})
+mirrored = partial(helpers.mirrored, tables=TABLES, metadata=("tags", "price", "updated"))
 
 
 async def test_index_mirrors_a_table_captured_by_real_debezium(stack: Settings, redis_client: aioredis.Redis,
