@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.local_http import serving
 
 Reply = Callable[[list[dict[str, str]]], str]
 
@@ -85,11 +87,5 @@ def _handler(state: ChatServerState) -> type[BaseHTTPRequestHandler]:
 def chat_server(reply: Reply) -> Iterator[tuple[str, ChatServerState]]:
     """(base URL ending in /v1, state) of a running server."""
     state = ChatServerState(reply)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(state)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -24,9 +24,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from tests.local_http import serving
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
@@ -179,18 +181,11 @@ def _handler(state: RegistryState) -> type[BaseHTTPRequestHandler]:
 def schema_registry(state: RegistryState | None = None) -> Iterator[tuple[str, RegistryState]]:
     """(base URL, state) of a running registry."""
     state = state or RegistryState()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_handler(state)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}", state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
-if __name__ == "__main__":  # a registry for a manual run (fluxstream cdc --format avro)
+if __name__ == "__main__":  # a registry for a manual run: python -m tests.schema_registry_server
     import sys
 
     with schema_registry() as (url, _):

@@ -30,6 +30,7 @@ from fluxstream.indexer.embedders import Embedder, EmbeddingError, create_embedd
 from fluxstream.indexer.embedders.child_process import ChildProcessEmbedder
 from fluxstream.indexer.embedders.minilm import LocalMiniLMEmbedder
 from fluxstream.indexer.embedders.openai_compat import OpenAICompatibleEmbedder
+from tests.local_http import serving
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text("utf-8"))
@@ -297,14 +298,9 @@ def _direct_localhost(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def fake_server() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeEmbeddingsHandler)
-    server.daemon_threads = True
-    server.state = FakeServerState()  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(FakeEmbeddingsHandler) as server:
+        server.state = FakeServerState()  # type: ignore[attr-defined]
+        yield server
 
 
 @pytest.fixture
