@@ -183,7 +183,8 @@ async def test_replay_topic_window_into_a_new_generation(
     assert (state.serving, state.building, state.progress["phase"]) == (1, 2, "ready")
     promoted = await asyncio.to_thread(cli, stack, "rebuild", collection, "--promote", "--grace", "0")
     assert promoted.returncode == 0 and "generation 2 serving now" in promoted.stdout, promoted.stderr
-    assert (await GenerationRegistry(redis_client).serving_index(collection)) == (index_name(collection, 2), 2)
+    target = await GenerationRegistry(redis_client).serving(collection)
+    assert (target.index, target.generation) == (index_name(collection, 2), 2)
 
 
 async def test_a_generation_exists_from_its_rebuild_start(http: httpx.AsyncClient, redis_client: aioredis.Redis,

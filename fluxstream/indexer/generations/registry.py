@@ -141,11 +141,6 @@ class GenerationRegistry:
         value = await self.redis.hget(self.key(collection), "serving")
         return IndexTarget(collection, int(value) if value else 1)
 
-    async def serving_index(self, collection: str) -> tuple[str, int]:
-        """(index name, generation) queries of ``collection`` read now."""
-        target = await self.serving(collection)
-        return target.index, target.generation
-
     async def write_targets(self, collections: Iterable[str]) -> dict[str, list[IndexTarget]]:
         """The indexes each collection's live changes go to (the serving generation first)."""
         states = await self.get_many(collections)
